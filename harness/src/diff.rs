@@ -1,0 +1,161 @@
+//! Two snapshots -> what was left behind, and settling.
+//!
+//! A [`Baseline`] is what the process legitimately held before the test; a
+//! [`Delta`] is what it holds beyond that. [`settle`] re-reads with a short
+//! backoff while a delta is non-empty, so a thread that is already exiting is
+//! not called a leak; a clean test returns from the first read and pays nothing.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io;
+use std::time::{Duration, Instant};
+
+use crate::record::Leak;
+use crate::snapshot::{state_name, FdEntry, ProcessInfo, Snapshot, ThreadEntry};
+
+/// What a process held before the test: anything else at the end is a leak.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Baseline {
+    /// fd number -> link target.
+    pub fds: BTreeMap<i32, String>,
+    /// Thread ids.
+    pub threads: BTreeSet<i32>,
+    /// Child pids.
+    pub children: BTreeSet<i32>,
+}
+
+impl Baseline {
+    /// Everything in `snapshot` is part of the baseline.
+    pub fn of(snapshot: &Snapshot) -> Baseline {
+        Baseline {
+            fds: snapshot.fds.iter().map(|entry| (entry.fd, entry.target.clone())).collect(),
+            threads: snapshot.threads.iter().map(|thread| thread.tid).collect(),
+            children: snapshot.children.iter().map(|child| child.pid).collect(),
+        }
+    }
+}
+
+/// What a snapshot holds beyond its baseline.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Delta {
+    /// fds whose number is new, or whose number now points at something else.
+    pub fds: Vec<FdEntry>,
+    /// Live threads not in the baseline.
+    pub threads: Vec<ThreadEntry>,
+    /// Children (running or zombie) not in the baseline.
+    pub children: Vec<ProcessInfo>,
+}
+
+impl Delta {
+    /// Compares `snapshot` with `baseline`.
+    pub fn between(baseline: &Baseline, snapshot: Snapshot) -> Delta {
+        let fds = snapshot
+            .fds
+            .into_iter()
+            .filter(|entry| baseline.fds.get(&entry.fd).is_none_or(|target| *target != entry.target))
+            .collect();
+        let threads = snapshot.threads.into_iter().filter(|thread| !baseline.threads.contains(&thread.tid)).collect();
+        let children =
+            snapshot.children.into_iter().filter(|child| !baseline.children.contains(&child.pid)).collect();
+        Delta { fds, threads, children }
+    }
+
+    /// True when nothing was left behind.
+    pub fn is_empty(&self) -> bool {
+        self.fds.is_empty() && self.threads.is_empty() && self.children.is_empty()
+    }
+
+    /// Names every leak of process `pid`. Call it while the process still
+    /// exists: socket addresses are read from its network namespace.
+    #[cfg(target_os = "linux")]
+    pub fn into_leaks(self, pid: i32) -> Vec<Leak> {
+        let fds = self.fds.into_iter().map(|entry| Leak::Fd {
+            fd: entry.fd,
+            detail: crate::snapshot::describe_fd(pid, entry.fd, &entry.target),
+            target: entry.target,
+        });
+        let threads = self.threads.into_iter().map(|thread| Leak::Thread {
+            tid: thread.tid,
+            name: thread.name,
+            state: state_name(thread.state).to_owned(),
+        });
+        let children = self.children.into_iter().map(|child| child_leak(child, false));
+        fds.chain(threads).chain(children).collect()
+    }
+}
+
+/// A leaked process as a [`Leak`]; `orphaned` when it was not the test's own child.
+pub fn child_leak(child: ProcessInfo, orphaned: bool) -> Leak {
+    Leak::Child { pid: child.pid, cmdline: child.cmdline, state: state_name(child.state).to_owned(), orphaned }
+}
+
+/// Re-reads the delta with a growing pause (1 ms, 2 ms, 4 ms ...) while it is
+/// non-empty, until it is empty or `grace` has passed; returns the last delta.
+///
+/// An empty first delta returns at once: clean tests pay no settling time.
+pub fn settle(grace: Duration, mut read: impl FnMut() -> io::Result<Delta>) -> io::Result<Delta> {
+    let start = Instant::now();
+    let mut pause = Duration::from_millis(1);
+    loop {
+        let delta = read()?;
+        let elapsed = start.elapsed();
+        if delta.is_empty() || elapsed >= grace {
+            return Ok(delta);
+        }
+        std::thread::sleep(pause.min(grace - elapsed));
+        pause = (pause * 2).min(Duration::from_millis(50));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fd(fd: i32, target: &str) -> FdEntry {
+        FdEntry { fd, target: target.into() }
+    }
+
+    #[test]
+    fn an_fd_is_new_by_number_or_by_target() {
+        let before = Snapshot { fds: vec![fd(0, "/dev/null"), fd(1, "pipe:[1]")], ..Snapshot::default() };
+        let after = Snapshot { fds: vec![fd(0, "/dev/null"), fd(1, "/tmp/x"), fd(5, "socket:[9]")], ..Snapshot::default() };
+        let delta = Delta::between(&Baseline::of(&before), after);
+        assert_eq!(delta.fds, vec![fd(1, "/tmp/x"), fd(5, "socket:[9]")]);
+    }
+
+    #[test]
+    fn settle_returns_at_once_when_clean_and_waits_out_a_leak() {
+        let mut reads = 0;
+        let start = Instant::now();
+        let delta = settle(Duration::from_secs(5), || {
+            reads += 1;
+            Ok(Delta::default())
+        })
+        .unwrap();
+        assert!(delta.is_empty());
+        assert_eq!(reads, 1);
+        assert!(start.elapsed() < Duration::from_secs(1));
+
+        let leaky = Delta { fds: vec![fd(3, "/tmp/y")], ..Delta::default() };
+        let start = Instant::now();
+        let delta = settle(Duration::from_millis(40), || Ok(leaky.clone())).unwrap();
+        assert_eq!(delta, leaky);
+        assert!(start.elapsed() >= Duration::from_millis(40));
+    }
+
+    #[test]
+    fn settle_stops_once_the_leak_resolves() {
+        let mut reads = 0;
+        let delta = settle(Duration::from_secs(5), || {
+            reads += 1;
+            let threads = if reads < 3 {
+                vec![ThreadEntry { tid: 9, name: "exiting".into(), state: 'S' }]
+            } else {
+                vec![]
+            };
+            Ok(Delta { threads, ..Delta::default() })
+        })
+        .unwrap();
+        assert!(delta.is_empty());
+        assert_eq!(reads, 3);
+    }
+}

@@ -1,0 +1,232 @@
+//! The test record: the one value that flows from a runner to the reporters.
+//!
+//! These types are the machine-readable contract of `cargo leakcheck
+//! --message-format json` (see the README, "JSON report"). New fields may be
+//! added; existing fields keep their meaning.
+
+use serde::{Deserialize, Serialize};
+
+/// Version of the JSON report format. Bumped only on an incompatible change.
+pub const REPORT_VERSION: u32 = 1;
+
+/// How one test ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Outcome {
+    /// The test passed and left nothing behind.
+    Passed,
+    /// The test passed but left at least one resource behind.
+    Leaked,
+    /// The test failed (panicked, crashed, exited early). Leaks seen are kept.
+    Failed,
+    /// The test is `#[ignore]`d and was not run.
+    Ignored,
+    /// The test ran past the time limit and was killed with its whole process tree.
+    TimedOut,
+}
+
+impl Outcome {
+    /// The outcome as written in the JSON report (`"timed-out"`, ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Passed => "passed",
+            Outcome::Leaked => "leaked",
+            Outcome::Failed => "failed",
+            Outcome::Ignored => "ignored",
+            Outcome::TimedOut => "timed-out",
+        }
+    }
+
+    /// Whether this outcome makes the run fail (exit code 100).
+    pub fn is_failure(self) -> bool {
+        matches!(self, Outcome::Leaked | Outcome::Failed | Outcome::TimedOut)
+    }
+}
+
+/// One resource a test left behind.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum Leak {
+    /// A file descriptor that was not open when the test started, or whose
+    /// number now points at something else.
+    Fd {
+        /// The descriptor number in the test process.
+        fd: i32,
+        /// What it points at: a path, or `socket:[inode]`, `pipe:[inode]`,
+        /// `anon_inode:[eventfd]` as the kernel names it.
+        target: String,
+        /// A readable description: "regular file", "tcp 127.0.0.1:4000 ->
+        /// 127.0.0.1:51234 (established)", "pipe", "eventfd", ...
+        detail: String,
+    },
+    /// A thread still running when the test ended.
+    Thread {
+        /// Kernel thread id.
+        tid: i32,
+        /// Thread name (the kernel's `comm`, at most 15 bytes).
+        name: String,
+        /// Scheduler state: "running", "sleeping", "disk-sleep", "stopped", ...
+        state: String,
+    },
+    /// A child process (or a descendant orphaned by the test) still present
+    /// when the test ended: still running, or a zombie never waited for.
+    Child {
+        /// Process id.
+        pid: i32,
+        /// Command line, arguments separated by spaces.
+        cmdline: String,
+        /// "running", "sleeping", "zombie", "stopped", ...
+        state: String,
+        /// True when the process was not a direct child of the test process
+        /// (a grandchild orphaned by the test's own child, a daemon).
+        orphaned: bool,
+    },
+}
+
+impl Leak {
+    /// The kind as written in the JSON report: `fd`, `thread`, `child`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Leak::Fd { .. } => "fd",
+            Leak::Thread { .. } => "thread",
+            Leak::Child { .. } => "child",
+        }
+    }
+
+    /// One line naming exactly what leaked, for human output.
+    pub fn describe(&self) -> String {
+        match self {
+            Leak::Fd { fd, target, detail } if detail.is_empty() || detail == target => {
+                format!("fd {fd} -> {target}")
+            }
+            Leak::Fd { fd, target, detail } => format!("fd {fd} -> {target} ({detail})"),
+            Leak::Thread { tid, name, state } => format!("thread \"{name}\" (tid {tid}, {state})"),
+            Leak::Child { pid, cmdline, state, orphaned } => {
+                let orphan = if *orphaned { ", orphaned grandchild" } else { "" };
+                format!("child `{cmdline}` (pid {pid}, {state}{orphan})")
+            }
+        }
+    }
+}
+
+/// Everything known about one test after it ran.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TestRecord {
+    /// The test binary, named as nextest names it: `package` for a library's
+    /// unit tests, `package::target` for an integration test,
+    /// `package::bin/name` for a binary's tests.
+    pub binary: String,
+    /// The test's full path, as libtest lists it (`module::test_name`).
+    pub name: String,
+    /// How it ended.
+    pub outcome: Outcome,
+    /// Wall time from spawn to exit, in milliseconds.
+    pub duration_ms: u64,
+    /// Why a failed or timed-out test failed ("exit status 101", "killed by
+    /// signal SIGSEGV"); absent when it passed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// What the test left behind; kept for failed and timed-out tests too.
+    #[serde(default)]
+    pub leaks: Vec<Leak>,
+    /// Checks that could not be made for this test ("fd", "thread"), for
+    /// example when the exit probe is unavailable. Empty when all were made.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unchecked: Vec<String>,
+    /// Captured standard output and error, interleaved per stream (stdout
+    /// then stderr); kept only for tests that did not pass.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<String>,
+}
+
+/// Counts of a whole run.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Summary {
+    /// Number of tests selected (ignored ones included).
+    pub tests: usize,
+    /// Passed and leak-free.
+    pub passed: usize,
+    /// Passed but leaked.
+    pub leaked: usize,
+    /// Failed (with or without leaks).
+    pub failed: usize,
+    /// Not run because ignored.
+    pub ignored: usize,
+    /// Killed at the time limit.
+    pub timed_out: usize,
+    /// Wall time of the test phase, in milliseconds.
+    pub duration_ms: u64,
+    /// True when the run was interrupted (SIGINT, SIGTERM) before every test ran.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub interrupted: bool,
+}
+
+impl Summary {
+    /// Counts the outcomes of `records`.
+    pub fn from_records(records: &[TestRecord], duration_ms: u64, interrupted: bool) -> Summary {
+        let mut summary = Summary { tests: records.len(), duration_ms, interrupted, ..Summary::default() };
+        for record in records {
+            let counter = match record.outcome {
+                Outcome::Passed => &mut summary.passed,
+                Outcome::Leaked => &mut summary.leaked,
+                Outcome::Failed => &mut summary.failed,
+                Outcome::Ignored => &mut summary.ignored,
+                Outcome::TimedOut => &mut summary.timed_out,
+            };
+            *counter += 1;
+        }
+        summary
+    }
+}
+
+/// The whole JSON report: `{ "version": 1, "summary": {..}, "tests": [..] }`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Report {
+    /// Always [`REPORT_VERSION`].
+    pub version: u32,
+    /// Counts.
+    pub summary: Summary,
+    /// One record per selected test, in the order they were listed.
+    pub tests: Vec<TestRecord>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn leaks_serialize_with_their_kind_tag() {
+        let leak = Leak::Fd { fd: 7, target: "/tmp/x".into(), detail: "regular file".into() };
+        let json = serde_json::to_value(&leak).unwrap();
+        assert_eq!(json, serde_json::json!({"kind": "fd", "fd": 7, "target": "/tmp/x", "detail": "regular file"}));
+        let back: Leak = serde_json::from_value(json).unwrap();
+        assert_eq!(back, leak);
+    }
+
+    #[test]
+    fn outcomes_use_the_contract_spelling() {
+        assert_eq!(serde_json::to_string(&Outcome::TimedOut).unwrap(), "\"timed-out\"");
+        for outcome in [Outcome::Passed, Outcome::Leaked, Outcome::Failed, Outcome::Ignored, Outcome::TimedOut] {
+            assert_eq!(serde_json::to_string(&outcome).unwrap(), format!("\"{}\"", outcome.as_str()));
+        }
+    }
+
+    #[test]
+    fn summary_counts_each_outcome() {
+        let record = |outcome| TestRecord {
+            binary: "b".into(),
+            name: "t".into(),
+            outcome,
+            duration_ms: 1,
+            message: None,
+            leaks: vec![],
+            unchecked: vec![],
+            output: None,
+        };
+        let records = [Outcome::Passed, Outcome::Leaked, Outcome::Leaked, Outcome::TimedOut, Outcome::Ignored]
+            .map(record);
+        let summary = Summary::from_records(&records, 5, false);
+        assert_eq!((summary.tests, summary.passed, summary.leaked, summary.failed), (5, 1, 2, 0));
+        assert_eq!((summary.ignored, summary.timed_out), (1, 1));
+    }
+}

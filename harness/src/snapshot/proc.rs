@@ -1,0 +1,157 @@
+//! Reading a [`Snapshot`] from `/proc/<pid>`.
+//!
+//! Plain `std::fs` reads rather than the procfs crate: this is the per-test hot
+//! path, and one `stat` read per task gives both name and state. Paths that
+//! vanish mid-read (a thread exiting, an fd closed) are skipped, not errors.
+
+use std::fs;
+use std::io;
+use std::path::Path;
+
+use super::{FdEntry, ProcessInfo, Snapshot, ThreadEntry};
+
+/// Reads the fds, threads and children of process `pid`.
+///
+/// Fails only when the process itself is gone or `/proc` is unreadable.
+pub fn take(pid: i32) -> io::Result<Snapshot> {
+    let base = format!("/proc/{pid}");
+    let mut fds = Vec::new();
+    let fd_dir = format!("{base}/fd");
+    for entry in fs::read_dir(&fd_dir)? {
+        let entry = entry?;
+        let Some(fd) = entry.file_name().to_str().and_then(|name| name.parse::<i32>().ok()) else { continue };
+        let target = match fs::read_link(entry.path()) {
+            Ok(target) => target.to_string_lossy().into_owned(),
+            Err(_) => continue, // closed while we read the directory
+        };
+        fds.push(FdEntry { fd, target });
+    }
+    fds.sort_by_key(|entry| entry.fd);
+
+    let mut threads = Vec::new();
+    let mut child_pids = Vec::new();
+    for entry in fs::read_dir(format!("{base}/task"))? {
+        let entry = entry?;
+        let Some(tid) = entry.file_name().to_str().and_then(|name| name.parse::<i32>().ok()) else { continue };
+        let task = entry.path();
+        let Ok(stat) = fs::read_to_string(task.join("stat")) else { continue };
+        let Some(parsed) = parse_stat(&stat) else { continue };
+        let thread = ThreadEntry { tid, name: parsed.comm.to_owned(), state: parsed.state };
+        if let Ok(children) = fs::read_to_string(task.join("children")) {
+            child_pids.extend(children.split_ascii_whitespace().filter_map(|pid| pid.parse::<i32>().ok()));
+        }
+        if !thread.is_dead() {
+            threads.push(thread);
+        }
+    }
+    threads.sort_by_key(|thread| thread.tid);
+    child_pids.sort_unstable();
+    child_pids.dedup();
+    let children = child_pids.into_iter().filter_map(|child| process_info(child).ok()).collect();
+    Ok(Snapshot { fds, threads, children })
+}
+
+/// Reads the identity, state and command line of process `pid`.
+pub fn process_info(pid: i32) -> io::Result<ProcessInfo> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let parsed = parse_stat(&stat).ok_or_else(|| io::Error::other(format!("unparsable /proc/{pid}/stat")))?;
+    let raw = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    let cmdline = if raw.is_empty() {
+        format!("[{}]", parsed.comm)
+    } else {
+        raw.split(|&byte| byte == 0)
+            .filter(|arg| !arg.is_empty())
+            .map(String::from_utf8_lossy)
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    Ok(ProcessInfo {
+        pid,
+        ppid: parsed.ppid,
+        pgid: parsed.pgid,
+        state: parsed.state,
+        start_time: parsed.start_time,
+        cmdline,
+    })
+}
+
+/// The process (thread group) a thread id belongs to, from `/proc/<tid>/status`.
+pub fn tgid_of(tid: i32) -> io::Result<i32> {
+    let status = fs::read_to_string(Path::new("/proc").join(tid.to_string()).join("status"))?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("Tgid:"))
+        .and_then(|value| value.trim().parse().ok())
+        .ok_or_else(|| io::Error::other(format!("no Tgid in /proc/{tid}/status")))
+}
+
+struct Stat<'a> {
+    comm: &'a str,
+    state: char,
+    ppid: i32,
+    pgid: i32,
+    start_time: u64,
+}
+
+/// Parses `/proc/<pid>/stat`. The name sits in parentheses and may itself hold
+/// spaces and parentheses, so the fields after it are found from the last `)`.
+fn parse_stat(stat: &str) -> Option<Stat<'_>> {
+    let open = stat.find('(')?;
+    let close = stat.rfind(')')?;
+    let comm = &stat[open + 1..close];
+    let mut rest = stat[close + 1..].split_ascii_whitespace();
+    // Fields after comm, 1-based from field 3 of proc(5): state, ppid, pgrp, ...
+    let state = rest.next()?.chars().next()?;
+    let ppid = rest.next()?.parse().ok()?;
+    let pgid = rest.next()?.parse().ok()?;
+    // starttime is field 22: 22 - 6 = 16 fields after pgrp (field 5).
+    let start_time = rest.nth(16)?.parse().ok()?;
+    Some(Stat { comm, state, ppid, pgid, start_time })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stat_with_spaces_and_parentheses_in_the_name() {
+        let line = "4130 (my (odd) name) S 4120 4130 4120 0 -1 4194304 94 0 0 0 0 0 0 0 20 0 1 0 123456 8 0";
+        let stat = parse_stat(line).unwrap();
+        assert_eq!(stat.comm, "my (odd) name");
+        assert_eq!((stat.state, stat.ppid, stat.pgid, stat.start_time), ('S', 4120, 4130, 123456));
+    }
+
+    #[test]
+    fn snapshot_of_self_sees_a_new_thread_and_file() {
+        let pid = std::process::id() as i32;
+        let before = take(pid).unwrap();
+        let file = tempfile_in_target();
+        let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<()>();
+        // std names the thread from inside it, so wait until it runs.
+        let worker = std::thread::Builder::new()
+            .name("snap-probe".into())
+            .spawn(move || {
+                ready_tx.send(()).unwrap();
+                stop_rx.recv()
+            })
+            .unwrap();
+        ready_rx.recv().unwrap();
+        let after = take(pid).unwrap();
+        assert!(after.threads.iter().any(|thread| thread.name == "snap-probe"));
+        assert!(!before.threads.iter().any(|thread| thread.name == "snap-probe"));
+        assert!(after.fds.iter().any(|fd| fd.target.ends_with("leakcheck-snapshot-selftest")));
+        drop(stop_tx);
+        worker.join().unwrap().unwrap_err();
+        drop(file);
+        fs::remove_file(path()).unwrap();
+    }
+
+    fn path() -> std::path::PathBuf {
+        std::env::temp_dir().join(format!("{}-leakcheck-snapshot-selftest", std::process::id()))
+    }
+
+    fn tempfile_in_target() -> fs::File {
+        fs::File::create(path()).unwrap()
+    }
+}
