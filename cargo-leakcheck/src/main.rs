@@ -1,1 +1,18 @@
-fn main(){}
+//! `cargo leakcheck`: run a crate's tests one per process and fail each test
+//! that leaks file descriptors, threads or child processes.
+
+#[cfg(not(target_os = "linux"))]
+compile_error!("cargo-leakcheck checks tests through Linux's /proc and seccomp; it runs on Linux only");
+
+mod app;
+mod cargo;
+mod cli;
+mod errors;
+mod list;
+mod process;
+mod report;
+mod run;
+
+fn main() -> std::process::ExitCode {
+    std::process::ExitCode::from(app::main())
+}

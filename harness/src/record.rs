@@ -154,6 +154,10 @@ pub struct Summary {
     pub ignored: usize,
     /// Killed at the time limit.
     pub timed_out: usize,
+    /// Selected tests never started: after the first failure (fail-fast) or
+    /// an interruption.
+    #[serde(default)]
+    pub not_run: usize,
     /// Wall time of the test phase, in milliseconds.
     pub duration_ms: u64,
     /// True when the run was interrupted (SIGINT, SIGTERM) before every test ran.
@@ -162,9 +166,10 @@ pub struct Summary {
 }
 
 impl Summary {
-    /// Counts the outcomes of `records`.
-    pub fn from_records(records: &[TestRecord], duration_ms: u64, interrupted: bool) -> Summary {
-        let mut summary = Summary { tests: records.len(), duration_ms, interrupted, ..Summary::default() };
+    /// Counts the outcomes of `records`, out of `not_run` more tests selected.
+    pub fn from_records(records: &[TestRecord], not_run: usize, duration_ms: u64, interrupted: bool) -> Summary {
+        let mut summary =
+            Summary { tests: records.len() + not_run, not_run, duration_ms, interrupted, ..Summary::default() };
         for record in records {
             let counter = match record.outcome {
                 Outcome::Passed => &mut summary.passed,
@@ -225,7 +230,7 @@ mod tests {
         };
         let records = [Outcome::Passed, Outcome::Leaked, Outcome::Leaked, Outcome::TimedOut, Outcome::Ignored]
             .map(record);
-        let summary = Summary::from_records(&records, 5, false);
+        let summary = Summary::from_records(&records, 0, 5, false);
         assert_eq!((summary.tests, summary.passed, summary.leaked, summary.failed), (5, 1, 2, 0));
         assert_eq!((summary.ignored, summary.timed_out), (1, 1));
     }

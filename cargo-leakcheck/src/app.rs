@@ -1,0 +1,117 @@
+//! The stages in order: metadata, build, list, run, report.
+
+use std::io::Write;
+
+use leakcheck::Summary;
+
+use crate::cli::{self, LeakcheckArgs, MessageFormat};
+use crate::errors::{exit_code, RunError};
+use crate::list::{self, Selection};
+use crate::run::{self, ExitFilter, RunContext, Supervisor};
+use crate::{cargo, report};
+
+/// Runs the command and returns the exit code; errors are printed once, here.
+pub(crate) fn main() -> u8 {
+    // Before any thread exists, so that every thread inherits the mask.
+    if let Err(error) = run::block_signals() {
+        eprintln!("error: cargo-leakcheck could not block signals: {error}");
+        return exit_code::TOOL_ERROR;
+    }
+    let args = cli::parse();
+    if let Err(error) = run::stop_fd_inheritance() {
+        eprintln!("warning: could not mark inherited fds close-on-exec ({error}); tests may see them as leaks");
+    }
+    let supervisor = Supervisor::start();
+    match try_main(&args, supervisor) {
+        Ok(code) => code,
+        Err(error) => {
+            let mut message = format!("error: {error}");
+            let mut source = std::error::Error::source(&error);
+            while let Some(cause) = source {
+                message.push_str(&format!("\n  caused by: {cause}"));
+                source = cause.source();
+            }
+            eprintln!("{message}");
+            error.exit_code()
+        }
+    }
+}
+
+fn try_main(args: &LeakcheckArgs, supervisor: &'static Supervisor) -> Result<u8, RunError> {
+    let metadata = cargo::metadata(args)?;
+    let binaries = cargo::build_tests(args, &metadata, supervisor)?;
+    let selection = Selection::new(args.filter.as_deref(), &args.test_args);
+    let cases = list::list_tests(binaries, &selection, args.verbose)?;
+    if cases.is_empty() {
+        return Err(match selection.describe_filter() {
+            Some(filter) => RunError::NothingMatched { filter },
+            None => RunError::NoTests,
+        });
+    }
+
+    let filter = (!args.no_probe).then(ExitFilter::new);
+    let context = RunContext {
+        supervisor,
+        filter,
+        grace: args.grace,
+        timeout: args.timeout,
+        test_args: selection.ignored_mode.iter().cloned().collect(),
+        probe_refused: Default::default(),
+    };
+    supervisor.begin_test_phase().map_err(|source| RunError::Setup { what: "become a child subreaper", source })?;
+    if args.no_probe {
+        eprintln!("warning: the exit probe is off (--no-probe): only processes left running are checked, not fds or threads");
+    }
+    let jobs = args.jobs.map(usize::from).unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let runnable = cases.iter().filter(|case| !case.ignored).count();
+    eprintln!("    Starting {runnable} tests across {} binaries ({} ignored), {jobs} at a time", binary_count(&cases), cases.len() - runnable);
+
+    let mut warned = false;
+    let result = run::run_all(&context, &cases, jobs, !args.no_fail_fast, |record| {
+        if let (Some(error), false) = (context.probe_refused.get(), warned) {
+            warned = true;
+            eprintln!(
+                "warning: the exit probe is unavailable ({error}); only processes left running are checked, not fds or threads"
+            );
+        }
+        print_progress(args.message_format, &report::progress_line(record));
+    });
+
+    let interrupted = supervisor.interrupted();
+    let summary = Summary::from_records(&result.records, result.not_run, result.duration_ms, interrupted.is_some());
+    let failed = result.records.iter().any(|record| record.outcome.is_failure());
+    match args.message_format {
+        MessageFormat::Human => print_stdout(&report::final_report(&result.records, &summary)),
+        MessageFormat::Json => {
+            eprint!("{}", report::final_report(&result.records, &summary));
+            print_stdout(&format!("{}\n", report::json_report(result.records, summary)));
+        }
+    }
+    if let Some(signal) = interrupted {
+        eprintln!("error: interrupted by {signal}; running tests and their processes were killed");
+        return Ok(exit_code::INTERRUPTED);
+    }
+    Ok(if failed { exit_code::TESTS_FAILED } else { exit_code::SUCCESS })
+}
+
+fn binary_count(cases: &[list::TestCase]) -> usize {
+    let mut ids: Vec<&str> = cases.iter().map(|case| case.binary.id.as_str()).collect();
+    ids.dedup();
+    ids.len()
+}
+
+fn print_progress(format: MessageFormat, line: &str) {
+    match format {
+        MessageFormat::Human => print_stdout(&format!("{line}\n")),
+        MessageFormat::Json => eprintln!("{line}"),
+    }
+}
+
+/// Writes to stdout; a closed stdout (`| head`) is not an error worth a panic.
+fn print_stdout(text: &str) {
+    let mut stdout = std::io::stdout().lock();
+    if stdout.write_all(text.as_bytes()).and_then(|()| stdout.flush()).is_err() {
+        // The reader went away; the exit code still tells the result.
+    }
+}
+

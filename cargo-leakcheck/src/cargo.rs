@@ -1,0 +1,179 @@
+//! Asking cargo: the workspace (`cargo metadata`) and the test executables
+//! (`cargo test --no-run --message-format=json-render-diagnostics`).
+
+use std::collections::BTreeMap;
+use std::io::BufReader;
+use std::path::PathBuf;
+use std::process::Stdio;
+
+use cargo_metadata::{Message, Metadata, MetadataCommand, Package, TargetKind};
+
+use crate::cli::LeakcheckArgs;
+use crate::errors::RunError;
+use crate::process;
+use crate::run::Supervisor;
+
+/// One test executable and how to run it as `cargo test` would.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct TestBinary {
+    /// nextest's name for it: `pkg`, `pkg::integration`, `pkg::bin/name`.
+    pub(crate) id: String,
+    pub(crate) executable: PathBuf,
+    /// The package directory: tests run there, as under `cargo test`.
+    pub(crate) cwd: PathBuf,
+    /// `CARGO_MANIFEST_DIR`, `CARGO_PKG_*` and friends.
+    pub(crate) env: Vec<(String, String)>,
+}
+
+/// Reads the workspace with `cargo metadata --no-deps`.
+pub(crate) fn metadata(args: &LeakcheckArgs) -> Result<Metadata, RunError> {
+    let mut command = MetadataCommand::new();
+    command.no_deps();
+    if let Some(path) = &args.manifest_path {
+        command.manifest_path(path);
+    }
+    if let Some(cargo) = std::env::var_os("CARGO") {
+        command.cargo_path(cargo);
+    }
+    command.exec().map_err(|error| RunError::Metadata {
+        stderr: match error {
+            cargo_metadata::Error::CargoMetadata { stderr } => stderr.trim_end().to_owned(),
+            other => other.to_string(),
+        },
+    })
+}
+
+/// Builds the selected test targets and returns their executables, sorted by id.
+/// cargo's own diagnostics go straight to our stderr.
+pub(crate) fn build_tests(
+    args: &LeakcheckArgs,
+    metadata: &Metadata,
+    supervisor: &Supervisor,
+) -> Result<Vec<TestBinary>, RunError> {
+    let mut command = process::cargo();
+    command.args(["test", "--no-run", "--message-format=json-render-diagnostics"]);
+    if let Some(path) = &args.manifest_path {
+        command.arg("--manifest-path").arg(path);
+    }
+    for package in &args.packages {
+        command.args(["--package", package]);
+    }
+    if args.workspace {
+        command.arg("--workspace");
+    }
+    for package in &args.exclude {
+        command.args(["--exclude", package]);
+    }
+    if args.lib {
+        command.arg("--lib");
+    }
+    for test in &args.tests {
+        command.args(["--test", test]);
+    }
+    if args.all_tests {
+        command.arg("--tests");
+    }
+    for features in &args.features {
+        command.args(["--features", features]);
+    }
+    if args.all_features {
+        command.arg("--all-features");
+    }
+    if args.no_default_features {
+        command.arg("--no-default-features");
+    }
+    if args.release {
+        command.arg("--release");
+    }
+    if let Some(dir) = &args.target_dir {
+        command.arg("--target-dir").arg(dir);
+    }
+    command.stdout(Stdio::piped()).stderr(Stdio::inherit()).stdin(Stdio::null());
+    process::announce(&command, args.verbose);
+
+    let mut child =
+        command.spawn().map_err(|source| RunError::SpawnCargo { command: process::display(&command), source })?;
+    supervisor.add_helper(child.id() as i32);
+    let packages: BTreeMap<_, _> = metadata.packages.iter().map(|package| (&package.id, package)).collect();
+    let mut binaries = BTreeMap::new();
+    let stdout = BufReader::new(child.stdout.take().expect("stdout is piped"));
+    for message in Message::parse_stream(stdout) {
+        let Ok(Message::CompilerArtifact(artifact)) = message else { continue };
+        let (Some(executable), true) = (artifact.executable, artifact.profile.test) else { continue };
+        let Some(package) = packages.get(&artifact.package_id) else { continue };
+        let id = binary_id(package, &artifact.target.name, &artifact.target.kind);
+        let env = test_env(package, &artifact.target.name, executable.as_std_path());
+        let cwd = package.manifest_path.parent().map(|dir| dir.as_std_path().to_owned()).unwrap_or_default();
+        binaries.insert(id.clone(), TestBinary { id, executable: executable.into_std_path_buf(), cwd, env });
+    }
+    let status = child.wait().map_err(|source| RunError::SpawnCargo { command: process::display(&command), source })?;
+    supervisor.remove_helper(child.id() as i32);
+    if let Some(signal) = supervisor.interrupted() {
+        return Err(RunError::Interrupted { signal });
+    }
+    if !status.success() {
+        return Err(RunError::BuildFailed { status });
+    }
+    Ok(binaries.into_values().collect())
+}
+
+/// nextest's binary id: the package name for its library (and proc-macro)
+/// tests, `pkg::name` for an integration test, `pkg::kind/name` otherwise.
+fn binary_id(package: &Package, target: &str, kinds: &[TargetKind]) -> String {
+    let kind = kinds.first();
+    match kind {
+        Some(TargetKind::Test) => format!("{}::{target}", package.name),
+        Some(TargetKind::Bin) => format!("{}::bin/{target}", package.name),
+        Some(TargetKind::Example) => format!("{}::example/{target}", package.name),
+        Some(TargetKind::Bench) => format!("{}::bench/{target}", package.name),
+        _ => package.name.to_string(),
+    }
+}
+
+/// The environment `cargo test` gives a test process at run time.
+fn test_env(package: &Package, target: &str, executable: &std::path::Path) -> Vec<(String, String)> {
+    let version = &package.version;
+    let dir = package.manifest_path.parent().map(|dir| dir.to_string()).unwrap_or_default();
+    let mut env = vec![
+        ("CARGO_MANIFEST_DIR".to_owned(), dir),
+        ("CARGO_MANIFEST_PATH".to_owned(), package.manifest_path.to_string()),
+        ("CARGO_PKG_NAME".to_owned(), package.name.to_string()),
+        ("CARGO_PKG_VERSION".to_owned(), version.to_string()),
+        ("CARGO_PKG_VERSION_MAJOR".to_owned(), version.major.to_string()),
+        ("CARGO_PKG_VERSION_MINOR".to_owned(), version.minor.to_string()),
+        ("CARGO_PKG_VERSION_PATCH".to_owned(), version.patch.to_string()),
+        ("CARGO_PKG_VERSION_PRE".to_owned(), version.pre.to_string()),
+        ("CARGO_PKG_AUTHORS".to_owned(), package.authors.join(":")),
+        ("CARGO_PKG_DESCRIPTION".to_owned(), package.description.clone().unwrap_or_default()),
+        ("CARGO_PKG_HOMEPAGE".to_owned(), package.homepage.clone().unwrap_or_default()),
+        ("CARGO_PKG_REPOSITORY".to_owned(), package.repository.clone().unwrap_or_default()),
+        ("CARGO_PKG_LICENSE".to_owned(), package.license.clone().unwrap_or_default()),
+        ("CARGO_PKG_RUST_VERSION".to_owned(), package.rust_version.as_ref().map(|v| v.to_string()).unwrap_or_default()),
+        ("CARGO_CRATE_NAME".to_owned(), target.replace('-', "_")),
+    ];
+    if std::env::var_os("CARGO").is_none() {
+        if let Ok(cargo) = which_cargo() {
+            env.push(("CARGO".to_owned(), cargo));
+        }
+    }
+    // Like cargo: let the test find dylibs built next to it.
+    if let Some(deps) = executable.parent() {
+        let mut paths = vec![deps.to_owned()];
+        paths.extend(deps.parent().map(|profile| profile.to_owned()));
+        paths.extend(std::env::var_os("LD_LIBRARY_PATH").iter().flat_map(std::env::split_paths));
+        if let Ok(joined) = std::env::join_paths(paths) {
+            env.push(("LD_LIBRARY_PATH".to_owned(), joined.to_string_lossy().into_owned()));
+        }
+    }
+    env
+}
+
+fn which_cargo() -> Result<String, ()> {
+    std::env::var_os("PATH")
+        .iter()
+        .flat_map(std::env::split_paths)
+        .map(|dir| dir.join("cargo"))
+        .find(|path| path.is_file())
+        .map(|path| path.to_string_lossy().into_owned())
+        .ok_or(())
+}

@@ -1,0 +1,182 @@
+//! The command line, in cargo's subcommand shape: `cargo leakcheck [OPTIONS]`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, ValueEnum};
+
+const AFTER_HELP: &str = "\
+How it works:
+  Builds the tests like `cargo test --no-run`, lists every test of every test
+  binary, then runs each test alone in its own process. When the process exits,
+  it is stopped at exit_group (a seccomp user-notification probe) and its open
+  file descriptors, threads and child processes are compared with what it
+  started with. Anything left behind fails the test and is named. Processes a
+  test leaves running are reported, then killed, so nothing outlives the run.
+
+Exit codes:
+    0  every test passed and nothing leaked
+    1  cargo-leakcheck could not do its job (a test binary it cannot list, I/O)
+    2  bad usage or configuration (no Cargo.toml, unknown package, bad flag)
+    4  no test was selected (the filter matched nothing, or there are no tests)
+  100  some test failed, leaked or timed out
+  101  the build failed
+  130  interrupted by SIGINT, SIGTERM or SIGHUP (running tests were killed)
+
+Environment:
+  LEAKCHECK_NO_PROBE=1   same as --no-probe";
+
+/// `cargo`'s view: `cargo leakcheck ...` runs `cargo-leakcheck leakcheck ...`.
+#[derive(Debug, Parser)]
+#[command(name = "cargo", bin_name = "cargo", disable_help_subcommand = true)]
+pub(crate) enum CargoCli {
+    /// Run the tests one per process and fail each test that leaks fds, threads or child processes.
+    Leakcheck(LeakcheckArgs),
+}
+
+/// Run a crate's tests one per process and fail each test that leaks file
+/// descriptors, threads or child processes.
+#[derive(Debug, Args)]
+#[command(version, after_help = AFTER_HELP, next_display_order = None)]
+pub(crate) struct LeakcheckArgs {
+    /// Run only the tests whose name contains TESTNAME (libtest's filter)
+    #[arg(value_name = "TESTNAME")]
+    pub(crate) filter: Option<String>,
+
+    /// Arguments for the test binaries, after `--`: --exact, --skip PATTERN, --ignored, --include-ignored
+    #[arg(last = true, value_name = "ARGS")]
+    pub(crate) test_args: Vec<String>,
+
+    /// Path to Cargo.toml
+    #[arg(long, value_name = "PATH", help_heading = "Package Selection")]
+    pub(crate) manifest_path: Option<PathBuf>,
+
+    /// Package to test (repeatable)
+    #[arg(short, long = "package", value_name = "SPEC", help_heading = "Package Selection")]
+    pub(crate) packages: Vec<String>,
+
+    /// Test every package of the workspace
+    #[arg(long, help_heading = "Package Selection")]
+    pub(crate) workspace: bool,
+
+    /// Exclude a package from --workspace (repeatable)
+    #[arg(long, value_name = "SPEC", requires = "workspace", help_heading = "Package Selection")]
+    pub(crate) exclude: Vec<String>,
+
+    /// Test only this package's library
+    #[arg(long, help_heading = "Target Selection")]
+    pub(crate) lib: bool,
+
+    /// Test only the integration test NAME (repeatable)
+    #[arg(long = "test", value_name = "NAME", help_heading = "Target Selection")]
+    pub(crate) tests: Vec<String>,
+
+    /// Test all integration tests
+    #[arg(long = "tests", help_heading = "Target Selection")]
+    pub(crate) all_tests: bool,
+
+    /// Features to activate, space or comma separated (repeatable)
+    #[arg(short = 'F', long, value_name = "FEATURES", help_heading = "Feature Selection")]
+    pub(crate) features: Vec<String>,
+
+    /// Activate all features
+    #[arg(long, help_heading = "Feature Selection")]
+    pub(crate) all_features: bool,
+
+    /// Do not activate the `default` feature
+    #[arg(long, help_heading = "Feature Selection")]
+    pub(crate) no_default_features: bool,
+
+    /// Build in release mode
+    #[arg(long, help_heading = "Compilation Options")]
+    pub(crate) release: bool,
+
+    /// Directory for all generated artifacts
+    #[arg(long, value_name = "DIRECTORY", help_heading = "Compilation Options")]
+    pub(crate) target_dir: Option<PathBuf>,
+
+    /// Run every test even after one failed or leaked (default: stop starting new tests)
+    #[arg(long, help_heading = "Run Options")]
+    pub(crate) no_fail_fast: bool,
+
+    /// Number of tests to run at once [default: number of CPUs]
+    #[arg(short, long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..), help_heading = "Run Options")]
+    pub(crate) jobs: Option<u16>,
+
+    /// Kill a test (and every process it started) after this long: 90s, 500ms, 2m
+    #[arg(long, value_name = "DURATION", default_value = "120s", value_parser = parse_duration, help_heading = "Run Options")]
+    pub(crate) timeout: Duration,
+
+    /// How long a leak may take to go away by itself before it counts (a thread
+    /// already exiting, a child being reaped). Clean tests never wait for it
+    #[arg(long, value_name = "DURATION", default_value = "200ms", value_parser = parse_duration, help_heading = "Run Options")]
+    pub(crate) grace: Duration,
+
+    /// Do not use the exit probe: check only the processes a test leaves running
+    #[arg(long, env = "LEAKCHECK_NO_PROBE", value_parser = clap::builder::BoolishValueParser::new(), action = clap::ArgAction::SetTrue, help_heading = "Run Options")]
+    pub(crate) no_probe: bool,
+
+    /// Output format: human lines and tables, or one JSON report on stdout
+    #[arg(long, value_name = "FMT", value_enum, default_value_t = MessageFormat::Human, help_heading = "Reporting")]
+    pub(crate) message_format: MessageFormat,
+
+    /// Print the commands cargo-leakcheck runs
+    #[arg(short, long, help_heading = "Reporting")]
+    pub(crate) verbose: bool,
+}
+
+/// `--message-format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum MessageFormat {
+    /// One line per test, captured output of failures, a table of leaks
+    Human,
+    /// The JSON report (see the README) on stdout; progress lines go to stderr
+    Json,
+}
+
+/// Parses `120s`, `500ms`, `2m`, `1.5s` or a bare number of seconds.
+pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let value: f64 = number.parse().map_err(|_| format!("`{text}` is not a duration (examples: 90s, 500ms, 2m)"))?;
+    let seconds = match unit.trim() {
+        "" | "s" => value,
+        "ms" => value / 1000.0,
+        "m" | "min" => value * 60.0,
+        "h" => value * 3600.0,
+        other => return Err(format!("unknown unit `{other}` in `{text}` (use ms, s, m or h)")),
+    };
+    Duration::try_from_secs_f64(seconds).map_err(|_| format!("`{text}` is out of range"))
+}
+
+/// Parses the process arguments. Accepts both `cargo leakcheck ...` (cargo
+/// passes `leakcheck` as the first argument) and `cargo-leakcheck ...`.
+pub(crate) fn parse() -> LeakcheckArgs {
+    let mut args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if args.get(1).is_none_or(|arg| arg != "leakcheck") {
+        args.insert(1, "leakcheck".into());
+    }
+    let CargoCli::Leakcheck(args) = CargoCli::parse_from(args);
+    args
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        CargoCli::command().debug_assert();
+    }
+
+    #[test]
+    fn durations_parse_with_units() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("1.5"), Ok(Duration::from_millis(1500)));
+        assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("5 parsecs").is_err());
+    }
+}

@@ -1,0 +1,64 @@
+//! Errors of each stage, and the one mapping from outcome to exit code.
+
+/// Exit codes, documented in `--help` and the README.
+pub(crate) mod exit_code {
+    /// Every test passed and nothing leaked.
+    pub(crate) const SUCCESS: u8 = 0;
+    /// cargo-leakcheck itself could not do its job (a test binary it cannot
+    /// list, an I/O failure).
+    pub(crate) const TOOL_ERROR: u8 = 1;
+    /// Bad usage or bad configuration (no Cargo.toml, unknown package, bad flag).
+    pub(crate) const USAGE: u8 = 2;
+    /// The filter (or the crate) selected no test at all.
+    pub(crate) const NO_TESTS: u8 = 4;
+    /// Some test failed, leaked or timed out.
+    pub(crate) const TESTS_FAILED: u8 = 100;
+    /// The build failed.
+    pub(crate) const BUILD_FAILED: u8 = 101;
+    /// Interrupted by SIGINT, SIGTERM or SIGHUP (128 + SIGINT).
+    pub(crate) const INTERRUPTED: u8 = 130;
+}
+
+/// Why a run could not complete.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum RunError {
+    #[error("could not read the workspace metadata\n{stderr}")]
+    Metadata { stderr: String },
+    #[error("could not run `{command}`")]
+    SpawnCargo {
+        command: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the build failed ({status})")]
+    BuildFailed { status: std::process::ExitStatus },
+    #[error("could not list the tests of {binary} (`{command}` {status}); is it a libtest-compatible test binary?\n{stderr}")]
+    ListTests { binary: String, command: String, status: String, stderr: String },
+    #[error("no test matched the filter `{filter}`")]
+    NothingMatched { filter: String },
+    #[error("the selected targets contain no tests")]
+    NoTests,
+    #[error("interrupted by {signal}")]
+    Interrupted { signal: nix::sys::signal::Signal },
+    #[error("cargo-leakcheck could not {what}")]
+    Setup {
+        what: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl RunError {
+    /// The exit code this error ends the run with.
+    pub(crate) fn exit_code(&self) -> u8 {
+        match self {
+            RunError::Metadata { .. } => exit_code::USAGE,
+            RunError::SpawnCargo { .. } => exit_code::TOOL_ERROR,
+            RunError::BuildFailed { .. } => exit_code::BUILD_FAILED,
+            RunError::ListTests { .. } => exit_code::TOOL_ERROR,
+            RunError::NothingMatched { .. } | RunError::NoTests => exit_code::NO_TESTS,
+            RunError::Interrupted { .. } => exit_code::INTERRUPTED,
+            RunError::Setup { .. } => exit_code::TOOL_ERROR,
+        }
+    }
+}

@@ -1,0 +1,114 @@
+//! Human output: a line per test as it ends, then the captured output of the
+//! tests that did not pass, a table of every leak and a summary line.
+
+use std::fmt::Write;
+
+use comfy_table::presets::UTF8_FULL_CONDENSED;
+use comfy_table::{ContentArrangement, Table};
+use leakcheck::{Outcome, Summary, TestRecord};
+
+/// The status word of an outcome, right-aligned to 8 columns like cargo's.
+fn status_word(outcome: Outcome) -> &'static str {
+    match outcome {
+        Outcome::Passed => "PASS",
+        Outcome::Leaked => "LEAK",
+        Outcome::Failed => "FAIL",
+        Outcome::Ignored => "IGNORED",
+        Outcome::TimedOut => "TIMEOUT",
+    }
+}
+
+/// `    LEAK [   0.004s] leaky fd::forgotten_file` plus one indented line per leak.
+pub(crate) fn progress_line(record: &TestRecord) -> String {
+    let mut line = format!(
+        "{:>8} [{:>8.3}s] {} {}",
+        status_word(record.outcome),
+        record.duration_ms as f64 / 1000.0,
+        record.binary,
+        record.name
+    );
+    if let Some(message) = &record.message {
+        let _ = write!(line, "\n{:>20}{message}", "");
+    }
+    for leak in &record.leaks {
+        let _ = write!(line, "\n{:>20}leaked {}", "", leak.describe());
+    }
+    if !record.unchecked.is_empty() && record.outcome != Outcome::Ignored {
+        let _ = write!(line, "\n{:>20}not checked: {}", "", record.unchecked.join(", "));
+    }
+    line
+}
+
+/// Everything printed after the last test: outputs, the leak table, the summary.
+pub(crate) fn final_report(records: &[TestRecord], summary: &Summary) -> String {
+    let mut out = String::new();
+    for record in records.iter().filter(|record| record.outcome.is_failure()) {
+        let Some(output) = record.output.as_deref().map(without_libtest_framing).filter(|output| !output.is_empty())
+        else {
+            continue;
+        };
+        let _ = writeln!(out, "\n--- {} {} {}: output ---", status_word(record.outcome), record.binary, record.name);
+        out.push_str(output.trim_end());
+        out.push('\n');
+    }
+
+    let leaking: Vec<&TestRecord> = records.iter().filter(|record| !record.leaks.is_empty()).collect();
+    if !leaking.is_empty() {
+        let mut table = Table::new();
+        table.load_style(UTF8_FULL_CONDENSED).set_content_arrangement(ContentArrangement::Dynamic);
+        table.set_header(["test", "kind", "what leaked"]);
+        for record in leaking {
+            for leak in &record.leaks {
+                table.add_row([format!("{} {}", record.binary, record.name), leak.kind().to_owned(), leak.describe()]);
+            }
+        }
+        let _ = writeln!(out, "\nLeaks:\n{table}");
+    }
+
+    let _ = write!(
+        out,
+        "\nSummary [{:>8.3}s] {} tests: {} passed, {} leaked, {} failed, {} timed out, {} ignored",
+        summary.duration_ms as f64 / 1000.0,
+        summary.tests,
+        summary.passed,
+        summary.leaked,
+        summary.failed,
+        summary.timed_out,
+        summary.ignored
+    );
+    let not_run = summary.not_run;
+    if not_run > 0 {
+        let reason = if summary.interrupted { "the run was interrupted" } else { "fail-fast; use --no-fail-fast" };
+        let _ = write!(out, "; {not_run} not run ({reason})");
+    }
+    out.push('\n');
+    out
+}
+
+/// The test's own output: libtest's framing of a one-test run ("running 1
+/// test", "test x ... ok", "test result: ...", blank lines) says nothing here.
+fn without_libtest_framing(output: &str) -> String {
+    let kept: Vec<&str> = output
+        .lines()
+        .filter(|line| {
+            let line = line.trim_end();
+            !(line.is_empty()
+                || line == "running 1 test"
+                || line.starts_with("test result: ")
+                || (line.starts_with("test ") && (line.ends_with(" ... ok") || line.ends_with(" ... FAILED"))))
+        })
+        .collect();
+    kept.join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn libtest_framing_is_dropped_and_the_test_output_kept() {
+        let output = "\nrunning 1 test\nhello from the test\ntest a::b ... ok\n\ntest result: ok. 1 passed; 0 failed\n";
+        assert_eq!(without_libtest_framing(output), "hello from the test");
+        assert_eq!(without_libtest_framing("\nrunning 1 test\ntest a ... ok\n"), "");
+    }
+}

@@ -1,0 +1,7 @@
+//! Turning test records into what people and tools read.
+
+mod human;
+mod json;
+
+pub(crate) use human::{final_report, progress_line};
+pub(crate) use json::json_report;

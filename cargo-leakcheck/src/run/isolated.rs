@@ -1,0 +1,334 @@
+//! One test, alone in its own process, judged at its exit.
+//!
+//! Lifecycle: spawn `<binary> <name> --exact --nocapture --test-threads=1` in
+//! its package directory, in a new process group, under the exit probe;
+//! capture its output; when the process calls `exit_group`, snapshot it
+//! (settling leaks for up to the grace period) and let it go; after it exited,
+//! every process it left behind is reported, then terminated and reaped.
+
+use std::io::{self, Read};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use leakcheck::diff::{child_leak, settle, Baseline, Delta};
+use leakcheck::snapshot;
+use leakcheck::{Leak, Outcome, TestRecord};
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::signal::Signal;
+use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
+
+use super::output::Capture;
+use super::probe::{self, ExitFilter, Listener};
+use super::reaper::{self, ExitSlot, ExitStatus, Supervisor, MARKER_VAR};
+use crate::list::TestCase;
+
+/// What every test of a run shares.
+#[derive(Debug)]
+pub(crate) struct RunContext {
+    pub(crate) supervisor: &'static Supervisor,
+    pub(crate) filter: Option<ExitFilter>,
+    pub(crate) grace: Duration,
+    pub(crate) timeout: Duration,
+    /// Extra arguments for every test process (`--ignored`, ...).
+    pub(crate) test_args: Vec<String>,
+    /// Set once the probe was refused; the first refusal prints the warning.
+    pub(crate) probe_refused: std::sync::OnceLock<io::Error>,
+}
+
+/// A worker's wake-up pipe: the reaper writes to it when the worker's test exits.
+#[derive(Debug)]
+pub(crate) struct Waker {
+    reader: io::PipeReader,
+    writer: io::PipeWriter,
+}
+
+impl Waker {
+    pub(crate) fn new() -> io::Result<Waker> {
+        let (reader, writer) = io::pipe()?;
+        nix::fcntl::fcntl(&reader, nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK))?;
+        Ok(Waker { reader, writer })
+    }
+
+    fn drain(&self) {
+        let mut buf = [0u8; 64];
+        while matches!((&self.reader).read(&mut buf), Ok(n) if n > 0) {}
+    }
+}
+
+/// Time allowed to processes a test left behind to end on SIGTERM.
+const TERMINATE_GRACE: Duration = Duration::from_millis(200);
+/// How long to keep reading output after every process of the test is gone.
+const DRAIN_LIMIT: Duration = Duration::from_millis(500);
+
+/// What the probe saw at `exit_group`.
+#[derive(Debug)]
+struct ExitView {
+    leaks: Vec<Leak>,
+    /// Pids of the direct children seen then.
+    children: Vec<i32>,
+    /// Whether the main thread called `exit_group` (libtest returning from
+    /// `main`), rather than a test thread calling `std::process::exit`.
+    by_main_thread: bool,
+}
+
+/// Runs `case` and judges it. `None` when the run was interrupted under it.
+pub(crate) fn run_test(context: &RunContext, waker: &Waker, case: &TestCase) -> io::Result<Option<TestRecord>> {
+    waker.drain();
+    let binary = &case.binary;
+    let marker = format!("{}:{}", std::process::id(), case.serial);
+    let mut command = Command::new(&binary.executable);
+    command
+        .arg(&case.name)
+        .args(["--exact", "--nocapture", "--test-threads=1"])
+        .args(&context.test_args)
+        .current_dir(&binary.cwd)
+        .envs(binary.env.iter().map(|(key, value)| (key, value)))
+        .env(MARKER_VAR, &marker)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0);
+
+    let probe_socket = match context.filter {
+        Some(filter) if context.probe_refused.get().is_none() => {
+            let (parent, child) =
+                socketpair(AddressFamily::Unix, SockType::SeqPacket, None, SockFlag::SOCK_CLOEXEC)?;
+            let child_raw = child.as_raw_fd();
+            // SAFETY: `child_setup` only makes async-signal-safe syscalls on
+            // the captured filter (plain data) and fd; see its contract.
+            unsafe {
+                command.pre_exec(move || {
+                    probe::child_setup(&filter, child_raw);
+                    Ok(())
+                });
+            }
+            Some((parent, child))
+        }
+        _ => None,
+    };
+
+    let slot = Arc::new(ExitSlot::new(waker.writer.try_clone()?));
+    let started = Instant::now();
+    let mut child = context.supervisor.spawn_registered(slot.clone(), || {
+        let child = command.spawn()?;
+        let pid = child.id() as i32;
+        io::Result::Ok((child, pid, marker.clone()))
+    })?;
+    let pid = child.id() as i32;
+    let stdout = child.stdout.take().expect("stdout is piped");
+    let stderr = child.stderr.take().expect("stderr is piped");
+    // `child` is never waited through std: the reaper owns that (see reaper.rs).
+
+    let listener = probe_socket.and_then(|(parent, child_end)| {
+        drop::<OwnedFd>(child_end);
+        match probe::receive_listener(parent.as_fd()) {
+            Ok(listener) => Some(listener),
+            Err(error) => {
+                let _ = context.probe_refused.set(error);
+                None
+            }
+        }
+    });
+
+    let baseline = Baseline {
+        fds: [(0, "/dev/null".to_owned()), (1, link_of(&stdout)), (2, link_of(&stderr))].into(),
+        threads: [pid].into(),
+        children: Default::default(),
+    };
+    let mut stdout = Capture::new(stdout.into());
+    let mut stderr = Capture::new(stderr.into());
+    let mut exit_view: Option<ExitView> = None;
+    let deadline = started + context.timeout;
+    let mut timed_out = false;
+
+    let status = loop {
+        if let Some(status) = slot.status() {
+            break status;
+        }
+        let wait = if timed_out { Duration::from_millis(50) } else { deadline.saturating_duration_since(Instant::now()) };
+        let ready = wait_for_events(&[stdout.fd(), stderr.fd(), listener.as_ref().map(|l| l.as_fd()), Some(waker.reader.as_fd())], wait)?;
+        if ready[0] {
+            stdout.read_some();
+        }
+        if ready[1] {
+            stderr.read_some();
+        }
+        if ready[2] {
+            if let Some(listener) = &listener {
+                serve_exit_call(listener, pid, &baseline, context.grace, &mut exit_view)?;
+            }
+        }
+        if ready[3] {
+            waker.drain();
+        }
+        let interrupted = context.supervisor.interrupted().is_some();
+        if !timed_out && (Instant::now() >= deadline || interrupted) && slot.status().is_none() {
+            timed_out = !interrupted;
+            reaper::kill_tree(&reaper::processes_of(pid, &marker), Signal::SIGKILL);
+            reaper::kill_group(pid, Signal::SIGKILL);
+        }
+    };
+    let duration = started.elapsed();
+    context.supervisor.unregister(pid);
+
+    // Everything the test left alive, now re-parented to us.
+    let serve = || {
+        if let Some(listener) = &listener {
+            let _ = serve_exit_call_nowait(listener);
+        }
+    };
+    let leftovers = reaper::processes_of(pid, &marker);
+    let mut leaks = exit_view.as_ref().map(|view| view.leaks.clone()).unwrap_or_default();
+    let direct: &[i32] = exit_view.as_ref().map_or(&[], |view| &view.children);
+    for &leftover in &leftovers {
+        if direct.contains(&leftover) {
+            continue;
+        }
+        if let Ok(info) = snapshot::process_info(leftover) {
+            leaks.push(child_leak(info, exit_view.is_some()));
+        }
+    }
+    let terminate_grace = if timed_out || context.supervisor.interrupted().is_some() { Duration::ZERO } else { TERMINATE_GRACE };
+    reaper::terminate(&leftovers, terminate_grace, serve);
+    stdout.drain_until_eof(DRAIN_LIMIT);
+    stderr.drain_until_eof(DRAIN_LIMIT);
+
+    if context.supervisor.interrupted().is_some() && !timed_out && exit_view.is_none() {
+        return Ok(None);
+    }
+    let finished = stdout.contains(b"\ntest result: ok.");
+    let (outcome, message) = judge(status, timed_out, finished, exit_view.as_ref(), &leaks, context.timeout);
+    let mut unchecked = Vec::new();
+    if listener.is_none() {
+        unchecked.extend(["fd".to_owned(), "thread".to_owned()]);
+    }
+    let output = (outcome != Outcome::Passed).then(|| {
+        let mut text = stdout.into_text();
+        text.push_str(&stderr.into_text());
+        text
+    });
+    Ok(Some(TestRecord {
+        binary: binary.id.clone(),
+        name: case.name.clone(),
+        outcome,
+        duration_ms: duration.as_millis() as u64,
+        message,
+        leaks,
+        unchecked,
+        output,
+    }))
+}
+
+fn judge(
+    status: ExitStatus,
+    timed_out: bool,
+    finished: bool,
+    exit_view: Option<&ExitView>,
+    leaks: &[Leak],
+    timeout: Duration,
+) -> (Outcome, Option<String>) {
+    if timed_out {
+        return (Outcome::TimedOut, Some(format!("ran past the time limit of {}s and was killed", timeout.as_secs_f64())));
+    }
+    match status {
+        ExitStatus::Code(0) if finished && exit_view.is_none_or(|view| view.by_main_thread) => {
+            (if leaks.is_empty() { Outcome::Passed } else { Outcome::Leaked }, None)
+        }
+        ExitStatus::Code(0) => (
+            Outcome::Failed,
+            Some("the test process exited with status 0 before the test finished (std::process::exit?)".into()),
+        ),
+        ExitStatus::Code(101) => (Outcome::Failed, Some("the test failed (exit status 101)".into())),
+        ExitStatus::Code(code) => (Outcome::Failed, Some(format!("the test process exited with status {code}"))),
+        ExitStatus::Signal(signal) => (Outcome::Failed, Some(format!("the test process was killed by signal {signal}"))),
+    }
+}
+
+/// Answers one pending `exit_group` call. The test process's own call is
+/// snapshotted first (once), while it still holds everything.
+fn serve_exit_call(
+    listener: &Listener,
+    pid: i32,
+    baseline: &Baseline,
+    grace: Duration,
+    exit_view: &mut Option<ExitView>,
+) -> io::Result<()> {
+    let Some(call) = listener.receive()? else { return Ok(()) };
+    let is_test_process = call.tid == pid || snapshot::tgid_of(call.tid).is_ok_and(|tgid| tgid == pid);
+    if is_test_process && exit_view.is_none() {
+        let mut baseline = baseline.clone();
+        baseline.threads.insert(call.tid);
+        let mut children = Vec::new();
+        let delta = settle(grace, || {
+            let snapshot = snapshot::take(pid)?;
+            children = snapshot.children.iter().map(|child| child.pid).collect();
+            Ok(Delta::between(&baseline, snapshot))
+        });
+        match delta {
+            Ok(delta) => {
+                *exit_view = Some(ExitView { leaks: delta.into_leaks(pid), children, by_main_thread: call.tid == pid })
+            }
+            Err(_) => {
+                *exit_view = Some(ExitView { leaks: Vec::new(), children, by_main_thread: call.tid == pid });
+            }
+        }
+    }
+    listener.proceed(call);
+    Ok(())
+}
+
+/// Answers every pending call of processes being terminated, without waiting.
+fn serve_exit_call_nowait(listener: &Listener) -> io::Result<()> {
+    while wait_for_events(&[Some(listener.as_fd())], Duration::ZERO)?[0] {
+        match listener.receive()? {
+            Some(call) => listener.proceed(call),
+            None => break,
+        }
+    }
+    Ok(())
+}
+
+/// Polls the present fds for input (or hang-up); returns which are ready.
+pub(crate) fn wait_for_events(fds: &[Option<std::os::fd::BorrowedFd<'_>>], timeout: Duration) -> io::Result<Vec<bool>> {
+    let mut poll_fds: Vec<PollFd<'_>> =
+        fds.iter().flatten().map(|fd| PollFd::new(*fd, PollFlags::POLLIN)).collect();
+    let millis = timeout.as_millis().min(i32::MAX as u128) as i32;
+    match poll(&mut poll_fds, PollTimeout::try_from(millis).unwrap_or(PollTimeout::MAX)) {
+        Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+        Err(error) => return Err(error.into()),
+    }
+    let mut ready = poll_fds.iter().map(|fd| fd.revents().is_some_and(|events| !events.is_empty()));
+    Ok(fds.iter().map(|fd| fd.is_some() && ready.next().unwrap_or(false)).collect())
+}
+
+/// `pipe:[inode]` of one of our pipe ends: the child's end has the same target.
+fn link_of(fd: &impl AsRawFd) -> String {
+    std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+        .map(|target| target.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+/// Marks every fd above stderr close-on-exec, so each test process starts
+/// with exactly stdin, stdout and stderr, whatever cargo-leakcheck itself
+/// inherited (a terminal multiplexer's pipe, a jobserver). Without this an
+/// inherited fd would either be blamed on every test or have to be part of
+/// every baseline. Call once at start-up.
+pub(crate) fn stop_fd_inheritance() -> io::Result<()> {
+    for entry in std::fs::read_dir("/proc/self/fd")? {
+        let Some(fd) = entry?.file_name().to_str().and_then(|name| name.parse::<i32>().ok()) else { continue };
+        if fd > 2 {
+            // SAFETY: F_GETFD/F_SETFD only change the fd's close-on-exec flag;
+            // an fd closed meanwhile (the directory's own) just fails with EBADF.
+            unsafe {
+                let flags = libc::fcntl(fd, libc::F_GETFD);
+                if flags >= 0 {
+                    libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC);
+                }
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,12 @@
+//! Running tests: one isolated process per test, judged at its exit.
+
+mod isolated;
+mod output;
+mod probe;
+mod reaper;
+mod scheduler;
+
+pub(crate) use isolated::{stop_fd_inheritance, RunContext};
+pub(crate) use probe::ExitFilter;
+pub(crate) use reaper::{block_signals, Supervisor};
+pub(crate) use scheduler::run_all;

@@ -1,0 +1,103 @@
+//! Running the selected tests, up to `jobs` at a time, reporting each record
+//! as soon as its test ends.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::mpsc;
+use std::time::Instant;
+
+use leakcheck::{Outcome, TestRecord};
+
+use super::isolated::{run_test, RunContext, Waker};
+use crate::list::TestCase;
+
+/// What a run produced.
+#[derive(Debug)]
+pub(crate) struct RunResult {
+    /// One record per test that ended (ignored ones included), in listing order.
+    pub(crate) records: Vec<TestRecord>,
+    /// Tests never started (fail-fast stop or interruption).
+    pub(crate) not_run: usize,
+    /// Wall time of the whole test phase.
+    pub(crate) duration_ms: u64,
+}
+
+/// Runs `cases` with `jobs` workers; `on_record` sees each record as it ends.
+/// With `fail_fast`, no new test starts after the first failing one.
+pub(crate) fn run_all(
+    context: &RunContext,
+    cases: &[TestCase],
+    jobs: usize,
+    fail_fast: bool,
+    mut on_record: impl FnMut(&TestRecord),
+) -> RunResult {
+    let started = Instant::now();
+    let next = AtomicUsize::new(0);
+    let stop = AtomicBool::new(false);
+    let (sender, receiver) = mpsc::channel::<(usize, TestRecord)>();
+    let mut slots: Vec<Option<TestRecord>> = vec![None; cases.len()];
+
+    std::thread::scope(|scope| {
+        for worker in 0..jobs.max(1) {
+            let sender = sender.clone();
+            let (next, stop) = (&next, &stop);
+            std::thread::Builder::new()
+                .name(format!("leakcheck-worker-{worker}"))
+                .spawn_scoped(scope, move || {
+                    let waker = Waker::new().expect("a pipe for the worker");
+                    loop {
+                        if stop.load(Ordering::SeqCst) || context.supervisor.interrupted().is_some() {
+                            return;
+                        }
+                        let index = next.fetch_add(1, Ordering::SeqCst);
+                        let Some(case) = cases.get(index) else { return };
+                        let record = if case.ignored {
+                            Some(ignored_record(case))
+                        } else {
+                            match run_test(context, &waker, case) {
+                                Ok(record) => record,
+                                Err(error) => Some(tool_error_record(case, &error)),
+                            }
+                        };
+                        if let Some(record) = record {
+                            if sender.send((index, record)).is_err() {
+                                return;
+                            }
+                        }
+                    }
+                })
+                .expect("a worker thread starts");
+        }
+        drop(sender);
+        for (index, record) in receiver {
+            if fail_fast && record.outcome.is_failure() {
+                stop.store(true, Ordering::SeqCst);
+            }
+            on_record(&record);
+            slots[index] = Some(record);
+        }
+    });
+
+    let records: Vec<TestRecord> = slots.into_iter().flatten().collect();
+    RunResult { not_run: cases.len() - records.len(), records, duration_ms: started.elapsed().as_millis() as u64 }
+}
+
+fn ignored_record(case: &TestCase) -> TestRecord {
+    TestRecord {
+        binary: case.binary.id.clone(),
+        name: case.name.clone(),
+        outcome: Outcome::Ignored,
+        duration_ms: 0,
+        message: None,
+        leaks: Vec::new(),
+        unchecked: Vec::new(),
+        output: None,
+    }
+}
+
+fn tool_error_record(case: &TestCase, error: &std::io::Error) -> TestRecord {
+    TestRecord {
+        message: Some(format!("cargo-leakcheck could not run this test: {error}")),
+        outcome: Outcome::Failed,
+        ..ignored_record(case)
+    }
+}
