@@ -1,1 +1,286 @@
-fn main(){}
+//! `cargo leakcheck` on unmodified crates: the real binary on the fixtures,
+//! asserting exact outcomes, leak identities, exit codes, and that no process
+//! outlives a run.
+
+mod support;
+
+use leakcheck::Outcome;
+use support::*;
+
+#[test]
+fn every_leak_of_the_showcase_is_named() {
+    let _serial = serial();
+    let run = run_to_end(leakcheck(&["-p", "leaky", "--no-fail-fast", "--message-format", "json"]));
+    assert_eq!(run.code, Some(100), "stderr:\n{}", run.stderr);
+    let report = run.report();
+    let leaks = "leaky::leaks";
+
+    let forgotten = record(&report, leaks, "fd::forgotten_file");
+    assert_outcome(forgotten, Outcome::Leaked);
+    assert_eq!(forgotten.leaks.len(), 1, "{forgotten:#?}");
+    let (target, detail) = fds(forgotten)[0];
+    assert!(target.ends_with("/leakcheck-fixture-forgotten.txt"), "{target}");
+    assert_eq!(detail, "regular file");
+
+    let listener = record(&report, leaks, "fd::leaked_listener");
+    assert_outcome(listener, Outcome::Leaked);
+    assert_eq!(listener.leaks.len(), 1, "{listener:#?}");
+    let (target, detail) = fds(listener)[0];
+    assert!(target.starts_with("socket:["), "{target}");
+    assert!(detail.starts_with("tcp listening on 127.0.0.1:"), "{detail}");
+
+    let connected = record(&report, leaks, "fd::connected_socket");
+    assert_outcome(connected, Outcome::Leaked);
+    let sockets = fds(connected);
+    assert_eq!(sockets.len(), 2, "{connected:#?}");
+    for (_, detail) in sockets {
+        assert!(detail.starts_with("tcp 127.0.0.1:") && detail.ends_with("(established)"), "{detail}");
+    }
+
+    let pipe = record(&report, leaks, "fd::pipe_from_child");
+    assert_outcome(pipe, Outcome::Leaked);
+    assert_eq!(pipe.leaks.len(), 1, "{pipe:#?}");
+    assert_eq!(fds(pipe)[0].1, "pipe");
+
+    let detached = record(&report, leaks, "thread::detached_thread");
+    assert_outcome(detached, Outcome::Leaked);
+    assert_eq!(threads(detached), ["flusher"], "{detached:#?}");
+    assert_eq!(detached.leaks.len(), 1);
+
+    let sleeper = record(&report, leaks, "thread::thread_sleeping_long");
+    assert_outcome(sleeper, Outcome::Leaked);
+    assert_eq!(threads(sleeper), ["sleeper"], "{sleeper:#?}");
+    assert_eq!(sleeper.leaks.len(), 1);
+
+    let runtime = record(&report, leaks, "thread::forgotten_tokio_runtime");
+    assert_outcome(runtime, Outcome::Leaked);
+    assert_eq!(threads(runtime), ["tokio-rt-worker", "tokio-rt-worker"], "{runtime:#?}");
+    assert!(fds(runtime).iter().any(|(_, detail)| *detail == "eventpoll"), "{runtime:#?}");
+
+    let running = record(&report, leaks, "child::running_child");
+    assert_outcome(running, Outcome::Leaked);
+    assert_eq!(running.leaks.len(), 1, "{running:#?}");
+    let (cmdline, state, orphaned) = children(running)[0];
+    assert_eq!((cmdline, orphaned), ("sleep 30", false));
+    assert_ne!(state, "zombie");
+
+    let zombie = record(&report, leaks, "child::zombie_child");
+    assert_outcome(zombie, Outcome::Leaked);
+    assert_eq!(children(zombie), [("[true]", "zombie", false)], "{zombie:#?}");
+    assert_eq!(zombie.leaks.len(), 1);
+
+    let orphan = record(&report, leaks, "child::orphaned_grandchild");
+    assert_outcome(orphan, Outcome::Leaked);
+    assert_eq!(orphan.leaks.len(), 1, "{orphan:#?}");
+    let (cmdline, _, orphaned) = children(orphan)[0];
+    assert_eq!((cmdline, orphaned), ("sleep 30", true));
+
+    let failing = record(&report, "leaky::outcomes", "failing_assertion");
+    assert_outcome(failing, Outcome::Failed);
+    assert!(failing.leaks.is_empty(), "{failing:#?}");
+    assert!(failing.message.as_deref().unwrap_or_default().contains("101"), "{failing:#?}");
+    assert!(failing.output.as_deref().unwrap_or_default().contains("arithmetic is broken on purpose"));
+
+    assert_outcome(record(&report, "leaky::outcomes", "ignored_test"), Outcome::Ignored);
+    assert_outcome(record(&report, "leaky::outcomes", "hangs_with_children"), Outcome::Ignored);
+
+    let summary = &report.summary;
+    assert_eq!(
+        (summary.tests, summary.passed, summary.leaked, summary.failed, summary.ignored, summary.timed_out),
+        (13, 0, 10, 1, 2, 0),
+        "{summary:#?}"
+    );
+}
+
+#[test]
+fn tricky_but_clean_tests_all_pass() {
+    let _serial = serial();
+    let run = run_to_end(leakcheck(&["-p", "clean", "--no-fail-fast", "--message-format", "json"]));
+    let report = run.report();
+    for record in &report.tests {
+        assert_outcome(record, Outcome::Passed);
+        assert!(record.leaks.is_empty(), "{record:#?}");
+        assert!(record.unchecked.is_empty(), "{record:#?}");
+    }
+    assert_eq!(report.tests.len(), 12);
+    assert_eq!(run.code, Some(0), "stderr:\n{}", run.stderr);
+}
+
+#[test]
+fn motivating_cases_leak_and_their_fixes_pass() {
+    let _serial = serial();
+    let run = run_to_end(leakcheck(&["-p", "field-cases", "--no-fail-fast", "--message-format", "json"]));
+    assert_eq!(run.code, Some(100), "stderr:\n{}", run.stderr);
+    let report = run.report();
+    let cases = "field-cases::cases";
+
+    let store = record(&report, cases, "runner_never_run_leaks");
+    assert_outcome(store, Outcome::Leaked);
+    assert_eq!(store.leaks.len(), 1);
+    assert!(fds(store)[0].0.ends_with("-store.db"), "{store:#?}");
+
+    let log = record(&report, cases, "deploy_log_leaks");
+    assert_outcome(log, Outcome::Leaked);
+    assert_eq!(log.leaks.len(), 1);
+    assert!(fds(log)[0].0.ends_with("-deploy.log"), "{log:#?}");
+
+    let browser = record(&report, cases, "browser_close_not_awaited_leaks");
+    assert_outcome(browser, Outcome::Leaked);
+    assert_eq!(threads(browser), ["browser-close"], "{browser:#?}");
+    assert_eq!(children(browser).iter().map(|child| child.0).collect::<Vec<_>>(), ["sleep 30"]);
+
+    let service = record(&report, cases, "service_without_shutdown_leaks");
+    assert_outcome(service, Outcome::Leaked);
+    assert_eq!(threads(service), ["svc-worker-0", "svc-worker-1"], "{service:#?}");
+
+    for fixed in
+        ["runner_run_is_clean", "runner_fixed", "deploy_log_fixed", "browser_close_fixed", "service_shutdown_fixed"]
+    {
+        let record = record(&report, cases, fixed);
+        assert_outcome(record, Outcome::Passed);
+        assert!(record.leaks.is_empty());
+    }
+    assert_eq!(report.tests.len(), 9);
+}
+
+#[test]
+fn human_output_names_each_leak_and_ends_with_a_table_and_summary() {
+    let _serial = serial();
+    let run = run_to_end(leakcheck(&["-p", "leaky", "--no-fail-fast", "fd::"]));
+    assert_eq!(run.code, Some(100), "stderr:\n{}", run.stderr);
+    let out = &run.stdout;
+    assert!(out.contains("    LEAK ["), "{out}");
+    assert!(out.contains("leaky::leaks fd::forgotten_file\n"), "{out}");
+    assert!(out.contains("leaked fd 3 -> "), "{out}");
+    assert!(out.contains("leakcheck-fixture-forgotten.txt (regular file)"), "{out}");
+    assert!(out.contains("(tcp listening on 127.0.0.1:"), "{out}");
+    assert!(out.contains("Leaks:\n"), "{out}");
+    assert!(out.contains("what leaked"), "{out}");
+    assert!(out.contains("Summary ["), "{out}");
+    assert!(out.contains("4 tests: 0 passed, 4 leaked, 0 failed, 0 timed out, 0 ignored"), "{out}");
+    // A leaking test that printed nothing of its own shows no output section.
+    assert!(!out.contains("running 1 test"), "{out}");
+}
+
+#[test]
+fn fail_fast_stops_starting_tests_after_the_first_failure() {
+    let _serial = serial();
+    let run = run_to_end(leakcheck(&["-p", "leaky", "--test", "leaks", "-j", "1", "--message-format", "json"]));
+    assert_eq!(run.code, Some(100), "stderr:\n{}", run.stderr);
+    let report = run.report();
+    assert_eq!(report.tests.len(), 1, "{:#?}", report.tests);
+    assert_eq!(report.summary.not_run, 9);
+    assert!(run.stderr.contains("9 not run (fail-fast; use --no-fail-fast)"), "{}", run.stderr);
+}
+
+#[test]
+fn a_hanging_test_times_out_and_its_whole_tree_is_killed() {
+    let _serial = serial();
+    let started = std::time::Instant::now();
+    let run = run_to_end(leakcheck(&[
+        "-p",
+        "leaky",
+        "--timeout",
+        "2s",
+        "--message-format",
+        "json",
+        "hangs_with_children",
+        "--",
+        "--ignored",
+    ]));
+    assert_eq!(run.code, Some(100), "stderr:\n{}", run.stderr);
+    let report = run.report();
+    assert_eq!(report.tests.len(), 1);
+    let hung = record(&report, "leaky::outcomes", "hangs_with_children");
+    assert_outcome(hung, Outcome::TimedOut);
+    assert!(hung.message.as_deref().unwrap_or_default().contains("time limit of 2s"), "{hung:#?}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(120));
+    // `run` has already checked that neither `sleep` survived.
+}
+
+#[test]
+fn a_build_failure_shows_cargos_errors_and_exits_101() {
+    let _serial = serial();
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_cargo-leakcheck"));
+    command
+        .args(["leakcheck", "--manifest-path"])
+        .arg(fixtures().join("broken-build/Cargo.toml"))
+        .arg("--target-dir")
+        .arg(fixture_target_dir().join("broken"));
+    let run = run_to_end(command);
+    assert_eq!(run.code, Some(101), "stderr:\n{}", run.stderr);
+    assert!(run.stderr.contains("error[E0308]: mismatched types"), "{}", run.stderr);
+    assert!(run.stderr.contains("error: the build failed"), "{}", run.stderr);
+}
+
+#[test]
+fn a_filter_that_matches_nothing_says_so() {
+    let _serial = serial();
+    let run = run_to_end(leakcheck(&["-p", "clean", "no_such_test_anywhere"]));
+    assert_eq!(run.code, Some(4), "stderr:\n{}", run.stderr);
+    assert!(run.stderr.contains("error: no test matched the filter `no_such_test_anywhere`"), "{}", run.stderr);
+}
+
+#[test]
+fn bad_manifest_paths_are_usage_errors() {
+    let _serial = serial();
+    let missing = std::env::temp_dir().join("leakcheck-no-such-dir/Cargo.toml");
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_cargo-leakcheck"));
+    command.arg("leakcheck").arg("--manifest-path").arg(&missing);
+    let run = run_to_end(command);
+    assert_eq!(run.code, Some(2), "stderr:\n{}", run.stderr);
+    assert!(run.stderr.contains("error: could not read the workspace metadata"), "{}", run.stderr);
+    assert!(run.stderr.contains("does not exist"), "{}", run.stderr);
+    assert!(!run.stderr.contains("panicked"), "{}", run.stderr);
+
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_cargo-leakcheck"));
+    command.arg("leakcheck").arg("--manifest-path").arg(fixtures());
+    let run = run_to_end(command);
+    assert_eq!(run.code, Some(2), "stderr:\n{}", run.stderr);
+    assert!(run.stderr.contains("manifest"), "{}", run.stderr);
+}
+
+#[test]
+fn without_the_probe_children_are_still_caught_and_the_gap_is_said() {
+    let _serial = serial();
+    let mut command = leakcheck(&[
+        "-p",
+        "leaky",
+        "--no-fail-fast",
+        "--message-format",
+        "json",
+        "child::running",
+        "--",
+        "--skip",
+        "zombie",
+    ]);
+    command.env("LEAKCHECK_NO_PROBE", "1");
+    let run = run_to_end(command);
+    assert!(run.stderr.contains("warning: the exit probe is off"), "{}", run.stderr);
+    let report = run.report();
+    let running = record(&report, "leaky::leaks", "child::running_child");
+    assert_outcome(running, Outcome::Leaked);
+    assert_eq!(children(running).iter().map(|child| child.0).collect::<Vec<_>>(), ["sleep 30"]);
+    assert_eq!(running.unchecked, ["fd", "thread"]);
+
+    let mut command = leakcheck(&["-p", "leaky", "--message-format", "json", "fd::forgotten_file"]);
+    command.env("LEAKCHECK_NO_PROBE", "1");
+    let run = run_to_end(command);
+    let report = run.report();
+    let forgotten = record(&report, "leaky::leaks", "fd::forgotten_file");
+    assert_outcome(forgotten, Outcome::Passed);
+    assert_eq!(forgotten.unchecked, ["fd", "thread"]);
+}
+
+#[test]
+fn help_explains_the_exit_codes() {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_cargo-leakcheck"))
+        .args(["leakcheck", "--help"])
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    let help = String::from_utf8(output.stdout).unwrap();
+    for line in ["100  some test failed, leaked or timed out", "101  the build failed", "--no-fail-fast", "--timeout"] {
+        assert!(help.contains(line), "--help lacks `{line}`:\n{help}");
+    }
+}

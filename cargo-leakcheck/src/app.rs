@@ -60,11 +60,18 @@ fn try_main(args: &LeakcheckArgs, supervisor: &'static Supervisor) -> Result<u8,
     };
     supervisor.begin_test_phase().map_err(|source| RunError::Setup { what: "become a child subreaper", source })?;
     if args.no_probe {
-        eprintln!("warning: the exit probe is off (--no-probe): only processes left running are checked, not fds or threads");
+        eprintln!(
+            "warning: the exit probe is off (--no-probe): only processes left running are checked, not fds or threads"
+        );
     }
-    let jobs = args.jobs.map(usize::from).unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let jobs =
+        args.jobs.map(usize::from).unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     let runnable = cases.iter().filter(|case| !case.ignored).count();
-    eprintln!("    Starting {runnable} tests across {} binaries ({} ignored), {jobs} at a time", binary_count(&cases), cases.len() - runnable);
+    eprintln!(
+        "    Starting {runnable} tests across {} binaries ({} ignored), {jobs} at a time",
+        binary_count(&cases),
+        cases.len() - runnable
+    );
 
     let mut warned = false;
     let result = run::run_all(&context, &cases, jobs, !args.no_fail_fast, |record| {
@@ -114,4 +121,3 @@ fn print_stdout(text: &str) {
         // The reader went away; the exit code still tells the result.
     }
 }
-

@@ -27,20 +27,27 @@ pub(crate) struct TestBinary {
 
 /// Reads the workspace with `cargo metadata --no-deps`.
 pub(crate) fn metadata(args: &LeakcheckArgs) -> Result<Metadata, RunError> {
-    let mut command = MetadataCommand::new();
-    command.no_deps();
+    let mut request = MetadataCommand::new();
+    request.no_deps();
     if let Some(path) = &args.manifest_path {
-        command.manifest_path(path);
+        request.manifest_path(path);
     }
     if let Some(cargo) = std::env::var_os("CARGO") {
-        command.cargo_path(cargo);
+        request.cargo_path(cargo);
     }
-    command.exec().map_err(|error| RunError::Metadata {
-        stderr: match error {
-            cargo_metadata::Error::CargoMetadata { stderr } => stderr.trim_end().to_owned(),
-            other => other.to_string(),
-        },
-    })
+    let mut command = request.cargo_command();
+    crate::run::unblock_signals_on_exec(&mut command);
+    process::announce(&command, args.verbose);
+    let output = command
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|source| RunError::SpawnCargo { command: process::display(&command), source })?;
+    if !output.status.success() {
+        return Err(RunError::Metadata { stderr: String::from_utf8_lossy(&output.stderr).trim_end().to_owned() });
+    }
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let json = stdout.lines().find(|line| line.starts_with('{')).unwrap_or_default();
+    MetadataCommand::parse(json).map_err(|error| RunError::Metadata { stderr: error.to_string() })
 }
 
 /// Builds the selected test targets and returns their executables, sorted by id.

@@ -2,7 +2,7 @@
 //! user's filters applied by libtest itself (so they mean what they mean
 //! under `cargo test`).
 
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::Arc;
 
 use crate::cargo::TestBinary;
@@ -48,7 +48,10 @@ impl Selection {
                     selection.list_args.push(arg.clone());
                     selection.list_args.extend(args.next().cloned());
                 }
-                other if ["--test-threads=", "--format=", "--color=", "--logfile="].iter().any(|p| other.starts_with(p)) => {}
+                other
+                    if ["--test-threads=", "--format=", "--color=", "--logfile="]
+                        .iter()
+                        .any(|p| other.starts_with(p)) => {}
                 _ => selection.list_args.push(arg.clone()),
             }
         }
@@ -91,7 +94,7 @@ fn run_list(
     ignored: Option<&str>,
     verbose: bool,
 ) -> Result<Vec<String>, RunError> {
-    let mut command = Command::new(&binary.executable);
+    let mut command = process::helper(&binary.executable);
     command
         .args(["--list", "--format", "terse"])
         .args(ignored)

@@ -6,11 +6,7 @@ use std::process::Command;
 
 /// The command line of `command`, quoted where needed, for messages.
 pub(crate) fn display(command: &Command) -> String {
-    std::iter::once(command.get_program())
-        .chain(command.get_args())
-        .map(quote)
-        .collect::<Vec<_>>()
-        .join(" ")
+    std::iter::once(command.get_program()).chain(command.get_args()).map(quote).collect::<Vec<_>>().join(" ")
 }
 
 fn quote(arg: &OsStr) -> String {
@@ -29,7 +25,14 @@ pub(crate) fn announce(command: &Command, verbose: bool) {
     }
 }
 
+/// A helper command: it starts with no signal blocked (we block some).
+pub(crate) fn helper(program: impl AsRef<OsStr>) -> Command {
+    let mut command = Command::new(program);
+    crate::run::unblock_signals_on_exec(&mut command);
+    command
+}
+
 /// The cargo to run: `$CARGO` when cargo started us, else `cargo` from PATH.
 pub(crate) fn cargo() -> Command {
-    Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+    helper(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
 }

@@ -54,8 +54,7 @@ impl Delta {
             .filter(|entry| baseline.fds.get(&entry.fd).is_none_or(|target| *target != entry.target))
             .collect();
         let threads = snapshot.threads.into_iter().filter(|thread| !baseline.threads.contains(&thread.tid)).collect();
-        let children =
-            snapshot.children.into_iter().filter(|child| !baseline.children.contains(&child.pid)).collect();
+        let children = snapshot.children.into_iter().filter(|child| !baseline.children.contains(&child.pid)).collect();
         Delta { fds, threads, children }
     }
 
@@ -117,7 +116,8 @@ mod tests {
     #[test]
     fn an_fd_is_new_by_number_or_by_target() {
         let before = Snapshot { fds: vec![fd(0, "/dev/null"), fd(1, "pipe:[1]")], ..Snapshot::default() };
-        let after = Snapshot { fds: vec![fd(0, "/dev/null"), fd(1, "/tmp/x"), fd(5, "socket:[9]")], ..Snapshot::default() };
+        let after =
+            Snapshot { fds: vec![fd(0, "/dev/null"), fd(1, "/tmp/x"), fd(5, "socket:[9]")], ..Snapshot::default() };
         let delta = Delta::between(&Baseline::of(&before), after);
         assert_eq!(delta.fds, vec![fd(1, "/tmp/x"), fd(5, "socket:[9]")]);
     }
@@ -147,11 +147,8 @@ mod tests {
         let mut reads = 0;
         let delta = settle(Duration::from_secs(5), || {
             reads += 1;
-            let threads = if reads < 3 {
-                vec![ThreadEntry { tid: 9, name: "exiting".into(), state: 'S' }]
-            } else {
-                vec![]
-            };
+            let threads =
+                if reads < 3 { vec![ThreadEntry { tid: 9, name: "exiting".into(), state: 'S' }] } else { vec![] };
             Ok(Delta { threads, ..Delta::default() })
         })
         .unwrap();

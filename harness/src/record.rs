@@ -228,8 +228,8 @@ mod tests {
             unchecked: vec![],
             output: None,
         };
-        let records = [Outcome::Passed, Outcome::Leaked, Outcome::Leaked, Outcome::TimedOut, Outcome::Ignored]
-            .map(record);
+        let records =
+            [Outcome::Passed, Outcome::Leaked, Outcome::Leaked, Outcome::TimedOut, Outcome::Ignored].map(record);
         let summary = Summary::from_records(&records, 0, 5, false);
         assert_eq!((summary.tests, summary.passed, summary.leaked, summary.failed), (5, 1, 2, 0));
         assert_eq!((summary.ignored, summary.timed_out), (1, 1));

@@ -93,22 +93,25 @@ pub(crate) fn run_test(context: &RunContext, waker: &Waker, case: &TestCase) -> 
         .process_group(0);
 
     let probe_socket = match context.filter {
-        Some(filter) if context.probe_refused.get().is_none() => {
-            let (parent, child) =
-                socketpair(AddressFamily::Unix, SockType::SeqPacket, None, SockFlag::SOCK_CLOEXEC)?;
-            let child_raw = child.as_raw_fd();
-            // SAFETY: `child_setup` only makes async-signal-safe syscalls on
-            // the captured filter (plain data) and fd; see its contract.
-            unsafe {
-                command.pre_exec(move || {
-                    probe::child_setup(&filter, child_raw);
-                    Ok(())
-                });
-            }
-            Some((parent, child))
+        Some(_) if context.probe_refused.get().is_none() => {
+            Some(socketpair(AddressFamily::Unix, SockType::SeqPacket, None, SockFlag::SOCK_CLOEXEC)?)
         }
         _ => None,
     };
+    let child_end = probe_socket.as_ref().map(|(_, child)| child.as_raw_fd());
+    let filter = context.filter;
+    // SAFETY: between fork and exec the closure only empties the signal mask
+    // and, with the probe, runs `child_setup` on plain captured data (the
+    // filter program and an fd number); both are async-signal-safe.
+    unsafe {
+        command.pre_exec(move || {
+            reaper::unblock_all_signals();
+            if let (Some(filter), Some(socket)) = (&filter, child_end) {
+                probe::child_setup(filter, socket);
+            }
+            Ok(())
+        });
+    }
 
     let slot = Arc::new(ExitSlot::new(waker.writer.try_clone()?));
     let started = Instant::now();
@@ -148,8 +151,12 @@ pub(crate) fn run_test(context: &RunContext, waker: &Waker, case: &TestCase) -> 
         if let Some(status) = slot.status() {
             break status;
         }
-        let wait = if timed_out { Duration::from_millis(50) } else { deadline.saturating_duration_since(Instant::now()) };
-        let ready = wait_for_events(&[stdout.fd(), stderr.fd(), listener.as_ref().map(|l| l.as_fd()), Some(waker.reader.as_fd())], wait)?;
+        let wait =
+            if timed_out { Duration::from_millis(50) } else { deadline.saturating_duration_since(Instant::now()) };
+        let ready = wait_for_events(
+            &[stdout.fd(), stderr.fd(), listener.as_ref().map(|l| l.as_fd()), Some(waker.reader.as_fd())],
+            wait,
+        )?;
         if ready[0] {
             stdout.read_some();
         }
@@ -191,7 +198,8 @@ pub(crate) fn run_test(context: &RunContext, waker: &Waker, case: &TestCase) -> 
             leaks.push(child_leak(info, exit_view.is_some()));
         }
     }
-    let terminate_grace = if timed_out || context.supervisor.interrupted().is_some() { Duration::ZERO } else { TERMINATE_GRACE };
+    let terminate_grace =
+        if timed_out || context.supervisor.interrupted().is_some() { Duration::ZERO } else { TERMINATE_GRACE };
     reaper::terminate(&leftovers, terminate_grace, serve);
     stdout.drain_until_eof(DRAIN_LIMIT);
     stderr.drain_until_eof(DRAIN_LIMIT);
@@ -231,7 +239,10 @@ fn judge(
     timeout: Duration,
 ) -> (Outcome, Option<String>) {
     if timed_out {
-        return (Outcome::TimedOut, Some(format!("ran past the time limit of {}s and was killed", timeout.as_secs_f64())));
+        return (
+            Outcome::TimedOut,
+            Some(format!("ran past the time limit of {}s and was killed", timeout.as_secs_f64())),
+        );
     }
     match status {
         ExitStatus::Code(0) if finished && exit_view.is_none_or(|view| view.by_main_thread) => {
@@ -243,7 +254,9 @@ fn judge(
         ),
         ExitStatus::Code(101) => (Outcome::Failed, Some("the test failed (exit status 101)".into())),
         ExitStatus::Code(code) => (Outcome::Failed, Some(format!("the test process exited with status {code}"))),
-        ExitStatus::Signal(signal) => (Outcome::Failed, Some(format!("the test process was killed by signal {signal}"))),
+        ExitStatus::Signal(signal) => {
+            (Outcome::Failed, Some(format!("the test process was killed by signal {signal}")))
+        }
     }
 }
 
@@ -293,8 +306,7 @@ fn serve_exit_call_nowait(listener: &Listener) -> io::Result<()> {
 
 /// Polls the present fds for input (or hang-up); returns which are ready.
 pub(crate) fn wait_for_events(fds: &[Option<std::os::fd::BorrowedFd<'_>>], timeout: Duration) -> io::Result<Vec<bool>> {
-    let mut poll_fds: Vec<PollFd<'_>> =
-        fds.iter().flatten().map(|fd| PollFd::new(*fd, PollFlags::POLLIN)).collect();
+    let mut poll_fds: Vec<PollFd<'_>> = fds.iter().flatten().map(|fd| PollFd::new(*fd, PollFlags::POLLIN)).collect();
     let millis = timeout.as_millis().min(i32::MAX as u128) as i32;
     match poll(&mut poll_fds, PollTimeout::try_from(millis).unwrap_or(PollTimeout::MAX)) {
         Ok(_) | Err(nix::errno::Errno::EINTR) => {}

@@ -8,5 +8,5 @@ mod scheduler;
 
 pub(crate) use isolated::{stop_fd_inheritance, RunContext};
 pub(crate) use probe::ExitFilter;
-pub(crate) use reaper::{block_signals, Supervisor};
+pub(crate) use reaper::{block_signals, unblock_signals_on_exec, Supervisor};
 pub(crate) use scheduler::run_all;

@@ -87,10 +87,40 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 /// Blocks the signals the signal thread owns. Call first thing in `main`,
-/// before any thread exists, so every thread inherits the mask. Spawned
-/// processes get an empty mask back (std resets it before `exec`).
+/// before any thread exists, so every thread inherits the mask.
+///
+/// The mask is inherited across `fork` and `exec` (std does not reset it), so
+/// every process we spawn must go through [`unblock_signals_on_exec`]: a test
+/// that ignores SIGTERM because we block it would be a test we broke.
 pub(crate) fn block_signals() -> nix::Result<()> {
     owned_signals().thread_block()
+}
+
+/// Makes `command`'s process start with no signal blocked.
+pub(crate) fn unblock_signals_on_exec(command: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the closure only calls `unblock_all_signals`, which is
+    // async-signal-safe and allocates nothing.
+    unsafe {
+        command.pre_exec(|| {
+            unblock_all_signals();
+            Ok(())
+        });
+    }
+}
+
+/// Empties the calling thread's signal mask.
+///
+/// Async-signal-safe (sigemptyset, pthread_sigmask): callable between `fork`
+/// and `exec`.
+pub(crate) fn unblock_all_signals() {
+    // SAFETY: a zeroed sigset_t is valid storage for sigemptyset, which
+    // initialises it; pthread_sigmask reads it and writes nothing else.
+    unsafe {
+        let mut empty: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut empty);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+    }
 }
 
 fn owned_signals() -> SigSet {

@@ -59,6 +59,11 @@ pub(crate) fn run_all(
                             }
                         };
                         if let Some(record) = record {
+                            // Decided here, not by the receiver: the next
+                            // test must not start after a failure.
+                            if fail_fast && record.outcome.is_failure() {
+                                stop.store(true, Ordering::SeqCst);
+                            }
                             if sender.send((index, record)).is_err() {
                                 return;
                             }
@@ -69,9 +74,6 @@ pub(crate) fn run_all(
         }
         drop(sender);
         for (index, record) in receiver {
-            if fail_fast && record.outcome.is_failure() {
-                stop.store(true, Ordering::SeqCst);
-            }
             on_record(&record);
             slots[index] = Some(record);
         }

@@ -47,12 +47,9 @@ fn describe_socket(pid: i32, inode: u64) -> Option<String> {
         if let Some(entry) = table.ok().and_then(|entries| entries.into_iter().find(|entry| entry.inode == inode)) {
             return Some(match entry.state {
                 TcpState::Listen => format!("{proto} listening on {}", entry.local_address),
-                state => format!(
-                    "{proto} {} -> {} ({})",
-                    entry.local_address,
-                    entry.remote_address,
-                    tcp_state_name(&state)
-                ),
+                state => {
+                    format!("{proto} {} -> {} ({})", entry.local_address, entry.remote_address, tcp_state_name(&state))
+                }
             });
         }
     }
