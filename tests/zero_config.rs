@@ -284,3 +284,76 @@ fn help_explains_the_exit_codes() {
         assert!(help.contains(line), "--help lacks `{line}`:\n{help}");
     }
 }
+
+fn interrupt_mid_run(signal: &str) {
+    let _serial = serial();
+    // Build first, so the run below reaches its tests at once.
+    let built = run_to_end(leakcheck(&["-p", "leaky", "--test", "outcomes", "ignored_test"]));
+    assert_eq!(built.code, Some(0), "{}", built.stderr);
+
+    let mut command = leakcheck(&[
+        "-p",
+        "leaky",
+        "--timeout",
+        "10m",
+        "--message-format",
+        "json",
+        "hangs_with_children",
+        "--",
+        "--ignored",
+    ]);
+    let child = command.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    let pid = child.id();
+    let guard = KillOnDrop(Some(child));
+    // Wait until the test has started both of its sleeps.
+    let started = std::time::Instant::now();
+    while !processes_of_run(pid).iter().any(|(_, cmdline)| cmdline.starts_with("sleep 301")) {
+        assert!(started.elapsed() < std::time::Duration::from_secs(120), "the hanging test never started");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let status = std::process::Command::new("kill").args([&format!("-{signal}"), &pid.to_string()]).status().unwrap();
+    assert!(status.success());
+    let output = guard.wait_with_output(std::time::Duration::from_secs(60));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(130), "stderr:\n{stderr}");
+    assert!(stderr.contains(&format!("error: interrupted by SIG{signal}")), "{stderr}");
+    assert!(stderr.contains("1 not run (the run was interrupted)"), "{stderr}");
+    let report: leakcheck::Report = serde_json::from_slice(&output.stdout).unwrap();
+    assert!(report.summary.interrupted);
+    assert!(report.tests.is_empty(), "{:#?}", report.tests);
+    assert_no_process_left(pid);
+}
+
+#[test]
+fn sigint_mid_run_kills_every_test_process() {
+    interrupt_mid_run("INT");
+}
+
+#[test]
+fn sigterm_mid_run_kills_every_test_process() {
+    interrupt_mid_run("TERM");
+}
+
+/// (binary, test) -> "outcome kinds" lines of `fixtures/expected-outcomes.txt`.
+fn expected_outcomes() -> Vec<String> {
+    let text = std::fs::read_to_string(fixtures().join("expected-outcomes.txt")).unwrap();
+    text.lines().filter(|line| !line.starts_with('#') && !line.trim().is_empty()).map(str::to_owned).collect()
+}
+
+fn verdict_line(record: &leakcheck::TestRecord) -> String {
+    let mut kinds: Vec<&str> = record.leaks.iter().map(|leak| leak.kind()).collect();
+    kinds.sort_unstable();
+    kinds.dedup();
+    let kinds = if kinds.is_empty() { "-".to_owned() } else { kinds.join(",") };
+    format!("{} {} {} {kinds}", record.binary, record.name, record.outcome.as_str())
+}
+
+#[test]
+fn the_whole_fixture_workspace_gets_its_expected_verdicts() {
+    let _serial = serial();
+    let run = run_to_end(leakcheck(&["--workspace", "--no-fail-fast", "--message-format", "json"]));
+    assert_eq!(run.code, Some(100), "stderr:\n{}", run.stderr);
+    let report = run.report();
+    let actual: Vec<String> = report.tests.iter().map(verdict_line).collect();
+    assert_eq!(actual, expected_outcomes());
+}

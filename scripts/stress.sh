@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Runs cargo-leakcheck on the whole fixture workspace RUNS times with -j JOBS
+# and counts verdicts (outcome + leak kinds) that differ from
+# fixtures/expected-outcomes.txt, and processes left behind afterwards.
+#
+#   scripts/stress.sh [RUNS=20] [JOBS=2] [--hog]
+#
+# --hog keeps one busy loop per core running meanwhile (CPU contention).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+runs=${1:-20}
+jobs=${2:-2}
+hog=${3:-}
+cargo build -q -p cargo-leakcheck
+tool=$PWD/target/debug/cargo-leakcheck
+target_dir=$PWD/target/tmp/fixtures-target
+expected=$(grep -v '^#' fixtures/expected-outcomes.txt | sed '/^$/d')
+hogs=()
+cleanup() { for pid in "${hogs[@]}"; do kill "$pid" 2>/dev/null || true; done; }
+trap cleanup EXIT
+if [ "$hog" = "--hog" ]; then
+  for _ in $(seq "$(nproc)"); do ( while :; do :; done ) & hogs+=($!); done
+fi
+# Build once, outside the measured runs.
+"$tool" leakcheck --manifest-path fixtures/Cargo.toml --target-dir "$target_dir" --workspace \
+  --no-fail-fast -j "$jobs" --message-format json >/dev/null 2>&1 || true
+wrong=0
+for run in $(seq "$runs"); do
+  actual=$("$tool" leakcheck --manifest-path fixtures/Cargo.toml --target-dir "$target_dir" --workspace \
+    --no-fail-fast -j "$jobs" --message-format json 2>/dev/null | python3 -c '
+import json, sys
+for t in json.load(sys.stdin)["tests"]:
+    kinds = sorted({l["kind"] for l in t["leaks"]})
+    print(t["binary"], t["name"], t["outcome"], ",".join(kinds) or "-")
+') || true
+  diff_lines=$(diff <(echo "$expected") <(echo "$actual") | grep -c '^>' || true)
+  if [ "$diff_lines" != 0 ]; then
+    echo "run $run: $diff_lines wrong verdicts:"
+    diff <(echo "$expected") <(echo "$actual") | grep '^[<>]' || true
+  fi
+  wrong=$((wrong + diff_lines))
+done
+left=$(grep -l "LEAKCHECK_TEST_ID=" /proc/[0-9]*/environ 2>/dev/null | grep -v "/proc/$$/" | wc -l || true)
+echo "stress: $runs runs, -j $jobs${hog:+, with CPU hog}: $wrong wrong verdicts, $left processes of tests left running"
+[ "$wrong" = 0 ] && [ "$left" = 0 ]
