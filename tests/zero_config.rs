@@ -83,11 +83,12 @@ fn every_leak_of_the_showcase_is_named() {
 
     assert_outcome(record(&report, "leaky::outcomes", "ignored_test"), Outcome::Ignored);
     assert_outcome(record(&report, "leaky::outcomes", "hangs_with_children"), Outcome::Ignored);
+    assert_outcome(record(&report, "leaky::outcomes", "untraceable_daemon"), Outcome::Ignored);
 
     let summary = &report.summary;
     assert_eq!(
         (summary.tests, summary.passed, summary.leaked, summary.failed, summary.ignored, summary.timed_out),
-        (13, 0, 10, 1, 2, 0),
+        (14, 0, 10, 1, 3, 0),
         "{summary:#?}"
     );
 }
@@ -356,4 +357,19 @@ fn the_whole_fixture_workspace_gets_its_expected_verdicts() {
     let report = run.report();
     let actual: Vec<String> = report.tests.iter().map(verdict_line).collect();
     assert_eq!(actual, expected_outcomes());
+}
+
+#[test]
+fn an_unattributable_daemon_is_still_killed_when_the_run_ends() {
+    let _serial = serial();
+    let run = run_to_end(leakcheck(&["-p", "leaky", "untraceable_daemon", "--", "--ignored"]));
+    assert!(run.stderr.contains("warning: killed `sleep 302`"), "{}", run.stderr);
+    let survivors: Vec<String> = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|entry| std::fs::read(entry.path().join("cmdline")).ok())
+        .map(|cmdline| String::from_utf8_lossy(&cmdline).replace('\0', " "))
+        .filter(|cmdline| cmdline.trim_end() == "sleep 302")
+        .collect();
+    assert!(survivors.is_empty(), "{survivors:?}");
 }

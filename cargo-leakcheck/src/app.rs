@@ -84,6 +84,12 @@ fn try_main(args: &LeakcheckArgs, supervisor: &'static Supervisor) -> Result<u8,
         print_progress(args.message_format, &report::progress_line(record));
     });
 
+    for stray in supervisor.end_test_phase() {
+        eprintln!(
+            "warning: killed `{}` (pid {}): a process left by some test that could not be told which one",
+            stray.cmdline, stray.pid
+        );
+    }
     let interrupted = supervisor.interrupted();
     let summary = Summary::from_records(&result.records, result.not_run, result.duration_ms, interrupted.is_some());
     let failed = result.records.iter().any(|record| record.outcome.is_failure());

@@ -165,6 +165,17 @@ impl Supervisor {
         Ok(())
     }
 
+    /// Ends the test phase: any process still re-parented to us belongs to
+    /// some test but could not be attributed (it left the test's process
+    /// group and cleared its environment). It is terminated all the same, so
+    /// no run leaves a process behind; returns what was found, for a warning.
+    pub(crate) fn end_test_phase(&self) -> Vec<leakcheck::snapshot::ProcessInfo> {
+        let strays = with_descendants(children_of(std::process::id() as i32));
+        let found = strays.iter().filter_map(|&pid| leakcheck::snapshot::process_info(pid).ok()).collect();
+        terminate(&strays, Duration::from_millis(200), || {});
+        found
+    }
+
     /// The signal that interrupted the run, if any.
     pub(crate) fn interrupted(&self) -> Option<Signal> {
         Signal::try_from(self.interrupted.load(Ordering::SeqCst)).ok()
