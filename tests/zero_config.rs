@@ -373,3 +373,65 @@ fn an_unattributable_daemon_is_still_killed_when_the_run_ends() {
         .collect();
     assert!(survivors.is_empty(), "{survivors:?}");
 }
+
+/// Installs, in the tool's process before it starts, a seccomp filter that
+/// makes the `seccomp` syscall fail with EPERM, as a restrictive container
+/// profile does. Everything the tool starts inherits it, so the exit probe is
+/// really refused.
+fn refuse_seccomp(command: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt;
+    #[cfg(target_arch = "x86_64")]
+    const AUDIT_ARCH_NATIVE: u32 = 0xC000_003E;
+    #[cfg(target_arch = "aarch64")]
+    const AUDIT_ARCH_NATIVE: u32 = 0xC000_00B7;
+    let stmt = |code: u32, k: u32| libc::sock_filter { code: code as u16, jt: 0, jf: 0, k };
+    let jeq = |k: u32, jt: u8, jf: u8| libc::sock_filter {
+        code: (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16,
+        jt,
+        jf,
+        k,
+    };
+    let program = [
+        stmt(libc::BPF_LD | libc::BPF_W | libc::BPF_ABS, 4),
+        jeq(AUDIT_ARCH_NATIVE, 0, 3),
+        stmt(libc::BPF_LD | libc::BPF_W | libc::BPF_ABS, 0),
+        jeq(libc::SYS_seccomp as u32, 0, 1),
+        stmt(libc::BPF_RET | libc::BPF_K, libc::SECCOMP_RET_ERRNO | libc::EPERM as u32),
+        stmt(libc::BPF_RET | libc::BPF_K, libc::SECCOMP_RET_ALLOW),
+    ];
+    // SAFETY: between fork and exec: two raw syscalls on a program captured by
+    // value (plain data); nothing allocates.
+    unsafe {
+        command.pre_exec(move || {
+            let prog = libc::sock_fprog { len: program.len() as u16, filter: program.as_ptr().cast_mut() };
+            if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0
+                || libc::syscall(libc::SYS_seccomp, libc::SECCOMP_SET_MODE_FILTER, 0, &prog) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+#[test]
+fn where_seccomp_is_refused_the_run_warns_once_and_still_catches_children() {
+    let _serial = serial();
+    let mut command =
+        leakcheck(&["-p", "leaky", "--no-fail-fast", "--message-format", "json", "--", "--skip", "zombie"]);
+    refuse_seccomp(&mut command);
+    let run = run_to_end(command);
+    assert_eq!(run.code, Some(100), "stderr:\n{}", run.stderr);
+    let warnings = run.stderr.matches("warning: the exit probe is unavailable").count();
+    assert_eq!(warnings, 1, "{}", run.stderr);
+    assert!(run.stderr.contains("Operation not permitted"), "{}", run.stderr);
+    let report = run.report();
+    for name in ["child::running_child", "child::orphaned_grandchild"] {
+        let record = record(&report, "leaky::leaks", name);
+        assert_outcome(record, Outcome::Leaked);
+        assert_eq!(children(record).iter().map(|child| child.0).collect::<Vec<_>>(), ["sleep 30"]);
+    }
+    let file = record(&report, "leaky::leaks", "fd::forgotten_file");
+    assert_outcome(file, Outcome::Passed);
+    assert_eq!(file.unchecked, ["fd", "thread"]);
+}

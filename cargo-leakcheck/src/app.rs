@@ -113,6 +113,14 @@ fn binary_count(cases: &[list::TestCase]) -> usize {
     ids.len()
 }
 
+fn plural<'a>(count: usize, one: &'a str, many: &'a str) -> &'a str {
+    if count == 1 {
+        one
+    } else {
+        many
+    }
+}
+
 fn print_progress(format: MessageFormat, line: &str) {
     match format {
         MessageFormat::Human => print_stdout(&format!("{line}\n")),
