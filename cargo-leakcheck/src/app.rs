@@ -67,9 +67,11 @@ fn try_main(args: &LeakcheckArgs, supervisor: &'static Supervisor) -> Result<u8,
     let jobs =
         args.jobs.map(usize::from).unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     let runnable = cases.iter().filter(|case| !case.ignored).count();
+    let binaries = binary_count(&cases);
     eprintln!(
-        "    Starting {runnable} tests across {} binaries ({} ignored), {jobs} at a time",
-        binary_count(&cases),
+        "    Starting {runnable} {} across {binaries} {} ({} ignored), {jobs} at a time",
+        plural(runnable, "test", "tests"),
+        plural(binaries, "binary", "binaries"),
         cases.len() - runnable
     );
 
