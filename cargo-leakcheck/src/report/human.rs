@@ -67,9 +67,10 @@ pub(crate) fn final_report(records: &[TestRecord], summary: &Summary) -> String 
 
     let _ = write!(
         out,
-        "\nSummary [{:>8.3}s] {} tests: {} passed, {} leaked, {} failed, {} timed out, {} ignored",
+        "\nSummary [{:>8.3}s] {} {}: {} passed, {} leaked, {} failed, {} timed out, {} ignored",
         summary.duration_ms as f64 / 1000.0,
         summary.tests,
+        if summary.tests == 1 { "test" } else { "tests" },
         summary.passed,
         summary.leaked,
         summary.failed,
