@@ -1,21 +1,107 @@
-//! Leak checks for Rust tests.
+//! Leak checks for Rust tests: open file descriptors, threads, child
+//! processes and heap memory, snapshotted before and after each test.
 //!
-//! This crate holds the core that `cargo leakcheck` and (later) the
-//! `leakcheck` test harness share:
+//! Three ways in:
 //!
-//! - [`snapshot`]: what a process holds at one instant (open fds, threads,
-//!   children), read from `/proc`;
-//! - [`diff`]: what a snapshot holds beyond a baseline, and settling;
-//! - [`record`]: the test record and JSON report that reporters consume.
+//! - **`cargo leakcheck`** (the `cargo-leakcheck` crate) runs any crate's tests
+//!   one per process and checks each from outside. No code change.
+//! - **`#[leakcheck::test]`** on a test checks it from inside, heap included
+//!   when [`Alloc`] is the global allocator, with options to allow a known
+//!   leak (always with a reason):
+//!
+//!   ```ignore
+//!   #[leakcheck::test(allow(thread, name = "tokio-*", max = 4, reason = "the shared runtime"))]
+//!   fn pool_shuts_down() { /* ... */ }
+//!   ```
+//!
+//!   It checks when the test has its process to itself: under `cargo
+//!   leakcheck`, `cargo nextest run`, `cargo test -- --test-threads=1`, or the
+//!   harness below. Under plain `cargo test` (tests in parallel threads of one
+//!   process) it cannot attribute what it sees, so it says so once and runs
+//!   the tests unchecked; it never reports a leak it cannot attribute.
+//! - **`leakcheck::main!()`** in a `harness = false` test target checks every
+//!   `#[leakcheck::test]` of the target, each in a forked child, heap
+//!   included:
+//!
+//!   ```toml
+//!   [[test]]
+//!   name = "checked"
+//!   harness = false
+//!   ```
+//!
+//!   ```ignore
+//!   // tests/checked.rs
+//!   #[leakcheck::test]
+//!   fn no_leak() { let v = vec![1, 2, 3]; assert_eq!(v.len(), 3); }
+//!
+//!   leakcheck::main!();
+//!   ```
+//!
+//! # Options of `#[leakcheck::test(...)]`
+//!
+//! - `allow(fd, target = "glob", max = N, reason = "...")`,
+//!   `allow(thread, name = "glob", ...)`, `allow(child, cmdline = "glob", ...)`,
+//!   `allow(heap, bytes = N, reason = "...")`: accept matching leaks;
+//! - `skip(KIND, reason = "...")`: do not check a kind;
+//! - `grace = "500ms"`: how long leftovers may take to go away.
 //!
 //! # Known limitations
 //!
-//! Linux only: snapshots read `/proc`. On other targets the crate compiles
-//! with the record types alone.
+//! - Linux only: snapshots read `/proc`.
+//! - `leakcheck::main!()` runs sync tests and `#[tokio::test]` tests (as
+//!   `#[tokio::main]`, current-thread by default); other test attribute
+//!   macros need the default harness.
+//! - A process that a test's child orphans is reparented outside the test's
+//!   process and cannot be seen by an in-process check; `cargo leakcheck`
+//!   catches those through its subreaper.
 #![deny(missing_docs)]
 
+#[cfg(target_os = "linux")]
+mod alloc;
 pub mod diff;
+#[cfg(target_os = "linux")]
+mod fork_server;
+#[cfg(target_os = "linux")]
+mod guard;
+#[cfg(target_os = "linux")]
+mod isolation;
+pub mod options;
 pub mod record;
 pub mod snapshot;
 
+#[doc(hidden)]
+#[cfg(target_os = "linux")]
+#[path = "private.rs"]
+pub mod __private;
+
+#[cfg(target_os = "linux")]
+pub use alloc::{heap_usage, Alloc, HeapUsage};
+#[cfg(target_os = "linux")]
+pub use guard::{check, Finding, Guard};
+#[cfg(target_os = "linux")]
+pub use isolation::{isolation, Isolation};
+pub use leakcheck_macros::test;
 pub use record::{Leak, Outcome, Report, Summary, TestRecord};
+
+/// The `main` of a `harness = false` test target: runs every
+/// `#[leakcheck::test]` of the target, each in a forked child, and installs
+/// the counting allocator [`Alloc`]. A target with its own
+/// `#[global_allocator]` writes `leakcheck::main!(custom_allocator);` (the
+/// heap is then not measured).
+#[macro_export]
+macro_rules! main {
+    () => {
+        #[global_allocator]
+        static __LEAKCHECK_ALLOCATOR: $crate::Alloc = $crate::Alloc;
+        $crate::main!(custom_allocator);
+    };
+    (custom_allocator) => {
+        /// Lets `cargo leakcheck` recognise this binary as a leakcheck harness.
+        #[used]
+        static __LEAKCHECK_HARNESS_MARKER: [u8; 32] = $crate::__private::HARNESS_MARKER;
+
+        fn main() -> ::std::process::ExitCode {
+            $crate::__private::harness_main()
+        }
+    };
+}

@@ -81,15 +81,24 @@ pub enum Leak {
         /// (a grandchild orphaned by the test's own child, a daemon).
         orphaned: bool,
     },
+    /// Heap memory allocated during the test and still live at its end
+    /// (measured by [`crate::Alloc`]).
+    Heap {
+        /// Growth of live bytes.
+        bytes: u64,
+        /// Growth of live blocks (may be 0 when an existing block grew).
+        blocks: u64,
+    },
 }
 
 impl Leak {
-    /// The kind as written in the JSON report: `fd`, `thread`, `child`.
+    /// The kind as written in the JSON report: `fd`, `thread`, `child`, `heap`.
     pub fn kind(&self) -> &'static str {
         match self {
             Leak::Fd { .. } => "fd",
             Leak::Thread { .. } => "thread",
             Leak::Child { .. } => "child",
+            Leak::Heap { .. } => "heap",
         }
     }
 
@@ -104,6 +113,9 @@ impl Leak {
             Leak::Child { pid, cmdline, state, orphaned } => {
                 let orphan = if *orphaned { ", orphaned grandchild" } else { "" };
                 format!("child `{cmdline}` (pid {pid}, {state}{orphan})")
+            }
+            Leak::Heap { bytes, blocks } => {
+                format!("heap: {bytes} bytes in {blocks} {}", if *blocks == 1 { "block" } else { "blocks" })
             }
         }
     }
@@ -129,10 +141,13 @@ pub struct TestRecord {
     /// What the test left behind; kept for failed and timed-out tests too.
     #[serde(default)]
     pub leaks: Vec<Leak>,
-    /// Checks that could not be made for this test ("fd", "thread"), for
-    /// example when the exit probe is unavailable. Empty when all were made.
+    /// Checks that could not be made for this test ("fd", "thread", "heap"),
+    /// for example when the exit probe is unavailable. Empty when all were made.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub unchecked: Vec<String>,
+    /// Leaks accepted by an allow rule, with its reason.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed: Vec<AllowedLeak>,
     /// Captured standard output and error, interleaved per stream (stdout
     /// then stderr); kept only for tests that did not pass.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -226,6 +241,7 @@ mod tests {
             message: None,
             leaks: vec![],
             unchecked: vec![],
+            allowed: vec![],
             output: None,
         };
         let records =
@@ -234,4 +250,28 @@ mod tests {
         assert_eq!((summary.tests, summary.passed, summary.leaked, summary.failed), (5, 1, 2, 0));
         assert_eq!((summary.ignored, summary.timed_out), (1, 1));
     }
+}
+
+/// A leak accepted by an allow rule, and the rule's reason.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AllowedLeak {
+    /// What was left behind.
+    pub leak: Leak,
+    /// Why it is accepted.
+    pub reason: String,
+}
+
+/// What an in-process check (`#[leakcheck::test]`) tells `cargo leakcheck`
+/// about the test it guarded, through the file named by
+/// `LEAKCHECK_RECORD_FILE`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InProcessReport {
+    /// Whether the test body itself passed (before the leak check).
+    pub body_passed: bool,
+    /// Leaks that fail the test.
+    pub leaks: Vec<Leak>,
+    /// Leaks accepted by the test's allow rules.
+    pub allowed: Vec<AllowedLeak>,
+    /// Kinds not checked (`heap` without the counting allocator).
+    pub unchecked: Vec<String>,
 }

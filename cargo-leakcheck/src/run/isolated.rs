@@ -226,6 +226,7 @@ pub(crate) fn run_test(context: &RunContext, waker: &Waker, case: &TestCase) -> 
         message,
         leaks,
         unchecked,
+        allowed: Vec::new(),
         output,
     }))
 }

@@ -92,6 +92,7 @@ fn ignored_record(case: &TestCase) -> TestRecord {
         message: None,
         leaks: Vec::new(),
         unchecked: Vec::new(),
+        allowed: Vec::new(),
         output: None,
     }
 }

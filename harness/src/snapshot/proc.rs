@@ -24,6 +24,9 @@ pub fn take(pid: i32) -> io::Result<Snapshot> {
             Ok(target) => target.to_string_lossy().into_owned(),
             Err(_) => continue, // closed while we read the directory
         };
+        if target == fd_dir {
+            continue; // the handle of this very directory listing (when reading ourselves)
+        }
         fds.push(FdEntry { fd, target });
     }
     fds.sort_by_key(|entry| entry.fd);

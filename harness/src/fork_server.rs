@@ -1,0 +1,499 @@
+//! `leakcheck::main!()`: a libtest-compatible harness that runs every test in
+//! a forked child of a single-threaded parent, checked in-process.
+//!
+//! The parent parses the command line with libtest-mimic (so `--list --format
+//! terse`, `--exact`, `--skip`, `--ignored`, `--include-ignored`,
+//! `--test-threads`, `--nocapture` and filters mean what they mean under
+//! libtest, and `cargo test` and `cargo nextest run` both drive it), then forks
+//! one child per test, up to `--test-threads` at a time. A child runs its
+//! test on a fresh thread between a baseline and a check (fds, threads,
+//! children, heap), writes its [`TestRecord`] to a pipe and exits; a crash is
+//! a failed test, not a dead harness.
+//!
+//! Invariants:
+//! - The parent never starts a thread, so `fork` copies a consistent process
+//!   and the child may allocate and spawn threads freely.
+//! - Each child leads its own process group; after it exits, the group is
+//!   killed, so processes a test leaves behind (reported by its check) do not
+//!   outlive it. SIGINT/SIGTERM to the parent kill every running group first.
+//! - Under `cargo leakcheck`, `LEAKCHECK_RECORDS_FD` names a pipe that gets
+//!   one JSON [`TestRecord`] per line, and `LEAKCHECK_TIMEOUT_MS` a time limit.
+
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::time::{Duration, Instant};
+
+use libtest_mimic::{Arguments, Trial};
+
+use crate::__private::{ShouldPanic, TestDef, TESTS};
+use crate::guard::Guard;
+use crate::isolation::mark_forked_child;
+use crate::record::{AllowedLeak, Outcome, TestRecord};
+
+/// Bytes of a test's output kept (the tail).
+const KEEP_OUTPUT: usize = 1 << 20;
+
+/// Entry point of `leakcheck::main!()`.
+pub fn harness_main() -> ExitCode {
+    let args = Arguments::from_args();
+    let mut defs: Vec<&'static TestDef> = TESTS.iter().collect();
+    defs.sort_by_key(|def| def.full_name());
+    let trials: Vec<Trial> = defs
+        .iter()
+        .map(|def| Trial::test(def.full_name(), || Ok(())).with_ignored_flag(def.ignore.is_some()))
+        .collect();
+    if args.list {
+        let _listed = libtest_mimic::run(&args, trials);
+        return ExitCode::SUCCESS;
+    }
+    let mut plan = Vec::new();
+    let mut filtered_out = 0;
+    for (def, trial) in defs.into_iter().zip(&trials) {
+        if args.is_filtered_out(trial) {
+            filtered_out += 1;
+        } else {
+            plan.push((def, args.is_ignored(trial)));
+        }
+    }
+    ForkServer::new(&args).run(plan, filtered_out)
+}
+
+/// Pids (= process groups) of running children, for the signal handler.
+static RUNNING_GROUPS: [AtomicI32; 256] = [const { AtomicI32::new(0) }; 256];
+
+extern "C" fn kill_children_and_die(signal: libc::c_int) {
+    for slot in &RUNNING_GROUPS {
+        let pid = slot.load(Ordering::Relaxed);
+        if pid > 0 {
+            // SAFETY: kill, signal and raise are async-signal-safe.
+            unsafe { libc::kill(-pid, libc::SIGKILL) };
+        }
+    }
+    // SAFETY: as above; restores the default action and dies of the signal.
+    unsafe {
+        libc::signal(signal, libc::SIG_DFL);
+        libc::raise(signal);
+    }
+}
+
+struct ForkServer {
+    jobs: usize,
+    capture: bool,
+    timeout: Option<Duration>,
+    records: Option<File>,
+}
+
+struct Running {
+    def: &'static TestDef,
+    pid: i32,
+    slot: usize,
+    record: Option<File>,
+    record_bytes: Vec<u8>,
+    output: Option<File>,
+    output_bytes: Vec<u8>,
+    started: Instant,
+    timed_out: bool,
+}
+
+impl ForkServer {
+    fn new(args: &Arguments) -> ForkServer {
+        let jobs = args.test_threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+        let timeout =
+            std::env::var("LEAKCHECK_TIMEOUT_MS").ok().and_then(|ms| ms.parse().ok()).map(Duration::from_millis);
+        let records =
+            std::env::var("LEAKCHECK_RECORDS_FD").ok().and_then(|fd| fd.parse::<RawFd>().ok()).and_then(|fd| {
+                // SAFETY: fcntl(F_GETFD) only checks that the fd is open; cargo
+                // leakcheck passed it to us to own.
+                (unsafe { libc::fcntl(fd, libc::F_GETFD) } >= 0).then(|| unsafe { File::from_raw_fd(fd) })
+            });
+        ForkServer { jobs: jobs.clamp(1, RUNNING_GROUPS.len()), capture: !args.nocapture, timeout, records }
+    }
+
+    fn run(mut self, plan: Vec<(&'static TestDef, bool)>, filtered_out: usize) -> ExitCode {
+        let started = Instant::now();
+        for signal in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+            // SAFETY: the handler only makes async-signal-safe calls.
+            unsafe { libc::signal(signal, kill_children_and_die as *const () as libc::sighandler_t) };
+        }
+        let count = plan.len();
+        println!("\nrunning {count} {}", if count == 1 { "test" } else { "tests" });
+        let mut queue = plan.into_iter();
+        let mut running: Vec<Running> = Vec::new();
+        let (mut passed, mut ignored) = (0, 0);
+        let mut failures: Vec<TestRecord> = Vec::new();
+        loop {
+            while running.len() < self.jobs {
+                let Some((def, is_ignored)) = queue.next() else { break };
+                if is_ignored {
+                    println!("test {} ... ignored", def.full_name());
+                    ignored += 1;
+                    continue;
+                }
+                match self.fork_test(def, &running) {
+                    Ok(child) => running.push(child),
+                    Err(error) => {
+                        let record = failed_record(def, format!("leakcheck could not fork for this test: {error}"));
+                        failures.push(record);
+                    }
+                }
+            }
+            if running.is_empty() {
+                break;
+            }
+            self.wait_for_io(&mut running);
+            let mut index = 0;
+            while index < running.len() {
+                if running[index].record.is_none() || running[index].timed_out {
+                    let child = running.swap_remove(index);
+                    let record = self.finish(child);
+                    println!(
+                        "test {} ... {}",
+                        record.name,
+                        if record.outcome == Outcome::Passed { "ok" } else { "FAILED" }
+                    );
+                    if let Some(records) = &mut self.records {
+                        if let Ok(line) = serde_json::to_string(&record) {
+                            let _ = writeln!(records, "{line}");
+                        }
+                    }
+                    if record.outcome == Outcome::Passed {
+                        passed += 1;
+                    } else {
+                        failures.push(record);
+                    }
+                } else {
+                    index += 1;
+                }
+            }
+        }
+        print_failures(&failures);
+        let result = if failures.is_empty() { "ok" } else { "FAILED" };
+        println!(
+            "\ntest result: {result}. {passed} passed; {} failed; {ignored} ignored; 0 measured; {filtered_out} filtered out; finished in {:.2}s\n",
+            failures.len(),
+            started.elapsed().as_secs_f64()
+        );
+        if failures.is_empty() {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(101)
+        }
+    }
+
+    fn fork_test(&self, def: &'static TestDef, running: &[Running]) -> io::Result<Running> {
+        let (record_read, record_write) = pipe()?;
+        let output = if self.capture { Some(pipe()?) } else { None };
+        let _ = io::stdout().flush();
+        let _ = io::stderr().flush();
+        let slot = (0..RUNNING_GROUPS.len())
+            .find(|slot| !running.iter().any(|child| child.slot == *slot))
+            .expect("at most RUNNING_GROUPS.len() children run at once");
+        // SAFETY: the parent is single-threaded (module invariant), so the
+        // child is a consistent copy and may run arbitrary code.
+        let pid = unsafe { libc::fork() };
+        if pid < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if pid == 0 {
+            // The child: never returns.
+            drop(record_read);
+            // SAFETY: setpgid on ourselves; dup2 onto stdout/stderr of fds we own.
+            unsafe {
+                libc::setpgid(0, 0);
+                if let Some((output_read, output_write)) = output {
+                    drop(output_read);
+                    libc::dup2(output_write.as_raw_fd(), 1);
+                    libc::dup2(output_write.as_raw_fd(), 2);
+                    drop(output_write);
+                }
+            }
+            mark_forked_child();
+            let record = run_in_child(def);
+            let mut record_write = File::from(record_write);
+            let _ = record_write.write_all(&serde_json::to_vec(&record).unwrap_or_default());
+            drop(record_write);
+            let _ = io::stdout().flush();
+            // SAFETY: ends the child without running the parent's atexit
+            // handlers or destructors, which belong to the parent.
+            unsafe { libc::_exit(0) };
+        }
+        // SAFETY: makes the child its own group leader from our side too, so
+        // a kill of the group right after fork cannot miss it.
+        unsafe { libc::setpgid(pid, pid) };
+        RUNNING_GROUPS[slot].store(pid, Ordering::Relaxed);
+        drop(record_write);
+        let output = output.map(|(read, write)| {
+            drop(write);
+            File::from(read)
+        });
+        Ok(Running {
+            def,
+            pid,
+            slot,
+            record: Some(File::from(record_read)),
+            record_bytes: Vec::new(),
+            output,
+            output_bytes: Vec::new(),
+            started: Instant::now(),
+            timed_out: false,
+        })
+    }
+
+    /// Waits until some child's pipes have data or end, or a deadline passes.
+    fn wait_for_io(&self, running: &mut [Running]) {
+        let mut poll_fds = Vec::new();
+        for child in running.iter() {
+            for file in [&child.record, &child.output].into_iter().flatten() {
+                poll_fds.push(libc::pollfd { fd: file.as_raw_fd(), events: libc::POLLIN, revents: 0 });
+            }
+        }
+        let wait_ms = match self.timeout {
+            Some(limit) => running
+                .iter()
+                .map(|child| limit.saturating_sub(child.started.elapsed()).as_millis())
+                .min()
+                .unwrap_or(0)
+                .min(1000) as i32,
+            None => 1000,
+        };
+        // SAFETY: poll on a valid array of pollfd structs we own.
+        unsafe { libc::poll(poll_fds.as_mut_ptr(), poll_fds.len() as libc::nfds_t, wait_ms.max(1)) };
+        for child in running.iter_mut() {
+            read_available(&mut child.record, &mut child.record_bytes, usize::MAX);
+            read_available(&mut child.output, &mut child.output_bytes, KEEP_OUTPUT);
+            if let Some(limit) = self.timeout {
+                if child.record.is_some() && child.started.elapsed() >= limit {
+                    // SAFETY: kills the child's own process group.
+                    unsafe { libc::kill(-child.pid, libc::SIGKILL) };
+                    child.timed_out = true;
+                }
+            }
+        }
+    }
+
+    /// Reaps a child whose record pipe ended and turns it into a record.
+    fn finish(&self, mut child: Running) -> TestRecord {
+        let mut status = 0;
+        // SAFETY: waits for our own child.
+        unsafe { libc::waitpid(child.pid, &mut status, 0) };
+        // Whatever the test left in its group ends with it (its check
+        // reported it already).
+        // SAFETY: kills the child's own process group.
+        unsafe { libc::kill(-child.pid, libc::SIGKILL) };
+        RUNNING_GROUPS[child.slot].store(0, Ordering::Relaxed);
+        drain(&mut child.output, &mut child.output_bytes, Duration::from_millis(200));
+        let output = String::from_utf8_lossy(&child.output_bytes).into_owned();
+        let mut record = match serde_json::from_slice::<TestRecord>(&child.record_bytes) {
+            Ok(record) if !child.timed_out => record,
+            _ => {
+                let message = if child.timed_out {
+                    format!(
+                        "ran past the time limit of {:.1}s and was killed",
+                        self.timeout.unwrap_or_default().as_secs_f64()
+                    )
+                } else if libc::WIFSIGNALED(status) {
+                    format!("the test process was killed by signal {}", signal_name(libc::WTERMSIG(status)))
+                } else {
+                    format!(
+                        "the test process exited with status {} before the test finished",
+                        libc::WEXITSTATUS(status)
+                    )
+                };
+                let mut record = failed_record(child.def, message);
+                if child.timed_out {
+                    record.outcome = Outcome::TimedOut;
+                }
+                record
+            }
+        };
+        record.duration_ms = child.started.elapsed().as_millis() as u64;
+        if record.outcome != Outcome::Passed {
+            record.output = Some(output);
+        }
+        record
+    }
+}
+
+/// Runs one test in the forked child: on a fresh thread named after it,
+/// between a baseline and a check.
+fn run_in_child(def: &'static TestDef) -> TestRecord {
+    let name = def.full_name();
+    let guard = Guard::start();
+    let run = def.run;
+    let joined = std::thread::Builder::new()
+        .name(name.clone())
+        .spawn(move || catch_unwind(AssertUnwindSafe(run)))
+        .map(|handle| handle.join());
+    // See Guard::finish_after_panic.
+    let panicked = matches!(joined, Ok(Err(_)) | Ok(Ok(Err(_))));
+    let body: Result<(), String> = match joined {
+        Err(error) => Err(format!("leakcheck could not start the test thread: {error}")),
+        Ok(Err(_)) | Ok(Ok(Err(_))) if def.should_panic == ShouldPanic::Yes => Ok(()),
+        Ok(Ok(Err(payload))) => match def.should_panic {
+            ShouldPanic::WithMessage(expected) => {
+                let message = payload_text(payload.as_ref());
+                if message.contains(expected) {
+                    Ok(())
+                } else {
+                    Err(format!("panic did not contain expected string\n      panic message: {message:?}\n expected substring: {expected:?}"))
+                }
+            }
+            _ => Err(format!("the test panicked: {}", payload_text(payload.as_ref()))),
+        },
+        Ok(Err(_)) => Err("the test thread panicked".to_owned()),
+        Ok(Ok(Ok(result))) => match (result, def.should_panic) {
+            (Ok(()), ShouldPanic::No) => Ok(()),
+            (Ok(()), _) => Err("test did not panic as expected".to_owned()),
+            (Err(message), _) => Err(message),
+        },
+    };
+    let finish = |guard: Guard| {
+        if panicked {
+            guard.finish_after_panic(&def.options)
+        } else {
+            guard.finish(&def.options)
+        }
+    };
+    let (leaks, allowed, unchecked) = match guard.and_then(finish) {
+        Ok(finding) => (
+            finding.judgement.leaks,
+            finding
+                .judgement
+                .allowed
+                .into_iter()
+                .map(|(leak, reason)| AllowedLeak { leak, reason: reason.to_owned() })
+                .collect(),
+            finding.unchecked,
+        ),
+        Err(_) => {
+            (Vec::new(), Vec::new(), vec!["fd".to_owned(), "thread".to_owned(), "child".to_owned(), "heap".to_owned()])
+        }
+    };
+    let (outcome, message) = match body {
+        Ok(()) if leaks.is_empty() => (Outcome::Passed, None),
+        Ok(()) => (Outcome::Leaked, None),
+        Err(message) => (Outcome::Failed, Some(message)),
+    };
+    TestRecord {
+        binary: String::new(),
+        name,
+        outcome,
+        duration_ms: 0,
+        message,
+        leaks,
+        unchecked,
+        allowed,
+        output: None,
+    }
+}
+
+fn payload_text(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|text| (*text).to_owned())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "Box<dyn Any>".to_owned())
+}
+
+fn failed_record(def: &TestDef, message: String) -> TestRecord {
+    TestRecord {
+        binary: String::new(),
+        name: def.full_name(),
+        outcome: Outcome::Failed,
+        duration_ms: 0,
+        message: Some(message),
+        leaks: Vec::new(),
+        unchecked: Vec::new(),
+        allowed: Vec::new(),
+        output: None,
+    }
+}
+
+fn print_failures(failures: &[TestRecord]) {
+    if failures.is_empty() {
+        return;
+    }
+    println!("\nfailures:");
+    for record in failures {
+        println!("\n---- {} stdout ----", record.name);
+        if let Some(output) = record.output.as_deref().filter(|output| !output.is_empty()) {
+            print!("{output}");
+            if !output.ends_with('\n') {
+                println!();
+            }
+        }
+        if let Some(message) = &record.message {
+            println!("{message}");
+        }
+        if !record.leaks.is_empty() {
+            println!("{}", crate::__private::describe_leaks(&record.leaks));
+        }
+    }
+    println!("\nfailures:");
+    for record in failures {
+        println!("    {}", record.name);
+    }
+}
+
+fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 writes two fds into the array; we own them from here on.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: both fds were just created and are owned by nobody else.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// Reads what is available without blocking; `None` the pipe at end of file.
+fn read_available(pipe: &mut Option<File>, into: &mut Vec<u8>, keep: usize) {
+    let Some(file) = pipe else { return };
+    let mut ready = libc::pollfd { fd: file.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+    // SAFETY: poll with a zero timeout on one pollfd we own.
+    while unsafe { libc::poll(&mut ready, 1, 0) } > 0 {
+        let mut buf = [0u8; 64 * 1024];
+        match file.read(&mut buf) {
+            Ok(0) | Err(_) => {
+                *pipe = None;
+                return;
+            }
+            Ok(n) => {
+                into.extend_from_slice(&buf[..n]);
+                if into.len() > keep.saturating_mul(2) {
+                    into.drain(..into.len() - keep);
+                }
+            }
+        }
+        ready.revents = 0;
+    }
+}
+
+fn drain(pipe: &mut Option<File>, into: &mut Vec<u8>, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    while pipe.is_some() && Instant::now() < deadline {
+        read_available(pipe, into, KEEP_OUTPUT);
+        if pipe.is_some() {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+    *pipe = None;
+}
+
+fn signal_name(signal: i32) -> String {
+    let name = match signal {
+        libc::SIGSEGV => "SIGSEGV",
+        libc::SIGABRT => "SIGABRT",
+        libc::SIGKILL => "SIGKILL",
+        libc::SIGTERM => "SIGTERM",
+        libc::SIGBUS => "SIGBUS",
+        libc::SIGILL => "SIGILL",
+        libc::SIGFPE => "SIGFPE",
+        libc::SIGINT => "SIGINT",
+        _ => return format!("{signal}"),
+    };
+    name.to_owned()
+}

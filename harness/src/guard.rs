@@ -1,0 +1,104 @@
+//! Checking a piece of code in-process: snapshot `/proc/self` and the heap
+//! before, run it, compare after.
+//!
+//! The check is only meaningful when nothing else runs in the process at the
+//! same time (see [`crate::isolation`]); `#[leakcheck::test]` and the
+//! harness take care of that.
+
+use std::io;
+
+use crate::alloc::{heap_usage, HeapUsage};
+use crate::diff::{settle, Baseline, Delta};
+use crate::options::{Judgement, Kind, Options};
+use crate::record::Leak;
+use crate::snapshot;
+
+/// A baseline taken by [`Guard::start`]; [`Guard::finish`] compares with it.
+#[derive(Debug)]
+pub struct Guard {
+    pid: i32,
+    baseline: Baseline,
+    heap: Option<HeapUsage>,
+}
+
+/// What [`Guard::finish`] found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Finding {
+    /// Failing and allowed leaks.
+    pub judgement: Judgement,
+    /// Kinds that could not be checked (`heap` without [`crate::Alloc`]).
+    pub unchecked: Vec<String>,
+}
+
+impl Guard {
+    /// Takes the baseline: every fd, thread and child of this process, and
+    /// the live heap. The heap is read last, so the baseline's own memory is
+    /// part of it.
+    pub fn start() -> io::Result<Guard> {
+        let pid = std::process::id() as i32;
+        let baseline = Baseline::of(&snapshot::take(pid)?);
+        let heap = heap_usage();
+        Ok(Guard { pid, baseline, heap })
+    }
+
+    /// Compares the process with the baseline, settling for up to the
+    /// options' grace, and applies the options' allow rules.
+    pub fn finish(self, options: &Options) -> io::Result<Finding> {
+        self.compare(options, true)
+    }
+
+    /// Like [`Guard::finish`] for code that panicked: the heap is not judged
+    /// (a panic fills std's process-wide backtrace and symbol caches, memory
+    /// that is not the test's to free) and is listed as unchecked.
+    pub fn finish_after_panic(self, options: &Options) -> io::Result<Finding> {
+        self.compare(options, false)
+    }
+
+    fn compare(self, options: &Options, judge_heap: bool) -> io::Result<Finding> {
+        let grace = options.grace();
+        let mut leaks = Vec::new();
+        let mut unchecked = Vec::new();
+        // Heap first, before this function allocates anything it keeps.
+        let heap = if judge_heap { self.heap } else { None };
+        match (heap, options.checks(Kind::Heap)) {
+            (Some(before), true) => {
+                let start = std::time::Instant::now();
+                let mut pause = std::time::Duration::from_millis(1);
+                let grown = loop {
+                    let now = heap_usage().unwrap_or(before);
+                    let grown = (now.bytes - before.bytes, now.blocks - before.blocks);
+                    if (grown.0 <= 0 && grown.1 <= 0) || start.elapsed() >= grace {
+                        break grown;
+                    }
+                    std::thread::sleep(pause);
+                    pause = (pause * 2).min(std::time::Duration::from_millis(50));
+                };
+                if grown.0 > 0 || grown.1 > 0 {
+                    leaks.push(Leak::Heap { bytes: grown.0.max(0) as u64, blocks: grown.1.max(0) as u64 });
+                }
+            }
+            (None, true) => unchecked.push("heap".to_owned()),
+            (_, false) => {}
+        }
+        let delta = settle(grace, || Ok(Delta::between(&self.baseline, snapshot::take(self.pid)?)))?;
+        leaks.splice(0..0, delta.into_leaks(self.pid));
+        Ok(Finding { judgement: options.judge(leaks), unchecked })
+    }
+}
+
+/// Runs `body` between a baseline and a check with default options.
+///
+/// For code that cannot use `#[leakcheck::test]`. Only meaningful when no
+/// other test runs in the process at the same time.
+///
+/// ```no_run
+/// let (value, finding) = leakcheck::check(|| 2 + 2).unwrap();
+/// assert_eq!(value, 4);
+/// assert!(finding.judgement.leaks.is_empty(), "{:?}", finding.judgement.leaks);
+/// ```
+pub fn check<R>(body: impl FnOnce() -> R) -> io::Result<(R, Finding)> {
+    let guard = Guard::start()?;
+    let value = body();
+    let finding = guard.finish(&Options::default())?;
+    Ok((value, finding))
+}

@@ -1,0 +1,177 @@
+//! Items the macros expand to. Not a public API: no stability promise.
+
+use std::panic::resume_unwind;
+use std::sync::Once;
+
+pub use linkme;
+
+pub use crate::fork_server::harness_main;
+
+/// Bytes `leakcheck::main!()` embeds in a harness binary; `cargo leakcheck`
+/// looks for them to know it may run the binary whole and read its records.
+pub const HARNESS_MARKER: [u8; 32] = *b"leakcheck:harness-protocol:v1:\0\0";
+use crate::guard::Guard;
+use crate::isolation::{isolation, Isolation};
+pub use crate::options::{Allow, Kind, Options};
+use crate::record::{AllowedLeak, InProcessReport};
+
+/// One `#[leakcheck::test]`, registered for `leakcheck::main!()`.
+#[derive(Debug)]
+pub struct TestDef {
+    /// `module_path!()` of the test: the crate name, then modules.
+    pub module_path: &'static str,
+    /// The function's name.
+    pub name: &'static str,
+    /// Runs the test body; `Err` carries a failure message.
+    pub run: fn() -> Result<(), String>,
+    /// `Some(reason)` when `#[ignore]`d (the reason may be empty).
+    pub ignore: Option<&'static str>,
+    /// `#[should_panic]`, with its `expected` text if any.
+    pub should_panic: ShouldPanic,
+    /// The test's options.
+    pub options: Options,
+}
+
+impl TestDef {
+    /// The name libtest would give the test: modules below the crate, then the name.
+    pub fn full_name(&self) -> String {
+        match self.module_path.split_once("::") {
+            Some((_, modules)) => format!("{modules}::{}", self.name),
+            None => self.name.to_owned(),
+        }
+    }
+}
+
+/// `#[should_panic]` of a test.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShouldPanic {
+    /// Not a should-panic test.
+    No,
+    /// Must panic.
+    Yes,
+    /// Must panic with a message containing this text.
+    WithMessage(&'static str),
+}
+
+/// Every `#[leakcheck::test]` of the binary.
+#[linkme::distributed_slice]
+pub static TESTS: [TestDef];
+
+/// What a test function may return, as libtest accepts it.
+pub trait IntoTestResult {
+    /// `Err` with a message when the value means failure.
+    fn into_test_result(self) -> Result<(), String>;
+}
+
+impl IntoTestResult for () {
+    fn into_test_result(self) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+impl<E: std::fmt::Debug> IntoTestResult for Result<(), E> {
+    fn into_test_result(self) -> Result<(), String> {
+        self.map_err(|error| format!("Error: {error:?}"))
+    }
+}
+
+static SHARED_NOTE: Once = Once::new();
+
+/// Runs a `#[leakcheck::test]` under the default libtest harness: checked
+/// when the test is alone in its process, run unchecked (with one note per
+/// process) when other tests may run beside it.
+///
+/// The body runs on a fresh thread (named like the test's) that is joined
+/// before the check, so the test thread's thread-locals are gone by then, as
+/// they are in the harness. A failure or a leak panics, as libtest expects.
+pub fn run_test(options: &Options, body: fn() -> Result<(), String>) {
+    if isolation() == Isolation::Shared {
+        SHARED_NOTE.call_once(|| {
+            // Straight to fd 2: libtest captures eprintln! of passing tests.
+            let _ = std::io::Write::write_all(
+                &mut std::io::stderr(),
+                b"note: leakcheck: leak checks are off in this process: cargo test runs tests in parallel \
+                  threads, so a leak could not be told apart from another test's resources. Run \
+                  `cargo leakcheck`, `cargo nextest run`, or `cargo test -- --test-threads=1` to check.\n",
+            );
+        });
+        return finish_body(body());
+    }
+    let guard = match Guard::start() {
+        Ok(guard) => guard,
+        Err(error) => {
+            eprintln!("note: leakcheck: could not read /proc/self ({error}); this test is not checked");
+            return finish_body(body());
+        }
+    };
+    let mut thread = std::thread::Builder::new();
+    if let Some(name) = std::thread::current().name() {
+        thread = thread.name(name.to_owned());
+    }
+    let outcome = match thread.spawn(body) {
+        Ok(handle) => handle.join(),
+        Err(error) => Ok(Err(format!("leakcheck could not start the test thread: {error}"))),
+    };
+    let panicked = matches!(outcome, Err(_));
+    let finding = if panicked { guard.finish_after_panic(options) } else { guard.finish(options) };
+    let finding = match finding {
+        Ok(finding) => finding,
+        Err(error) => {
+            eprintln!("note: leakcheck: could not read /proc/self ({error}); this test is not checked");
+            return finish_outcome(outcome);
+        }
+    };
+    let body_passed = matches!(outcome, Ok(Ok(())));
+    tell_cargo_leakcheck(&InProcessReport {
+        body_passed,
+        leaks: finding.judgement.leaks.clone(),
+        allowed: finding
+            .judgement
+            .allowed
+            .iter()
+            .map(|(leak, reason)| AllowedLeak { leak: leak.clone(), reason: (*reason).to_owned() })
+            .collect(),
+        unchecked: finding.unchecked.clone(),
+    });
+    let leaks = &finding.judgement.leaks;
+    if body_passed && !leaks.is_empty() {
+        panic!("{}", describe_leaks(leaks));
+    }
+    if !leaks.is_empty() {
+        eprintln!("{}", describe_leaks(leaks));
+    }
+    finish_outcome(outcome)
+}
+
+fn finish_body(result: Result<(), String>) {
+    if let Err(message) = result {
+        panic!("{message}");
+    }
+}
+
+fn finish_outcome(outcome: std::thread::Result<Result<(), String>>) {
+    match outcome {
+        Ok(result) => finish_body(result),
+        Err(panic) => resume_unwind(panic),
+    }
+}
+
+/// The message of a test failed by its leaks.
+pub fn describe_leaks(leaks: &[crate::Leak]) -> String {
+    let mut message = String::from("leakcheck: the test left resources behind:");
+    for leak in leaks {
+        message.push_str("\n  - ");
+        message.push_str(&leak.describe());
+    }
+    message
+}
+
+/// Under `cargo leakcheck`, hands over the in-process verdict (it knows the
+/// heap and the allow rules, which the outside view does not).
+fn tell_cargo_leakcheck(report: &InProcessReport) {
+    if let Some(path) = std::env::var_os("LEAKCHECK_RECORD_FILE") {
+        if let Ok(json) = serde_json::to_vec(report) {
+            let _ = std::fs::write(path, json);
+        }
+    }
+}
