@@ -50,6 +50,8 @@ fn try_main(args: &LeakcheckArgs, supervisor: &'static Supervisor) -> Result<u8,
     }
 
     let filter = (!args.no_probe).then(ExitFilter::new);
+    let scratch =
+        Scratch::create().map_err(|source| RunError::Setup { what: "create its scratch directory", source })?;
     let context = RunContext {
         supervisor,
         filter,
@@ -57,6 +59,7 @@ fn try_main(args: &LeakcheckArgs, supervisor: &'static Supervisor) -> Result<u8,
         timeout: args.timeout,
         test_args: selection.ignored_mode.iter().cloned().collect(),
         probe_refused: Default::default(),
+        scratch: scratch.path().to_owned(),
     };
     supervisor.begin_test_phase().map_err(|source| RunError::Setup { what: "become a child subreaper", source })?;
     if args.no_probe {
@@ -76,7 +79,7 @@ fn try_main(args: &LeakcheckArgs, supervisor: &'static Supervisor) -> Result<u8,
     );
 
     let mut warned = false;
-    let result = run::run_all(&context, &cases, jobs, !args.no_fail_fast, |record| {
+    let result = run::run_all(&context, &cases, &selection.list_args, jobs, !args.no_fail_fast, |record| {
         if let (Some(error), false) = (context.probe_refused.get(), warned) {
             warned = true;
             eprintln!(
@@ -135,5 +138,27 @@ fn print_stdout(text: &str) {
     let mut stdout = std::io::stdout().lock();
     if stdout.write_all(text.as_bytes()).and_then(|()| stdout.flush()).is_err() {
         // The reader went away; the exit code still tells the result.
+    }
+}
+
+/// A private temporary directory, removed when the run ends.
+#[derive(Debug)]
+struct Scratch(std::path::PathBuf);
+
+impl Scratch {
+    fn create() -> std::io::Result<Scratch> {
+        let path = std::env::temp_dir().join(format!("cargo-leakcheck-{}", std::process::id()));
+        std::fs::create_dir_all(&path)?;
+        Ok(Scratch(path))
+    }
+
+    fn path(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
     }
 }

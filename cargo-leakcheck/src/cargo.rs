@@ -23,6 +23,15 @@ pub(crate) struct TestBinary {
     pub(crate) cwd: PathBuf,
     /// `CARGO_MANIFEST_DIR`, `CARGO_PKG_*` and friends.
     pub(crate) env: Vec<(String, String)>,
+    /// Built with `leakcheck::main!()`: it checks its own tests in-process
+    /// (heap included) and reports them through the records protocol.
+    pub(crate) harness: bool,
+}
+
+/// Whether `executable` embeds the marker of `leakcheck::main!()`.
+pub(crate) fn is_leakcheck_harness(executable: &std::path::Path) -> bool {
+    std::fs::read(executable)
+        .is_ok_and(|bytes| memchr::memmem::find(&bytes, &leakcheck::__private::HARNESS_MARKER).is_some())
 }
 
 /// Reads the workspace with `cargo metadata --no-deps`.
@@ -111,7 +120,9 @@ pub(crate) fn build_tests(
         let id = binary_id(package, &artifact.target.name, &artifact.target.kind);
         let env = test_env(package, &artifact.target.name, executable.as_std_path());
         let cwd = package.manifest_path.parent().map(|dir| dir.as_std_path().to_owned()).unwrap_or_default();
-        binaries.insert(id.clone(), TestBinary { id, executable: executable.into_std_path_buf(), cwd, env });
+        let executable = executable.into_std_path_buf();
+        let harness = is_leakcheck_harness(&executable);
+        binaries.insert(id.clone(), TestBinary { id, executable, cwd, env, harness });
     }
     let status = child.wait().map_err(|source| RunError::SpawnCargo { command: process::display(&command), source })?;
     supervisor.remove_helper(child.id() as i32);

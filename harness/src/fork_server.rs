@@ -115,6 +115,10 @@ impl ForkServer {
 
     fn run(mut self, plan: Vec<(&'static TestDef, bool)>, filtered_out: usize) -> ExitCode {
         let started = Instant::now();
+        // Initialise std's lazy thread state once, here, rather than inside
+        // every child's baseline; joined, so the parent is single-threaded
+        // again before the first fork.
+        let _ = std::thread::spawn(|| ()).join();
         for signal in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
             // SAFETY: the handler only makes async-signal-safe calls.
             unsafe { libc::signal(signal, kill_children_and_die as *const () as libc::sighandler_t) };
@@ -201,6 +205,12 @@ impl ForkServer {
         if pid == 0 {
             // The child: never returns.
             drop(record_read);
+            if let Some(records) = &self.records {
+                // SAFETY: the child never returns, so the parent's File is
+                // never dropped here; the records pipe is the parent's alone
+                // (a process a test leaves must not hold it open).
+                unsafe { libc::close(records.as_raw_fd()) };
+            }
             // SAFETY: setpgid on ourselves; dup2 onto stdout/stderr of fds we own.
             unsafe {
                 libc::setpgid(0, 0);

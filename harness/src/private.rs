@@ -97,6 +97,10 @@ pub fn run_test(options: &Options, body: fn() -> Result<(), String>) {
         });
         return finish_body(body());
     }
+    // Spawning a thread initialises std's lazy thread state on first use
+    // (the main thread's handle, stack-size settings); do that before the
+    // baseline so it is not counted as the test's.
+    let _ = std::thread::spawn(|| ()).join();
     let guard = match Guard::start() {
         Ok(guard) => guard,
         Err(error) => {
@@ -112,7 +116,7 @@ pub fn run_test(options: &Options, body: fn() -> Result<(), String>) {
         Ok(handle) => handle.join(),
         Err(error) => Ok(Err(format!("leakcheck could not start the test thread: {error}"))),
     };
-    let panicked = matches!(outcome, Err(_));
+    let panicked = outcome.is_err();
     let finding = if panicked { guard.finish_after_panic(options) } else { guard.finish(options) };
     let finding = match finding {
         Ok(finding) => finding,

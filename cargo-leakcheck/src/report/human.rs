@@ -28,12 +28,17 @@ pub(crate) fn progress_line(record: &TestRecord) -> String {
         record.name
     );
     if let Some(message) = &record.message {
-        let _ = write!(line, "\n{:>20}{message}", "");
+        for message_line in message.lines() {
+            let _ = write!(line, "\n{:>20}{message_line}", "");
+        }
     }
     for leak in &record.leaks {
         let _ = write!(line, "\n{:>20}leaked {}", "", leak.describe());
     }
-    if !record.unchecked.is_empty() && record.outcome != Outcome::Ignored {
+    for allowed in &record.allowed {
+        let _ = write!(line, "\n{:>20}allowed {} ({})", "", allowed.leak.describe(), allowed.reason);
+    }
+    if !record.unchecked.is_empty() && record.outcome.is_failure() {
         let _ = write!(line, "\n{:>20}not checked: {}", "", record.unchecked.join(", "));
     }
     line

@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use leakcheck::diff::{child_leak, settle, Baseline, Delta};
+use leakcheck::record::InProcessReport;
 use leakcheck::snapshot;
 use leakcheck::{Leak, Outcome, TestRecord};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
@@ -36,13 +37,15 @@ pub(crate) struct RunContext {
     pub(crate) test_args: Vec<String>,
     /// Set once the probe was refused; the first refusal prints the warning.
     pub(crate) probe_refused: std::sync::OnceLock<io::Error>,
+    /// A private directory for in-process verdicts (`LEAKCHECK_RECORD_FILE`).
+    pub(crate) scratch: std::path::PathBuf,
 }
 
 /// A worker's wake-up pipe: the reaper writes to it when the worker's test exits.
 #[derive(Debug)]
 pub(crate) struct Waker {
-    reader: io::PipeReader,
-    writer: io::PipeWriter,
+    pub(super) reader: io::PipeReader,
+    pub(super) writer: io::PipeWriter,
 }
 
 impl Waker {
@@ -52,16 +55,16 @@ impl Waker {
         Ok(Waker { reader, writer })
     }
 
-    fn drain(&self) {
+    pub(super) fn drain(&self) {
         let mut buf = [0u8; 64];
         while matches!((&self.reader).read(&mut buf), Ok(n) if n > 0) {}
     }
 }
 
 /// Time allowed to processes a test left behind to end on SIGTERM.
-const TERMINATE_GRACE: Duration = Duration::from_millis(200);
+pub(super) const TERMINATE_GRACE: Duration = Duration::from_millis(200);
 /// How long to keep reading output after every process of the test is gone.
-const DRAIN_LIMIT: Duration = Duration::from_millis(500);
+pub(super) const DRAIN_LIMIT: Duration = Duration::from_millis(500);
 
 /// What the probe saw at `exit_group`.
 #[derive(Debug)]
@@ -79,6 +82,9 @@ pub(crate) fn run_test(context: &RunContext, waker: &Waker, case: &TestCase) -> 
     waker.drain();
     let binary = &case.binary;
     let marker = format!("{}:{}", std::process::id(), case.serial);
+    // Where a `#[leakcheck::test]` in the test leaves its in-process verdict.
+    let record_file = context.scratch.join(format!("{}.json", case.serial));
+    let _ = std::fs::remove_file(&record_file);
     let mut command = Command::new(&binary.executable);
     command
         .arg(&case.name)
@@ -87,6 +93,7 @@ pub(crate) fn run_test(context: &RunContext, waker: &Waker, case: &TestCase) -> 
         .current_dir(&binary.cwd)
         .envs(binary.env.iter().map(|(key, value)| (key, value)))
         .env(MARKER_VAR, &marker)
+        .env("LEAKCHECK_RECORD_FILE", &record_file)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -208,9 +215,35 @@ pub(crate) fn run_test(context: &RunContext, waker: &Waker, case: &TestCase) -> 
         return Ok(None);
     }
     let finished = stdout.contains(b"\ntest result: ok.");
-    let (outcome, message) = judge(status, timed_out, finished, exit_view.as_ref(), &leaks, context.timeout);
+    let in_process = read_in_process_report(&record_file);
     let mut unchecked = Vec::new();
-    if listener.is_none() {
+    let mut allowed = Vec::new();
+    let (outcome, message) = match &in_process {
+        // A `#[leakcheck::test]` checked the test from inside: its verdict
+        // knows the heap and the test's allow rules. Only processes left
+        // alive after the exit, which it could not see, are added.
+        Some(report) => {
+            let known: Vec<i32> =
+                report.leaks.iter().chain(report.allowed.iter().map(|a| &a.leak)).filter_map(child_pid).collect();
+            let orphans: Vec<Leak> = leaks
+                .drain(..)
+                .filter(|leak| matches!(leak, Leak::Child { orphaned: true, .. }))
+                .filter(|leak| child_pid(leak).is_none_or(|pid| !known.contains(&pid)))
+                .collect();
+            leaks = report.leaks.clone();
+            leaks.extend(orphans);
+            allowed = report.allowed.clone();
+            unchecked = report.unchecked.clone();
+            let failed_by_leak_only = report.body_passed && status == ExitStatus::Code(101) && !report.leaks.is_empty();
+            if failed_by_leak_only || (report.body_passed && status == ExitStatus::Code(0)) {
+                judge(ExitStatus::Code(0), timed_out, true, None, &leaks, context.timeout)
+            } else {
+                judge(status, timed_out, finished, exit_view.as_ref(), &leaks, context.timeout)
+            }
+        }
+        None => judge(status, timed_out, finished, exit_view.as_ref(), &leaks, context.timeout),
+    };
+    if in_process.is_none() && listener.is_none() {
         unchecked.extend(["fd".to_owned(), "thread".to_owned()]);
     }
     let output = (outcome != Outcome::Passed).then(|| {
@@ -226,9 +259,22 @@ pub(crate) fn run_test(context: &RunContext, waker: &Waker, case: &TestCase) -> 
         message,
         leaks,
         unchecked,
-        allowed: Vec::new(),
+        allowed,
         output,
     }))
+}
+
+fn read_in_process_report(path: &std::path::Path) -> Option<InProcessReport> {
+    let bytes = std::fs::read(path).ok()?;
+    let _ = std::fs::remove_file(path);
+    serde_json::from_slice(&bytes).ok()
+}
+
+fn child_pid(leak: &Leak) -> Option<i32> {
+    match leak {
+        Leak::Child { pid, .. } => Some(*pid),
+        _ => None,
+    }
 }
 
 fn judge(

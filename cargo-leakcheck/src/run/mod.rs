@@ -1,5 +1,6 @@
 //! Running tests: one isolated process per test, judged at its exit.
 
+mod harness_client;
 mod isolated;
 mod output;
 mod probe;

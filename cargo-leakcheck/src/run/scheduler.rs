@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use leakcheck::{Outcome, TestRecord};
 
+use super::harness_client::run_harness;
 use super::isolated::{run_test, RunContext, Waker};
 use crate::list::TestCase;
 
@@ -21,25 +22,77 @@ pub(crate) struct RunResult {
     pub(crate) duration_ms: u64,
 }
 
-/// Runs `cases` with `jobs` workers; `on_record` sees each record as it ends.
-/// With `fail_fast`, no new test starts after the first failing one.
+/// Runs `cases` with `jobs` at a time; `on_record` sees each record as it
+/// ends. Binaries built with `leakcheck::main!()` run whole first (they fork
+/// per test themselves, `jobs` at a time), then every other test runs in a
+/// process of its own. With `fail_fast`, no new test starts after the first
+/// failing one.
 pub(crate) fn run_all(
     context: &RunContext,
     cases: &[TestCase],
+    list_args: &[String],
     jobs: usize,
     fail_fast: bool,
     mut on_record: impl FnMut(&TestRecord),
 ) -> RunResult {
     let started = Instant::now();
-    let next = AtomicUsize::new(0);
-    let stop = AtomicBool::new(false);
-    let (sender, receiver) = mpsc::channel::<(usize, TestRecord)>();
     let mut slots: Vec<Option<TestRecord>> = vec![None; cases.len()];
+    let stop = AtomicBool::new(false);
 
+    // Harness binaries, one at a time, each with all the parallelism.
+    let waker = Waker::new().expect("a pipe for the harness client");
+    let mut harness_ids: Vec<&str> =
+        cases.iter().filter(|case| case.binary.harness).map(|c| c.binary.id.as_str()).collect();
+    harness_ids.dedup();
+    for id in harness_ids {
+        if stop.load(Ordering::SeqCst) || context.supervisor.interrupted().is_some() {
+            break;
+        }
+        let indices: Vec<usize> = (0..cases.len()).filter(|&index| cases[index].binary.id == id).collect();
+        let mut to_run = Vec::new();
+        for &index in &indices {
+            if cases[index].ignored {
+                let record = ignored_record(&cases[index]);
+                on_record(&record);
+                slots[index] = Some(record);
+            } else {
+                to_run.push(index);
+            }
+        }
+        if to_run.is_empty() {
+            continue;
+        }
+        let run_cases: Vec<&TestCase> = to_run.iter().map(|&index| &cases[index]).collect();
+        let records = match run_harness(context, &waker, &run_cases, list_args, jobs, &mut on_record) {
+            Ok(records) => records,
+            Err(error) => run_cases
+                .iter()
+                .map(|case| {
+                    let record = tool_error_record(case, &error);
+                    on_record(&record);
+                    record
+                })
+                .collect(),
+        };
+        if context.supervisor.interrupted().is_some() {
+            break;
+        }
+        for (index, record) in to_run.into_iter().zip(records) {
+            if fail_fast && record.outcome.is_failure() {
+                stop.store(true, Ordering::SeqCst);
+            }
+            slots[index] = Some(record);
+        }
+    }
+
+    // Every other test: one process each, `jobs` workers.
+    let process_cases: Vec<usize> = (0..cases.len()).filter(|&index| !cases[index].binary.harness).collect();
+    let next = AtomicUsize::new(0);
+    let (sender, receiver) = mpsc::channel::<(usize, TestRecord)>();
     std::thread::scope(|scope| {
         for worker in 0..jobs.max(1) {
             let sender = sender.clone();
-            let (next, stop) = (&next, &stop);
+            let (next, stop, process_cases) = (&next, &stop, &process_cases);
             std::thread::Builder::new()
                 .name(format!("leakcheck-worker-{worker}"))
                 .spawn_scoped(scope, move || {
@@ -48,8 +101,8 @@ pub(crate) fn run_all(
                         if stop.load(Ordering::SeqCst) || context.supervisor.interrupted().is_some() {
                             return;
                         }
-                        let index = next.fetch_add(1, Ordering::SeqCst);
-                        let Some(case) = cases.get(index) else { return };
+                        let Some(&index) = process_cases.get(next.fetch_add(1, Ordering::SeqCst)) else { return };
+                        let case = &cases[index];
                         let record = if case.ignored {
                             Some(ignored_record(case))
                         } else {

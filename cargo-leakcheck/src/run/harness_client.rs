@@ -1,0 +1,181 @@
+//! Running a `leakcheck::main!()` binary whole.
+//!
+//! Such a binary forks and checks each of its tests itself (heap included)
+//! and writes one JSON `TestRecord` per line to the fd named by
+//! `LEAKCHECK_RECORDS_FD`. We run it once with `--test-threads=<jobs>` and the
+//! user's filters, under the subreaper, and relay its records as they come.
+//! Whatever its tests orphaned (invisible to its in-process checks) is
+//! terminated when it ends.
+
+use std::collections::HashMap;
+use std::io::{self, Read};
+use std::os::fd::{AsFd, AsRawFd};
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::Instant;
+
+use leakcheck::{Outcome, TestRecord};
+
+use super::isolated::{wait_for_events, RunContext, Waker, DRAIN_LIMIT, TERMINATE_GRACE};
+use super::output::Capture;
+use super::reaper::{self, ExitSlot, ExitStatus, MARKER_VAR};
+use crate::list::TestCase;
+
+/// Runs the harness binary of `cases` (all of one binary, none ignored) and
+/// returns one record per case, in `cases` order, calling `on_record` as each
+/// arrives. `Ok(None)` when the run was interrupted.
+pub(crate) fn run_harness(
+    context: &RunContext,
+    waker: &Waker,
+    cases: &[&TestCase],
+    list_args: &[String],
+    jobs: usize,
+    on_record: &mut dyn FnMut(&TestRecord),
+) -> io::Result<Vec<TestRecord>> {
+    waker.drain();
+    let binary = &cases[0].binary;
+    let marker = format!("{}:harness:{}", std::process::id(), cases[0].serial);
+    let (mut records, records_write) = io::pipe()?;
+    let records_fd = records_write.as_raw_fd();
+    let mut command = Command::new(&binary.executable);
+    command
+        .args(list_args)
+        .args(&context.test_args)
+        .arg(format!("--test-threads={jobs}"))
+        .current_dir(&binary.cwd)
+        .envs(binary.env.iter().map(|(key, value)| (key, value)))
+        .env(MARKER_VAR, &marker)
+        .env("LEAKCHECK_RECORDS_FD", records_fd.to_string())
+        .env("LEAKCHECK_TIMEOUT_MS", context.timeout.as_millis().to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0);
+    // SAFETY: between fork and exec: empties the signal mask and clears
+    // close-on-exec of the records pipe (fcntl); both async-signal-safe.
+    unsafe {
+        command.pre_exec(move || {
+            reaper::unblock_all_signals();
+            if libc::fcntl(records_fd, libc::F_SETFD, 0) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let slot = Arc::new(ExitSlot::new(waker.writer.try_clone()?));
+    let started = Instant::now();
+    let mut child = context.supervisor.spawn_registered(slot.clone(), || {
+        let child = command.spawn()?;
+        let pid = child.id() as i32;
+        io::Result::Ok((child, pid, marker.clone()))
+    })?;
+    drop(records_write);
+    let pid = child.id() as i32;
+    let mut stdout = Capture::new(child.stdout.take().expect("stdout is piped").into());
+    let mut stderr = Capture::new(child.stderr.take().expect("stderr is piped").into());
+    nix::fcntl::fcntl(&records, nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK))?;
+
+    let wanted: HashMap<&str, usize> =
+        cases.iter().enumerate().map(|(index, case)| (case.name.as_str(), index)).collect();
+    let mut received: Vec<Option<TestRecord>> = vec![None; cases.len()];
+    let mut pending = Vec::new();
+    let mut records_open = true;
+    let status = loop {
+        let status = slot.status();
+        if let (Some(status), false) = (status, records_open) {
+            break status;
+        }
+        let records_fd = records_open.then(|| records.as_fd());
+        let ready = wait_for_events(&[records_fd, stdout.fd(), stderr.fd(), Some(waker.reader.as_fd())], DRAIN_LIMIT)?;
+        if ready[0] {
+            records_open = read_records(&mut records, &mut pending, |mut record| {
+                record.binary = binary.id.clone();
+                if let Some(&index) = wanted.get(record.name.as_str()) {
+                    on_record(&record);
+                    received[index] = Some(record);
+                }
+            });
+        }
+        if ready[1] {
+            stdout.read_some();
+        }
+        if ready[2] {
+            stderr.read_some();
+        }
+        if ready[3] {
+            waker.drain();
+        }
+        if status.is_some() && !ready[0] {
+            // Exited, and the records pipe is quiet: a process it left holds
+            // the pipe open. Stop waiting for it.
+            records_open = false;
+        }
+    };
+    context.supervisor.unregister(pid);
+    let leftovers = reaper::processes_of(pid, &marker);
+    for leftover in leftovers.iter().filter_map(|&pid| leakcheck::snapshot::process_info(pid).ok()) {
+        eprintln!(
+            "warning: killed `{}` (pid {}): left running by a test of {} that its in-process check could not see (orphaned)",
+            leftover.cmdline, leftover.pid, binary.id
+        );
+    }
+    reaper::terminate(&leftovers, TERMINATE_GRACE, || {});
+    stdout.drain_until_eof(DRAIN_LIMIT);
+    stderr.drain_until_eof(DRAIN_LIMIT);
+
+    let why_missing = match status {
+        _ if context.supervisor.interrupted().is_some() => "the run was interrupted".to_owned(),
+        ExitStatus::Code(code) => format!("the harness exited with status {code} before reporting this test"),
+        ExitStatus::Signal(signal) => format!("the harness was killed by {signal} before reporting this test"),
+    };
+    let output = {
+        let mut text = stdout.into_text();
+        text.push_str(&stderr.into_text());
+        text
+    };
+    let elapsed = started.elapsed().as_millis() as u64;
+    Ok(received
+        .into_iter()
+        .zip(cases)
+        .map(|(record, case)| {
+            record.unwrap_or_else(|| {
+                let record = TestRecord {
+                    binary: binary.id.clone(),
+                    name: case.name.clone(),
+                    outcome: Outcome::Failed,
+                    duration_ms: elapsed,
+                    message: Some(why_missing.clone()),
+                    leaks: Vec::new(),
+                    unchecked: Vec::new(),
+                    allowed: Vec::new(),
+                    output: Some(output.clone()),
+                };
+                on_record(&record);
+                record
+            })
+        })
+        .collect())
+}
+
+/// Reads what is available, hands over every complete line as a record;
+/// returns false at end of file.
+fn read_records(pipe: &mut io::PipeReader, pending: &mut Vec<u8>, mut deliver: impl FnMut(TestRecord)) -> bool {
+    let mut buf = [0u8; 64 * 1024];
+    let open = loop {
+        match pipe.read(&mut buf) {
+            Ok(0) => break false,
+            Ok(n) => pending.extend_from_slice(&buf[..n]),
+            Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
+            Err(error) if error.kind() == io::ErrorKind::WouldBlock => break true,
+            Err(_) => break false,
+        }
+    };
+    while let Some(end) = pending.iter().position(|&byte| byte == b'\n') {
+        let line: Vec<u8> = pending.drain(..=end).collect();
+        if let Ok(record) = serde_json::from_slice::<TestRecord>(&line) {
+            deliver(record);
+        }
+    }
+    open
+}

@@ -1,0 +1,202 @@
+//! The leakcheck harness (`leakcheck::main!()`) and attribute
+//! (`#[leakcheck::test]`) on the `harnessed` fixture: under `cargo
+//! leakcheck`, `cargo nextest run` and plain `cargo test`.
+
+mod support;
+
+use leakcheck::{Leak, Outcome};
+use support::*;
+
+fn heap(record: &leakcheck::TestRecord) -> Vec<(u64, u64)> {
+    record
+        .leaks
+        .iter()
+        .filter_map(|leak| match leak {
+            Leak::Heap { bytes, blocks } => Some((*bytes, *blocks)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn harness_binaries_report_heap_leaks_with_bytes_and_blocks() {
+    let _serial = serial();
+    let run =
+        run_to_end(leakcheck(&["-p", "harnessed", "--test", "harness", "--no-fail-fast", "--message-format", "json"]));
+    assert_eq!(run.code, Some(100), "stderr:\n{}", run.stderr);
+    let report = run.report();
+    let binary = "harnessed::harness";
+
+    let boxed = record(&report, binary, "heap::box_leak");
+    assert_outcome(boxed, Outcome::Leaked);
+    assert_eq!(heap(boxed), [(4096, 1)], "{boxed:#?}");
+    assert_eq!(boxed.leaks.len(), 1);
+
+    let vec = record(&report, binary, "heap::forgotten_vec");
+    assert_outcome(vec, Outcome::Leaked);
+    assert_eq!(heap(vec), [(1000, 1)], "{vec:#?}");
+
+    let cycle = record(&report, binary, "heap::rc_cycle");
+    assert_outcome(cycle, Outcome::Leaked);
+    let (bytes, blocks) = heap(cycle)[0];
+    assert_eq!(blocks, 2, "{cycle:#?}");
+    assert!(bytes >= 2 * 16, "{cycle:#?}");
+
+    for clean in [
+        "heap::large_buffer_freed",
+        "heap::strings_built_and_dropped",
+        "heap::thread_local_filled",
+        "resources::waited_child_and_joined_threads",
+        "asynchronous::tokio_sleep",
+        "outcomes::returns_ok",
+        "outcomes::should_panic",
+    ] {
+        let record = record(&report, binary, clean);
+        assert_outcome(record, Outcome::Passed);
+        assert!(record.leaks.is_empty(), "{record:#?}");
+    }
+
+    let file = record(&report, binary, "resources::forgotten_file");
+    assert_outcome(file, Outcome::Leaked);
+    assert!(fds(file)[0].0.ends_with("/leakcheck-harness-forgotten.txt"), "{file:#?}");
+    assert_eq!(threads(record(&report, binary, "resources::detached_thread")), ["harness-flusher"]);
+    assert_eq!(threads(record(&report, binary, "asynchronous::tokio_test_leaking_a_thread")), ["async-leak"]);
+    let child = record(&report, binary, "resources::running_child");
+    assert_eq!(children(child).iter().map(|child| child.0).collect::<Vec<_>>(), ["sleep 30"]);
+
+    let allowed = record(&report, binary, "resources::allowed_thread");
+    assert_outcome(allowed, Outcome::Passed);
+    assert!(allowed.allowed.iter().any(|a| a.reason == "a process-wide helper, started once"), "{allowed:#?}");
+
+    let aborted = record(&report, binary, "outcomes::aborts");
+    assert_outcome(aborted, Outcome::Failed);
+    assert!(aborted.message.as_deref().unwrap_or_default().contains("SIGABRT"), "{aborted:#?}");
+    let failing = record(&report, binary, "outcomes::failing");
+    assert_outcome(failing, Outcome::Failed);
+    assert!(failing.output.as_deref().unwrap_or_default().contains("arithmetic is broken on purpose"));
+    assert_outcome(record(&report, binary, "outcomes::ignored"), Outcome::Ignored);
+    assert_eq!(report.tests.len(), 18);
+}
+
+#[test]
+fn the_attribute_checks_heap_and_honours_allow_rules_under_cargo_leakcheck() {
+    let _serial = serial();
+    let run = run_to_end(leakcheck(&[
+        "-p",
+        "harnessed",
+        "--test",
+        "attribute",
+        "--no-fail-fast",
+        "--message-format",
+        "json",
+    ]));
+    assert_eq!(run.code, Some(100), "stderr:\n{}", run.stderr);
+    let report = run.report();
+    let binary = "harnessed::attribute";
+    let boxed = record(&report, binary, "attribute_box_leak");
+    assert_outcome(boxed, Outcome::Leaked);
+    assert_eq!(heap(boxed), [(512, 1)], "{boxed:#?}");
+    let detached = record(&report, binary, "attribute_detached_thread");
+    assert_outcome(detached, Outcome::Leaked);
+    assert_eq!(threads(detached), ["attr-flusher"]);
+    let allowed = record(&report, binary, "attribute_allowed_thread");
+    assert_outcome(allowed, Outcome::Passed);
+    assert!(allowed.leaks.is_empty(), "{allowed:#?}");
+    assert!(allowed.allowed.iter().any(|a| a.reason == "started once per process on purpose"), "{allowed:#?}");
+    for clean in ["attribute_clean", "attribute_should_panic", "attribute_tokio_clean"] {
+        assert_outcome(record(&report, binary, clean), Outcome::Passed);
+    }
+}
+
+/// `cargo <args>` in the fixture workspace with the shared target dir.
+fn cargo_in_fixtures(args: &[&str]) -> std::process::Command {
+    let mut command = std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    command
+        .args(args)
+        .current_dir(fixtures())
+        .env("CARGO_TARGET_DIR", fixture_target_dir())
+        .env("RUST_BACKTRACE", "0")
+        .env_remove("LEAKCHECK_TEST_ID")
+        .env_remove("NEXTEST")
+        .env_remove("NEXTEST_EXECUTION_MODE")
+        .env_remove("RUST_TEST_THREADS")
+        .stdin(std::process::Stdio::null());
+    command
+}
+
+#[test]
+fn plain_cargo_test_in_parallel_reports_no_leak_it_cannot_attribute() {
+    let _serial = serial();
+    let output = cargo_in_fixtures(&["test", "-p", "harnessed", "--test", "attribute"]).output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    // Two tests leak on purpose, but in parallel threads nothing can be
+    // attributed: all pass, and one note says the checks are off.
+    assert!(output.status.success(), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    assert!(stdout.contains("test result: ok. 6 passed"), "{stdout}");
+    assert_eq!(stderr.matches("note: leakcheck: leak checks are off in this process").count(), 1, "{stderr}");
+}
+
+#[test]
+fn cargo_test_with_one_thread_checks_the_attribute() {
+    let _serial = serial();
+    let output = cargo_in_fixtures(&["test", "-p", "harnessed", "--test", "attribute", "--", "--test-threads=1"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(101), "{stdout}");
+    assert!(stdout.contains("test result: FAILED. 4 passed; 2 failed"), "{stdout}");
+    assert!(
+        stdout.contains("    attribute_box_leak\n") && stdout.contains("    attribute_detached_thread\n"),
+        "{stdout}"
+    );
+}
+
+fn nextest_available() -> bool {
+    std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args(["nextest", "--version"])
+        .output()
+        .is_ok_and(|output| output.status.success())
+}
+
+#[test]
+fn harness_and_attribute_run_unchanged_under_nextest() {
+    if !nextest_available() {
+        eprintln!("cargo-nextest is not installed: skipping (CI installs it)");
+        if std::env::var_os("CI").is_some() {
+            panic!("cargo-nextest must be installed in CI");
+        }
+        return;
+    }
+    let _serial = serial();
+    let output = cargo_in_fixtures(&["nextest", "run", "-p", "harnessed", "--no-fail-fast", "--color", "never"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(100), "{stderr}");
+    let failed: Vec<&str> = stderr
+        .lines()
+        .filter(|line| line.trim_start().starts_with("FAIL [") && line.contains(") harnessed::"))
+        .filter_map(|line| line.split(") ").nth(1))
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    assert_eq!(
+        failed,
+        [
+            "harnessed::attribute attribute_box_leak",
+            "harnessed::attribute attribute_detached_thread",
+            "harnessed::harness asynchronous::tokio_test_leaking_a_thread",
+            "harnessed::harness heap::box_leak",
+            "harnessed::harness heap::forgotten_vec",
+            "harnessed::harness heap::rc_cycle",
+            "harnessed::harness outcomes::aborts",
+            "harnessed::harness outcomes::failing",
+            "harnessed::harness resources::detached_thread",
+            "harnessed::harness resources::forgotten_file",
+            "harnessed::harness resources::running_child",
+        ],
+        "{stderr}"
+    );
+    assert!(stderr.contains("23 tests run: 12 passed, 11 failed, 1 skipped"), "{stderr}");
+}
