@@ -1,0 +1,4 @@
+#[leakcheck::test(allow(thread, name = "pool-*"))]
+fn pool() {}
+
+fn main() {}

@@ -1,0 +1,4 @@
+#[leakcheck::test]
+async fn no_runtime() {}
+
+fn main() {}

@@ -1,0 +1,4 @@
+#[leakcheck::test(grace = "soon")]
+fn eventually() {}
+
+fn main() {}

@@ -1,0 +1,4 @@
+#[leakcheck::test(skip(heap))]
+fn unmeasured() {}
+
+fn main() {}

@@ -1,0 +1,4 @@
+#[leakcheck::test(allow(socket, reason = "kept"))]
+fn sockets() {}
+
+fn main() {}

@@ -1,0 +1,4 @@
+#[leakcheck::test(timeout = "5s")]
+fn slow() {}
+
+fn main() {}
