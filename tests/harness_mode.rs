@@ -186,6 +186,7 @@ fn harness_and_attribute_run_unchanged_under_nextest() {
         [
             "harnessed::attribute attribute_box_leak",
             "harnessed::attribute attribute_detached_thread",
+            "harnessed::custom_allocator thread_still_checked",
             "harnessed::harness asynchronous::tokio_test_leaking_a_thread",
             "harnessed::harness heap::box_leak",
             "harnessed::harness heap::forgotten_vec",
@@ -198,5 +199,28 @@ fn harness_and_attribute_run_unchanged_under_nextest() {
         ],
         "{stderr}"
     );
-    assert!(stderr.contains("23 tests run: 12 passed, 11 failed, 1 skipped"), "{stderr}");
+    assert!(stderr.contains("25 tests run: 13 passed, 12 failed, 1 skipped"), "{stderr}");
+}
+
+#[test]
+fn with_its_own_allocator_the_heap_is_not_measured_rather_than_clean() {
+    let _serial = serial();
+    let run = run_to_end(leakcheck(&[
+        "-p",
+        "harnessed",
+        "--test",
+        "custom_allocator",
+        "--no-fail-fast",
+        "--message-format",
+        "json",
+    ]));
+    assert_eq!(run.code, Some(100), "stderr:\n{}", run.stderr);
+    let report = run.report();
+    let unmeasured = record(&report, "harnessed::custom_allocator", "heap_not_measured");
+    assert_outcome(unmeasured, Outcome::Passed);
+    assert_eq!(unmeasured.unchecked, ["heap"]);
+    let thread = record(&report, "harnessed::custom_allocator", "thread_still_checked");
+    assert_outcome(thread, Outcome::Leaked);
+    assert_eq!(threads(thread), ["own-alloc"]);
+    assert_eq!(thread.unchecked, ["heap"]);
 }
