@@ -39,6 +39,7 @@ pub(crate) fn main() -> u8 {
 
 fn try_main(args: &LeakcheckArgs, supervisor: &'static Supervisor) -> Result<u8, RunError> {
     let metadata = cargo::metadata(args)?;
+    cargo::check_packages(args, &metadata)?;
     let binaries = cargo::build_tests(args, &metadata, supervisor)?;
     let selection = Selection::new(args.filter.as_deref(), &args.test_args);
     let cases = list::list_tests(binaries, &selection, args.verbose)?;
@@ -98,12 +99,18 @@ fn try_main(args: &LeakcheckArgs, supervisor: &'static Supervisor) -> Result<u8,
     let interrupted = supervisor.interrupted();
     let summary = Summary::from_records(&result.records, result.not_run, result.duration_ms, interrupted.is_some());
     let failed = result.records.iter().any(|record| record.outcome.is_failure());
+    let human = report::final_report(&result.records, &summary);
+    let json = report::json_report(result.records, summary);
     match args.message_format {
-        MessageFormat::Human => print_stdout(&report::final_report(&result.records, &summary)),
+        MessageFormat::Human => print_stdout(&human),
         MessageFormat::Json => {
-            eprint!("{}", report::final_report(&result.records, &summary));
-            print_stdout(&format!("{}\n", report::json_report(result.records, summary)));
+            eprint!("{human}");
+            print_stdout(&format!("{json}\n"));
         }
+    }
+    if let Some(path) = &args.report_json {
+        report::write_atomically(path, format!("{json}\n").as_bytes())
+            .map_err(|source| RunError::WriteReport { path: path.clone(), source })?;
     }
     if let Some(signal) = interrupted {
         eprintln!("error: interrupted by {signal}; running tests and their processes were killed");

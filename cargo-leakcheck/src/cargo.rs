@@ -59,6 +59,20 @@ pub(crate) fn metadata(args: &LeakcheckArgs) -> Result<Metadata, RunError> {
     MetadataCommand::parse(json).map_err(|error| RunError::Metadata { stderr: error.to_string() })
 }
 
+/// Checks that each plain `-p NAME` names a workspace package, so a typo is
+/// a usage error rather than a failed build. Specs cargo reads otherwise
+/// (`name@version`, URLs, globs) are left to cargo.
+pub(crate) fn check_packages(args: &LeakcheckArgs, metadata: &Metadata) -> Result<(), RunError> {
+    let members: Vec<&str> = metadata.workspace_packages().iter().map(|package| package.name.as_str()).collect();
+    for spec in args.packages.iter().chain(&args.exclude) {
+        let plain = !spec.contains(['@', ':', '/', '*', '?', '[']);
+        if plain && !members.contains(&spec.as_str()) {
+            return Err(RunError::UnknownPackage { name: spec.clone(), known: members.join(", ") });
+        }
+    }
+    Ok(())
+}
+
 /// Builds the selected test targets and returns their executables, sorted by id.
 /// cargo's own diagnostics go straight to our stderr.
 pub(crate) fn build_tests(

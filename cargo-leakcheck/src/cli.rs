@@ -120,6 +120,10 @@ pub(crate) struct LeakcheckArgs {
     #[arg(long, value_name = "FMT", value_enum, default_value_t = MessageFormat::Human, help_heading = "Reporting")]
     pub(crate) message_format: MessageFormat,
 
+    /// Also write the JSON report to PATH (atomically: a reader never sees half a file)
+    #[arg(long, value_name = "PATH", help_heading = "Reporting")]
+    pub(crate) report_json: Option<PathBuf>,
+
     /// Print the commands cargo-leakcheck runs
     #[arg(short, long, help_heading = "Reporting")]
     pub(crate) verbose: bool,

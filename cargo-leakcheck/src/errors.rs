@@ -32,7 +32,12 @@ pub(crate) enum RunError {
     },
     #[error("the build failed ({status})")]
     BuildFailed { status: std::process::ExitStatus },
-    #[error("could not list the tests of {binary} (`{command}` {status}); is it a libtest-compatible test binary?\n{stderr}")]
+    #[error("no package `{name}` in this workspace (its packages: {known})")]
+    UnknownPackage { name: String, known: String },
+    #[error(
+        "could not list the tests of {binary} (`{command}` {status}); is it a libtest-compatible test binary? \
+         Leave it out by selecting other targets (--lib, --test NAME).\n{stderr}"
+    )]
     ListTests { binary: String, command: String, status: String, stderr: String },
     #[error("no test matched the filter `{filter}`")]
     NothingMatched { filter: String },
@@ -40,6 +45,12 @@ pub(crate) enum RunError {
     NoTests,
     #[error("interrupted by {signal}")]
     Interrupted { signal: nix::sys::signal::Signal },
+    #[error("could not write the report {path}")]
+    WriteReport {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("cargo-leakcheck could not {what}")]
     Setup {
         what: &'static str,
@@ -52,13 +63,13 @@ impl RunError {
     /// The exit code this error ends the run with.
     pub(crate) fn exit_code(&self) -> u8 {
         match self {
-            RunError::Metadata { .. } => exit_code::USAGE,
+            RunError::Metadata { .. } | RunError::UnknownPackage { .. } => exit_code::USAGE,
             RunError::SpawnCargo { .. } => exit_code::TOOL_ERROR,
             RunError::BuildFailed { .. } => exit_code::BUILD_FAILED,
             RunError::ListTests { .. } => exit_code::TOOL_ERROR,
             RunError::NothingMatched { .. } | RunError::NoTests => exit_code::NO_TESTS,
             RunError::Interrupted { .. } => exit_code::INTERRUPTED,
-            RunError::Setup { .. } => exit_code::TOOL_ERROR,
+            RunError::Setup { .. } | RunError::WriteReport { .. } => exit_code::TOOL_ERROR,
         }
     }
 }

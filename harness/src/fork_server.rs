@@ -203,7 +203,16 @@ impl ForkServer {
             return Err(io::Error::last_os_error());
         }
         if pid == 0 {
-            // The child: never returns.
+            // The child: never returns. First, forget the parent's signal
+            // handling: its handler would kill the groups of every sibling
+            // test it remembers.
+            for signal in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+                // SAFETY: restores the default action; no handler runs here.
+                unsafe { libc::signal(signal, libc::SIG_DFL) };
+            }
+            for slot in &RUNNING_GROUPS {
+                slot.store(0, Ordering::Relaxed);
+            }
             drop(record_read);
             if let Some(records) = &self.records {
                 // SAFETY: the child never returns, so the parent's File is
@@ -222,6 +231,14 @@ impl ForkServer {
                 }
             }
             mark_forked_child();
+            // Under cargo leakcheck, name this test in the marker every
+            // process it starts inherits, so an orphan it leaves (invisible
+            // from in here) can still be blamed on it. Single-threaded here,
+            // so changing the environment is sound.
+            if let Ok(marker) = std::env::var("LEAKCHECK_TEST_ID") {
+                // SAFETY: no other thread exists in this child yet.
+                unsafe { std::env::set_var("LEAKCHECK_TEST_ID", format!("{marker}/{}", def.full_name())) };
+            }
             let record = run_in_child(def);
             let mut record_write = File::from(record_write);
             let _ = record_write.write_all(&serde_json::to_vec(&record).unwrap_or_default());

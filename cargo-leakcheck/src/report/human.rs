@@ -7,6 +7,23 @@ use comfy_table::presets::UTF8_FULL_CONDENSED;
 use comfy_table::{ContentArrangement, Table};
 use leakcheck::{Outcome, Summary, TestRecord};
 
+/// Leaks listed per test in human output; the JSON report has them all.
+const SHOWN_PER_TEST: usize = 10;
+
+/// "... and 9990 more (9990 fd)" when a test leaked more than is shown.
+fn more_leaks(record: &TestRecord) -> Option<String> {
+    let hidden = record.leaks.get(SHOWN_PER_TEST..).filter(|rest| !rest.is_empty())?;
+    let mut counts: Vec<(&str, usize)> = Vec::new();
+    for leak in hidden {
+        match counts.iter_mut().find(|(kind, _)| *kind == leak.kind()) {
+            Some((_, count)) => *count += 1,
+            None => counts.push((leak.kind(), 1)),
+        }
+    }
+    let by_kind: Vec<String> = counts.iter().map(|(kind, count)| format!("{count} {kind}")).collect();
+    Some(format!("... and {} more ({}; all of them in --message-format json)", hidden.len(), by_kind.join(", ")))
+}
+
 /// The status word of an outcome, right-aligned to 8 columns like cargo's.
 fn status_word(outcome: Outcome) -> &'static str {
     match outcome {
@@ -32,8 +49,11 @@ pub(crate) fn progress_line(record: &TestRecord) -> String {
             let _ = write!(line, "\n{:>20}{message_line}", "");
         }
     }
-    for leak in &record.leaks {
+    for leak in record.leaks.iter().take(SHOWN_PER_TEST) {
         let _ = write!(line, "\n{:>20}leaked {}", "", leak.describe());
+    }
+    if let Some(rest) = more_leaks(record) {
+        let _ = write!(line, "\n{:>20}{rest}", "");
     }
     for allowed in &record.allowed {
         let _ = write!(line, "\n{:>20}allowed {} ({})", "", allowed.leak.describe(), allowed.reason);
@@ -63,8 +83,12 @@ pub(crate) fn final_report(records: &[TestRecord], summary: &Summary) -> String 
         table.load_style(UTF8_FULL_CONDENSED).set_content_arrangement(ContentArrangement::Dynamic);
         table.set_header(["test", "kind", "what leaked"]);
         for record in leaking {
-            for leak in &record.leaks {
-                table.add_row([format!("{} {}", record.binary, record.name), leak.kind().to_owned(), leak.describe()]);
+            let test = format!("{} {}", record.binary, record.name);
+            for leak in record.leaks.iter().take(SHOWN_PER_TEST) {
+                table.add_row([test.clone(), leak.kind().to_owned(), leak.describe()]);
+            }
+            if let Some(rest) = more_leaks(record) {
+                table.add_row([test, String::new(), rest]);
             }
         }
         let _ = writeln!(out, "\nLeaks:\n{table}");

@@ -4,4 +4,4 @@ mod human;
 mod json;
 
 pub(crate) use human::{final_report, progress_line};
-pub(crate) use json::json_report;
+pub(crate) use json::{json_report, write_atomically};

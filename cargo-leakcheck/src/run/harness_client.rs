@@ -91,6 +91,7 @@ pub(crate) fn run_harness(
         if ready[0] {
             records_open = read_records(&mut records, &mut pending, |mut record| {
                 record.binary = binary.id.clone();
+                blame_orphans(&mut record, &marker);
                 if let Some(&index) = wanted.get(record.name.as_str()) {
                     on_record(&record);
                     received[index] = Some(record);
@@ -156,6 +157,23 @@ pub(crate) fn run_harness(
             })
         })
         .collect())
+}
+
+/// Adds to `record` the processes its test orphaned (re-parented to us,
+/// carrying the test's marker, which the fork server sets per test), then
+/// ends them.
+fn blame_orphans(record: &mut TestRecord, harness_marker: &str) {
+    let orphans = reaper::adopted_with_marker(&format!("{harness_marker}/{}", record.name));
+    if orphans.is_empty() {
+        return;
+    }
+    for info in orphans.iter().filter_map(|&pid| leakcheck::snapshot::process_info(pid).ok()) {
+        record.leaks.push(leakcheck::diff::child_leak(info, true));
+    }
+    if record.outcome == Outcome::Passed {
+        record.outcome = Outcome::Leaked;
+    }
+    reaper::terminate(&orphans, TERMINATE_GRACE, || {});
 }
 
 /// Reads what is available, hands over every complete line as a record;

@@ -214,7 +214,13 @@ pub(crate) fn run_test(context: &RunContext, waker: &Waker, case: &TestCase) -> 
     if context.supervisor.interrupted().is_some() && !timed_out && exit_view.is_none() {
         return Ok(None);
     }
-    let finished = stdout.contains(b"\ntest result: ok.");
+    // libtest finished when its main thread returned from `main` (the probe
+    // saw who called exit_group); without the probe, its closing line says
+    // so (absent if the test closed stdout: then it reads as a failure).
+    let finished = match &exit_view {
+        Some(view) => view.by_main_thread,
+        None => stdout.contains(b"\ntest result: ok."),
+    };
     let in_process = read_in_process_report(&record_file);
     let mut unchecked = Vec::new();
     let mut allowed = Vec::new();
@@ -236,12 +242,12 @@ pub(crate) fn run_test(context: &RunContext, waker: &Waker, case: &TestCase) -> 
             unchecked = report.unchecked.clone();
             let failed_by_leak_only = report.body_passed && status == ExitStatus::Code(101) && !report.leaks.is_empty();
             if failed_by_leak_only || (report.body_passed && status == ExitStatus::Code(0)) {
-                judge(ExitStatus::Code(0), timed_out, true, None, &leaks, context.timeout)
+                judge(ExitStatus::Code(0), timed_out, true, &leaks, context.timeout)
             } else {
-                judge(status, timed_out, finished, exit_view.as_ref(), &leaks, context.timeout)
+                judge(status, timed_out, finished, &leaks, context.timeout)
             }
         }
-        None => judge(status, timed_out, finished, exit_view.as_ref(), &leaks, context.timeout),
+        None => judge(status, timed_out, finished, &leaks, context.timeout),
     };
     if in_process.is_none() && listener.is_none() {
         unchecked.extend(["fd".to_owned(), "thread".to_owned()]);
@@ -281,7 +287,6 @@ fn judge(
     status: ExitStatus,
     timed_out: bool,
     finished: bool,
-    exit_view: Option<&ExitView>,
     leaks: &[Leak],
     timeout: Duration,
 ) -> (Outcome, Option<String>) {
@@ -292,9 +297,7 @@ fn judge(
         );
     }
     match status {
-        ExitStatus::Code(0) if finished && exit_view.is_none_or(|view| view.by_main_thread) => {
-            (if leaks.is_empty() { Outcome::Passed } else { Outcome::Leaked }, None)
-        }
+        ExitStatus::Code(0) if finished => (if leaks.is_empty() { Outcome::Passed } else { Outcome::Leaked }, None),
         ExitStatus::Code(0) => (
             Outcome::Failed,
             Some("the test process exited with status 0 before the test finished (std::process::exit?)".into()),

@@ -299,15 +299,27 @@ pub(crate) fn processes_of(test_pid: i32, marker: &str) -> Vec<i32> {
     all
 }
 
+/// Orphans adopted by us whose environment carries exactly `marker`, with
+/// their descendants.
+pub(crate) fn adopted_with_marker(marker: &str) -> Vec<i32> {
+    let own = std::process::id() as i32;
+    let roots = children_of(own).into_iter().filter(|&child| has_marker(child, marker)).collect();
+    with_descendants(roots)
+}
+
+fn has_marker(pid: i32, marker: &str) -> bool {
+    let Ok(environ) = std::fs::read(format!("/proc/{pid}/environ")) else { return false };
+    let wanted = format!("{MARKER_VAR}={marker}");
+    environ.split(|&byte| byte == 0).any(|entry| entry == wanted.as_bytes())
+}
+
 fn belongs_to(pid: i32, test_pgid: i32, marker: &str) -> bool {
     if let Ok(info) = leakcheck::snapshot::process_info(pid) {
         if info.pgid == test_pgid {
             return true;
         }
     }
-    let Ok(environ) = std::fs::read(format!("/proc/{pid}/environ")) else { return false };
-    let wanted = format!("{MARKER_VAR}={marker}");
-    environ.split(|&byte| byte == 0).any(|entry| entry == wanted.as_bytes())
+    has_marker(pid, marker)
 }
 
 /// Ends `pids`: SIGTERM, then SIGKILL for whatever is still alive after
