@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# Runs cargo-leakcheck on the whole fixture workspace RUNS times with -j JOBS
-# and counts verdicts (outcome + leak kinds) that differ from
+# Runs cargo-leakcheck on the whole fixture workspace RUNS times for each -j
+# value in JOBS and counts verdicts (outcome + leak kinds) that differ from
 # fixtures/expected-outcomes.txt, and processes left behind afterwards.
 #
-#   scripts/stress.sh [RUNS=20] [JOBS=2] [--hog]
+#   scripts/stress.sh [RUNS=20] [JOBS=2, or a list: "1 2 4"] [--hog]
 #
 # --hog keeps one busy loop per core running meanwhile (CPU contention).
 set -euo pipefail
@@ -23,11 +23,14 @@ if [ "$hog" = "--hog" ]; then
 fi
 # Build once, outside the measured runs.
 "$tool" leakcheck --manifest-path fixtures/Cargo.toml --target-dir "$target_dir" --workspace \
-  --no-fail-fast -j "$jobs" --message-format json >/dev/null 2>&1 || true
+  --no-fail-fast --message-format json >/dev/null 2>&1 || true
 wrong=0
+total=0
+for j in $jobs; do
 for run in $(seq "$runs"); do
+  total=$((total + 1))
   actual=$("$tool" leakcheck --manifest-path fixtures/Cargo.toml --target-dir "$target_dir" --workspace \
-    --no-fail-fast -j "$jobs" --message-format json 2>/dev/null | python3 -c '
+    --no-fail-fast -j "$j" --message-format json 2>/dev/null | python3 -c '
 import json, sys
 for t in json.load(sys.stdin)["tests"]:
     kinds = sorted({l["kind"] for l in t["leaks"]})
@@ -35,11 +38,12 @@ for t in json.load(sys.stdin)["tests"]:
 ') || true
   diff_lines=$(diff <(echo "$expected") <(echo "$actual") | grep -c '^>' || true)
   if [ "$diff_lines" != 0 ]; then
-    echo "run $run: $diff_lines wrong verdicts:"
+    echo "run $run (-j $j): $diff_lines wrong verdicts:"
     diff <(echo "$expected") <(echo "$actual") | grep '^[<>]' || true
   fi
   wrong=$((wrong + diff_lines))
 done
+done
 left=$(grep -l "LEAKCHECK_TEST_ID=" /proc/[0-9]*/environ 2>/dev/null | grep -v "/proc/$$/" | wc -l || true)
-echo "stress: $runs runs, -j $jobs${hog:+, with CPU hog}: $wrong wrong verdicts, $left processes of tests left running"
+echo "stress: $total runs ($runs each at -j $jobs)${hog:+, with CPU hog}: $wrong wrong verdicts, $left processes of tests left running"
 [ "$wrong" = 0 ] && [ "$left" = 0 ]

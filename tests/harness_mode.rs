@@ -63,6 +63,19 @@ fn harness_binaries_report_heap_leaks_with_bytes_and_blocks() {
     assert_eq!(threads(record(&report, binary, "asynchronous::tokio_test_leaking_a_thread")), ["async-leak"]);
     let child = record(&report, binary, "resources::running_child");
     assert_eq!(children(child).iter().map(|child| child.0).collect::<Vec<_>>(), ["sleep 30"]);
+    let zombie = record(&report, binary, "resources::zombie_child");
+    assert_eq!(children(zombie), [("[true]", "zombie", false)], "{zombie:#?}");
+    // Invisible from inside the forked test; cargo leakcheck's subreaper
+    // adopts it and the per-test marker names its test.
+    let orphan = record(&report, binary, "resources::orphaned_grandchild");
+    assert_outcome(orphan, Outcome::Leaked);
+    assert_eq!(children(orphan).iter().map(|c| (c.0, c.2)).collect::<Vec<_>>(), [("sleep 30", true)], "{orphan:#?}");
+    let listener = record(&report, binary, "resources::leaked_listener");
+    assert!(fds(listener)[0].1.starts_with("tcp listening on 127.0.0.1:"), "{listener:#?}");
+    assert_eq!(fds(record(&report, binary, "resources::pipe_from_child"))[0].1, "pipe");
+    let runtime = record(&report, binary, "resources::forgotten_tokio_runtime");
+    assert_eq!(threads(runtime), ["tokio-rt-worker", "tokio-rt-worker"], "{runtime:#?}");
+    assert!(!heap(runtime).is_empty(), "{runtime:#?}");
 
     let allowed = record(&report, binary, "resources::allowed_thread");
     assert_outcome(allowed, Outcome::Passed);
@@ -75,7 +88,7 @@ fn harness_binaries_report_heap_leaks_with_bytes_and_blocks() {
     assert_outcome(failing, Outcome::Failed);
     assert!(failing.output.as_deref().unwrap_or_default().contains("arithmetic is broken on purpose"));
     assert_outcome(record(&report, binary, "outcomes::ignored"), Outcome::Ignored);
-    assert_eq!(report.tests.len(), 18);
+    assert_eq!(report.tests.len(), 23);
 }
 
 #[test]
@@ -195,11 +208,17 @@ fn harness_and_attribute_run_unchanged_under_nextest() {
             "harnessed::harness outcomes::failing",
             "harnessed::harness resources::detached_thread",
             "harnessed::harness resources::forgotten_file",
+            "harnessed::harness resources::forgotten_tokio_runtime",
+            "harnessed::harness resources::leaked_listener",
+            "harnessed::harness resources::pipe_from_child",
             "harnessed::harness resources::running_child",
+            "harnessed::harness resources::zombie_child",
         ],
         "{stderr}"
     );
-    assert!(stderr.contains("25 tests run: 13 passed, 12 failed, 1 skipped"), "{stderr}");
+    // resources::orphaned_grandchild passes here: from inside the forked test
+    // the orphan cannot be seen (its process group is killed after the test).
+    assert!(stderr.contains("30 tests run: 14 passed, 16 failed, 1 skipped"), "{stderr}");
 }
 
 #[test]

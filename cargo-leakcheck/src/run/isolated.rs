@@ -153,17 +153,21 @@ pub(crate) fn run_test(context: &RunContext, waker: &Waker, case: &TestCase) -> 
     let mut exit_view: Option<ExitView> = None;
     let deadline = started + context.timeout;
     let mut timed_out = false;
+    let mut killed = false;
+    let kill_all = || {
+        reaper::kill_tree(&reaper::processes_of(pid, &marker), Signal::SIGKILL);
+        reaper::kill_group(pid, Signal::SIGKILL);
+    };
 
+    // Until the reaper has the exit status. Nothing here may return early:
+    // the test's processes must be ended on every path.
     let status = loop {
         if let Some(status) = slot.status() {
             break status;
         }
-        let wait =
-            if timed_out { Duration::from_millis(50) } else { deadline.saturating_duration_since(Instant::now()) };
-        let ready = wait_for_events(
-            &[stdout.fd(), stderr.fd(), listener.as_ref().map(|l| l.as_fd()), Some(waker.reader.as_fd())],
-            wait,
-        )?;
+        let wait = if killed { Duration::from_millis(50) } else { deadline.saturating_duration_since(Instant::now()) };
+        let fds = [stdout.fd(), stderr.fd(), listener.as_ref().map(|l| l.as_fd()), Some(waker.reader.as_fd())];
+        let ready = wait_for_events(&fds, wait).unwrap_or_else(|_| vec![true; fds.len()]);
         if ready[0] {
             stdout.read_some();
         }
@@ -172,17 +176,21 @@ pub(crate) fn run_test(context: &RunContext, waker: &Waker, case: &TestCase) -> 
         }
         if ready[2] {
             if let Some(listener) = &listener {
-                serve_exit_call(listener, pid, &baseline, context.grace, &mut exit_view)?;
+                if serve_exit_call(listener, pid, &baseline, context.grace, &mut exit_view).is_err() && !killed {
+                    // The probe broke: the test cannot be judged; end it.
+                    killed = true;
+                    kill_all();
+                }
             }
         }
         if ready[3] {
             waker.drain();
         }
         let interrupted = context.supervisor.interrupted().is_some();
-        if !timed_out && (Instant::now() >= deadline || interrupted) && slot.status().is_none() {
+        if !killed && (Instant::now() >= deadline || interrupted) && slot.status().is_none() {
             timed_out = !interrupted;
-            reaper::kill_tree(&reaper::processes_of(pid, &marker), Signal::SIGKILL);
-            reaper::kill_group(pid, Signal::SIGKILL);
+            killed = true;
+            kill_all();
         }
     };
     let duration = started.elapsed();
@@ -194,7 +202,7 @@ pub(crate) fn run_test(context: &RunContext, waker: &Waker, case: &TestCase) -> 
             let _ = serve_exit_call_nowait(listener);
         }
     };
-    let leftovers = reaper::processes_of(pid, &marker);
+    let leftovers = settle_leftovers(pid, &marker, if killed { Duration::ZERO } else { context.grace }, serve);
     let mut leaks = exit_view.as_ref().map(|view| view.leaks.clone()).unwrap_or_default();
     let direct: &[i32] = exit_view.as_ref().map_or(&[], |view| &view.children);
     for &leftover in &leftovers {
@@ -341,6 +349,24 @@ fn serve_exit_call(
     }
     listener.proceed(call);
     Ok(())
+}
+
+/// The processes of the test still alive after it exited, given up to
+/// `grace` to end by themselves (a child that was exiting with its parent).
+/// Their `exit_group` calls are answered meanwhile: the filter holds each
+/// until we do.
+fn settle_leftovers(pid: i32, marker: &str, grace: Duration, serve: impl Fn()) -> Vec<i32> {
+    let start = Instant::now();
+    let mut pause = Duration::from_millis(1);
+    loop {
+        serve();
+        let alive: Vec<i32> = reaper::processes_of(pid, marker).into_iter().filter(|&p| reaper::is_alive(p)).collect();
+        if alive.is_empty() || start.elapsed() >= grace {
+            return alive;
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(50));
+    }
 }
 
 /// Answers every pending call of processes being terminated, without waiting.
