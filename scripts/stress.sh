@@ -11,9 +11,13 @@ cd "$(dirname "$0")/.."
 runs=${1:-20}
 jobs=${2:-2}
 hog=${3:-}
+# A copy of the tool and a target dir of its own, so that work going on in
+# the checkout meanwhile does not change what is being measured.
 cargo build -q -p cargo-leakcheck
-tool=$PWD/target/debug/cargo-leakcheck
-target_dir=$PWD/target/tmp/fixtures-target
+tool=$PWD/target/stress/cargo-leakcheck
+mkdir -p "$PWD/target/stress"
+cp target/debug/cargo-leakcheck "$tool"
+target_dir=$PWD/target/stress/fixtures-target
 expected=$(grep -v '^#' fixtures/expected-outcomes.txt | sed '/^$/d')
 hogs=()
 cleanup() { for pid in "${hogs[@]}"; do kill "$pid" 2>/dev/null || true; done; }

@@ -307,8 +307,13 @@ impl ForkServer {
         let mut status = 0;
         // SAFETY: waits for our own child.
         unsafe { libc::waitpid(child.pid, &mut status, 0) };
-        // Whatever the test left in its group ends with it (its check
-        // reported it already).
+        // Processes still in the child's group were orphaned by the test
+        // (re-parented away, so its own check could not see them). A signal
+        // 0 to the group says cheaply whether there are any.
+        // SAFETY: kill with signal 0 only checks for existence.
+        let orphans =
+            if unsafe { libc::kill(-child.pid, 0) } == 0 { live_members_of_group(child.pid) } else { Vec::new() };
+        // Whatever the test left in its group ends with it.
         // SAFETY: kills the child's own process group.
         unsafe { libc::kill(-child.pid, libc::SIGKILL) };
         RUNNING_GROUPS[child.slot].store(0, Ordering::Relaxed);
@@ -338,6 +343,23 @@ impl ForkServer {
             }
         };
         record.duration_ms = child.started.elapsed().as_millis() as u64;
+        // Children the test's own check already named are not orphans.
+        let known: Vec<i32> = record
+            .leaks
+            .iter()
+            .chain(record.allowed.iter().map(|allowed| &allowed.leak))
+            .filter_map(|leak| match leak {
+                crate::Leak::Child { pid, .. } => Some(*pid),
+                _ => None,
+            })
+            .collect();
+        let orphans: Vec<_> = orphans.into_iter().filter(|orphan| !known.contains(&orphan.pid)).collect();
+        if !orphans.is_empty() {
+            record.leaks.extend(orphans.into_iter().map(|orphan| crate::diff::child_leak(orphan, true)));
+            if record.outcome == Outcome::Passed {
+                record.outcome = Outcome::Leaked;
+            }
+        }
         if record.outcome != Outcome::Passed {
             record.output = Some(output);
         }
@@ -416,6 +438,17 @@ fn run_in_child(def: &'static TestDef) -> TestRecord {
         allowed,
         output: None,
     }
+}
+
+/// Live processes of process group `pgid`, read from `/proc`.
+fn live_members_of_group(pgid: i32) -> Vec<crate::snapshot::ProcessInfo> {
+    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    entries
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str().and_then(|name| name.parse::<i32>().ok()))
+        .filter_map(|pid| crate::snapshot::process_info(pid).ok())
+        .filter(|info| info.pgid == pgid && info.state != 'Z' && info.state != 'X')
+        .collect()
 }
 
 fn payload_text(payload: &(dyn std::any::Any + Send)) -> String {

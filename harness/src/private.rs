@@ -101,6 +101,7 @@ pub fn run_test(options: &Options, body: fn() -> Result<(), String>) {
     // (the main thread's handle, stack-size settings); do that before the
     // baseline so it is not counted as the test's.
     let _ = std::thread::spawn(|| ()).join();
+    wait_until_main_thread_sleeps();
     let guard = match Guard::start() {
         Ok(guard) => guard,
         Err(error) => {
@@ -145,6 +146,30 @@ pub fn run_test(options: &Options, body: fn() -> Result<(), String>) {
         eprintln!("{}", describe_leaks(leaks));
     }
     finish_outcome(outcome)
+}
+
+/// libtest's main thread books a timeout entry for the test (a small
+/// allocation) just after starting it, then sleeps until the test ends. Wait
+/// (a few milliseconds at most) until it sleeps, so the entry is in the
+/// baseline rather than counted as the test's heap.
+fn wait_until_main_thread_sleeps() {
+    let pid = std::process::id();
+    let stat_path = format!("/proc/self/task/{pid}/stat");
+    let sleeping = || {
+        std::fs::read_to_string(&stat_path)
+            .ok()
+            .and_then(|stat| stat.rsplit(')').next().and_then(|rest| rest.trim_start().chars().next()))
+            .is_some_and(|state| state == 'S' || state == 'D')
+    };
+    for _ in 0..100 {
+        if sleeping() {
+            std::thread::sleep(std::time::Duration::from_micros(100));
+            if sleeping() {
+                return;
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_micros(100));
+    }
 }
 
 fn finish_body(result: Result<(), String>) {
