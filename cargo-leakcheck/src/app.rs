@@ -7,8 +7,9 @@ use leakcheck::Summary;
 use crate::cli::{self, LeakcheckArgs, MessageFormat};
 use crate::errors::{exit_code, RunError};
 use crate::list::{self, Selection};
+use crate::plan::{self, Plan};
 use crate::run::{self, ExitFilter, RunContext, Supervisor};
-use crate::{cargo, report};
+use crate::{baseline, cargo, report};
 
 /// Runs the command and returns the exit code; errors are printed once, here.
 pub(crate) fn main() -> u8 {
@@ -18,11 +19,20 @@ pub(crate) fn main() -> u8 {
         return exit_code::TOOL_ERROR;
     }
     let args = cli::parse();
+    match std::env::var("CARGO_TERM_COLOR").as_deref() {
+        Ok("always") => anstream::ColorChoice::Always.write_global(),
+        Ok("never") => anstream::ColorChoice::Never.write_global(),
+        _ => {}
+    }
     if let Err(error) = run::stop_fd_inheritance() {
         eprintln!("warning: could not mark inherited fds close-on-exec ({error}); tests may see them as leaks");
     }
     let supervisor = Supervisor::start();
-    match try_main(&args, supervisor) {
+    let result = match &args {
+        cli::Invocation::Run(args) => try_main(args, supervisor),
+        cli::Invocation::Wrap(args) => crate::wrap::wrap(args, supervisor),
+    };
+    match result {
         Ok(code) => code,
         Err(error) => {
             let mut message = format!("error: {error}");
@@ -40,27 +50,41 @@ pub(crate) fn main() -> u8 {
 fn try_main(args: &LeakcheckArgs, supervisor: &'static Supervisor) -> Result<u8, RunError> {
     let metadata = cargo::metadata(args)?;
     cargo::check_packages(args, &metadata)?;
+    let plan = plan::make(args, metadata.workspace_root.as_std_path())?;
     let binaries = cargo::build_tests(args, &metadata, supervisor)?;
     let selection = Selection::new(args.filter.as_deref(), &args.test_args);
-    let cases = list::list_tests(binaries, &selection, args.verbose)?;
+    let mut cases = list::list_tests(binaries, &selection, args.verbose)?;
     if cases.is_empty() {
         return Err(match selection.describe_filter() {
             Some(filter) => RunError::NothingMatched { filter },
             None => RunError::NoTests,
         });
     }
+    if let Some(partition) = args.partition {
+        cases = partition.select(cases);
+    }
+    if args.list {
+        let listing: String = cases
+            .iter()
+            .map(|case| format!("{} {}{}\n", case.binary.id, case.name, if case.ignored { " (ignored)" } else { "" }))
+            .collect();
+        print_stdout(&listing);
+        return Ok(exit_code::SUCCESS);
+    }
 
     let filter = (!args.no_probe).then(ExitFilter::new);
     let scratch =
         Scratch::create().map_err(|source| RunError::Setup { what: "create its scratch directory", source })?;
+    let Plan { grace, timeout, jobs, fail_fast, policy, config } = plan;
     let context = RunContext {
         supervisor,
         filter,
-        grace: args.grace,
-        timeout: args.timeout,
+        grace,
+        timeout,
         test_args: selection.ignored_mode.iter().cloned().collect(),
         probe_refused: Default::default(),
         scratch: scratch.path().to_owned(),
+        policy,
     };
     supervisor.begin_test_phase().map_err(|source| RunError::Setup { what: "become a child subreaper", source })?;
     if args.no_probe {
@@ -68,8 +92,9 @@ fn try_main(args: &LeakcheckArgs, supervisor: &'static Supervisor) -> Result<u8,
             "warning: the exit probe is off (--no-probe): only processes left running are checked, not fds or threads"
         );
     }
-    let jobs =
-        args.jobs.map(usize::from).unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    if let Some(config) = &config {
+        eprintln!("      Config {} (profile {})", config.display(), args.profile);
+    }
     let runnable = cases.iter().filter(|case| !case.ignored).count();
     let binaries = binary_count(&cases);
     eprintln!(
@@ -79,16 +104,22 @@ fn try_main(args: &LeakcheckArgs, supervisor: &'static Supervisor) -> Result<u8,
         cases.len() - runnable
     );
 
+    let progress = report::Progress::start(cases.len(), args.message_format == MessageFormat::Human);
     let mut warned = false;
-    let result = run::run_all(&context, &cases, &selection.list_args, jobs, !args.no_fail_fast, |record| {
+    let result = run::run_all(&context, &cases, &selection.list_args, jobs, fail_fast, |record| {
         if let (Some(error), false) = (context.probe_refused.get(), warned) {
             warned = true;
-            eprintln!(
-                "warning: the exit probe is unavailable ({error}); only processes left running are checked, not fds or threads"
-            );
+            progress.suspend(|| {
+                eprintln!(
+                    "warning: the exit probe is unavailable ({error}); only processes left running are checked, not fds or threads"
+                )
+            });
         }
-        print_progress(args.message_format, &report::progress_line(record));
+        let line = report::progress_line(record);
+        progress.suspend(|| print_progress(args.message_format, &line));
+        progress.advance();
     });
+    progress.finish();
 
     for stray in supervisor.end_test_phase() {
         eprintln!(
@@ -98,19 +129,41 @@ fn try_main(args: &LeakcheckArgs, supervisor: &'static Supervisor) -> Result<u8,
     }
     let interrupted = supervisor.interrupted();
     let summary = Summary::from_records(&result.records, result.not_run, result.duration_ms, interrupted.is_some());
-    let failed = result.records.iter().any(|record| record.outcome.is_failure());
+    let failed = result.records.iter().any(|record| match record.outcome {
+        // A run that writes a baseline accepts today's leaks.
+        leakcheck::Outcome::Leaked => args.write_baseline.is_none(),
+        outcome => outcome.is_failure(),
+    });
     let human = report::final_report(&result.records, &summary);
-    let json = report::json_report(result.records, summary);
+    let notes = report::policy_notes(&context.policy, &result.records);
+    let json = report::json_report(result.records.clone(), summary);
     match args.message_format {
-        MessageFormat::Human => print_stdout(&human),
+        MessageFormat::Human => print_stdout(&format!("{notes}{human}")),
         MessageFormat::Json => {
-            eprint!("{human}");
+            anstream::eprint!("{notes}{human}");
             print_stdout(&format!("{json}\n"));
         }
     }
+    if std::env::var("GITHUB_ACTIONS").is_ok_and(|value| value == "true") {
+        let annotations = report::annotations(&result.records);
+        match args.message_format {
+            MessageFormat::Human => print_stdout(&annotations),
+            MessageFormat::Json => eprint!("{annotations}"),
+        }
+    }
+    let write = |path: &std::path::PathBuf, contents: &str| {
+        report::write_atomically(path, contents.as_bytes())
+            .map_err(|source| RunError::WriteReport { path: path.clone(), source })
+    };
     if let Some(path) = &args.report_json {
-        report::write_atomically(path, format!("{json}\n").as_bytes())
-            .map_err(|source| RunError::WriteReport { path: path.clone(), source })?;
+        write(path, &format!("{json}\n"))?;
+    }
+    if let Some(path) = &args.junit {
+        write(path, &report::junit_report(&result.records, result.duration_ms))?;
+    }
+    if let Some(path) = &args.write_baseline {
+        write(path, &baseline::render(&result.records))?;
+        eprintln!("    Baseline {} written", path.display());
     }
     if let Some(signal) = interrupted {
         eprintln!("error: interrupted by {signal}; running tests and their processes were killed");
@@ -136,13 +189,14 @@ fn plural<'a>(count: usize, one: &'a str, many: &'a str) -> &'a str {
 fn print_progress(format: MessageFormat, line: &str) {
     match format {
         MessageFormat::Human => print_stdout(&format!("{line}\n")),
-        MessageFormat::Json => eprintln!("{line}"),
+        MessageFormat::Json => anstream::eprintln!("{line}"),
     }
 }
 
-/// Writes to stdout; a closed stdout (`| head`) is not an error worth a panic.
+/// Writes to stdout (colours stripped where they do not belong); a closed
+/// stdout (`| head`) is not an error worth a panic.
 fn print_stdout(text: &str) {
-    let mut stdout = std::io::stdout().lock();
+    let mut stdout = anstream::stdout().lock();
     if stdout.write_all(text.as_bytes()).and_then(|()| stdout.flush()).is_err() {
         // The reader went away; the exit code still tells the result.
     }

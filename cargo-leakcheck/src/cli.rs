@@ -23,8 +23,17 @@ Exit codes:
   101  the build failed
   130  interrupted by SIGINT, SIGTERM or SIGHUP (running tests were killed)
 
+Configuration (.config/leakcheck.toml; flags win over the file):
+  [profile.default]        grace, timeout, jobs, fail-fast,
+                           kinds = { fd = \"fail\", thread = \"fail\", child = \"fail\", heap = \"warn\" }
+  [profile.ci]             the same keys; unset ones fall back to profile.default
+  [[allow]]                kind, target | name | cmdline | bytes, tests, max, reason (required)
+
 Environment:
-  LEAKCHECK_NO_PROBE=1   same as --no-probe";
+  LEAKCHECK_NO_PROBE=1   same as --no-probe
+  LEAKCHECK_PROFILE      same as --profile
+  GITHUB_ACTIONS=true    also print GitHub annotations for failing tests
+  NO_COLOR, CARGO_TERM_COLOR=always|never|auto   colours";
 
 /// `cargo`'s view: `cargo leakcheck ...` runs `cargo-leakcheck leakcheck ...`.
 #[derive(Debug, Parser)]
@@ -103,14 +112,45 @@ pub(crate) struct LeakcheckArgs {
     #[arg(short, long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..), help_heading = "Run Options")]
     pub(crate) jobs: Option<u16>,
 
-    /// Kill a test (and every process it started) after this long: 90s, 500ms, 2m
-    #[arg(long, value_name = "DURATION", default_value = "120s", value_parser = parse_duration, help_heading = "Run Options")]
-    pub(crate) timeout: Duration,
+    /// Kill a test (and every process it started) after this long: 90s, 500ms, 2m [default: 120s]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, help_heading = "Run Options")]
+    pub(crate) timeout: Option<Duration>,
 
     /// How long a leak may take to go away by itself before it counts (a thread
-    /// already exiting, a child being reaped). Clean tests never wait for it
-    #[arg(long, value_name = "DURATION", default_value = "200ms", value_parser = parse_duration, help_heading = "Run Options")]
-    pub(crate) grace: Duration,
+    /// already exiting, a child being reaped). Clean tests never wait for it [default: 200ms]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, help_heading = "Run Options")]
+    pub(crate) grace: Option<Duration>,
+
+    /// Run only shard K of N: `hash:K/N` (by a hash of the test's name: stable
+    /// as tests are added) or `slice:K/N` (every Nth test in list order)
+    #[arg(long, value_name = "PARTITION", value_parser = crate::list::Partition::parse, help_heading = "Run Options")]
+    pub(crate) partition: Option<crate::list::Partition>,
+
+    /// Print the tests this run would take (after filters and --partition), and run none
+    #[arg(long, help_heading = "Run Options")]
+    pub(crate) list: bool,
+
+    /// Configuration file [default: .config/leakcheck.toml in the workspace root, if present]
+    #[arg(long, value_name = "PATH", help_heading = "Configuration")]
+    pub(crate) config: Option<PathBuf>,
+
+    /// Profile of the configuration file to use (`default`, `ci`, or one of yours)
+    #[arg(
+        long,
+        value_name = "NAME",
+        env = "LEAKCHECK_PROFILE",
+        default_value = "default",
+        help_heading = "Configuration"
+    )]
+    pub(crate) profile: String,
+
+    /// Fail only on leaks that are not in this baseline file; report the entries that no longer leak
+    #[arg(long, value_name = "PATH", conflicts_with = "write_baseline", help_heading = "Configuration")]
+    pub(crate) baseline: Option<PathBuf>,
+
+    /// Write every leak of this run to a baseline file (leaks then do not fail the run)
+    #[arg(long, value_name = "PATH", help_heading = "Configuration")]
+    pub(crate) write_baseline: Option<PathBuf>,
 
     /// Do not use the exit probe: check only the processes a test leaves running
     #[arg(long, env = "LEAKCHECK_NO_PROBE", value_parser = clap::builder::BoolishValueParser::new(), action = clap::ArgAction::SetTrue, help_heading = "Run Options")]
@@ -119,6 +159,10 @@ pub(crate) struct LeakcheckArgs {
     /// Output format: human lines and tables, or one JSON report on stdout
     #[arg(long, value_name = "FMT", value_enum, default_value_t = MessageFormat::Human, help_heading = "Reporting")]
     pub(crate) message_format: MessageFormat,
+
+    /// Write a JUnit XML report to PATH (leaks and output in each failure)
+    #[arg(long, value_name = "PATH", help_heading = "Reporting")]
+    pub(crate) junit: Option<PathBuf>,
 
     /// Also write the JSON report to PATH (atomically: a reader never sees half a file)
     #[arg(long, value_name = "PATH", help_heading = "Reporting")]
@@ -154,15 +198,67 @@ pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
     Duration::try_from_secs_f64(seconds).map_err(|_| format!("`{text}` is out of range"))
 }
 
+/// `cargo leakcheck wrap`: one test command under the exit probe and the
+/// subreaper, for use as a nextest wrapper script.
+#[derive(Debug, Parser)]
+#[command(
+    name = "cargo leakcheck wrap",
+    bin_name = "cargo leakcheck wrap",
+    about = "Run one test command under the leak checks: a wrapper script for cargo nextest",
+    after_help = "In .config/nextest.toml (nextest 0.9.98 or later):
+
+  experimental = [\"wrapper-scripts\"]
+
+  [scripts.wrapper.leakcheck]
+  command = 'cargo-leakcheck wrap --'
+
+  [[profile.default.scripts]]
+  filter = 'all()'
+  run-wrapper = 'leakcheck'
+
+The test's output is passed through; leaks are printed on stderr. Exit code:
+the test's own when it failed, 100 when it passed but leaked, else 0."
+)]
+pub(crate) struct WrapArgs {
+    /// How long a leak may take to go away by itself before it counts [default: 200ms]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub(crate) grace: Option<Duration>,
+
+    /// Kill the test (and every process it started) after this long [default: 120s]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub(crate) timeout: Option<Duration>,
+
+    /// Do not use the exit probe: check only the processes the test leaves running
+    #[arg(long, env = "LEAKCHECK_NO_PROBE", value_parser = clap::builder::BoolishValueParser::new(), action = clap::ArgAction::SetTrue)]
+    pub(crate) no_probe: bool,
+
+    /// The test binary and its arguments, after `--`
+    #[arg(last = true, required = true, value_name = "COMMAND")]
+    pub(crate) command: Vec<String>,
+}
+
+/// What was asked.
+#[derive(Debug)]
+pub(crate) enum Invocation {
+    Run(Box<LeakcheckArgs>),
+    Wrap(WrapArgs),
+}
+
 /// Parses the process arguments. Accepts both `cargo leakcheck ...` (cargo
 /// passes `leakcheck` as the first argument) and `cargo-leakcheck ...`.
-pub(crate) fn parse() -> LeakcheckArgs {
+/// `wrap` as the first word selects the nextest wrapper (a test filter that
+/// is literally `wrap` can be given after `--`).
+pub(crate) fn parse() -> Invocation {
     let mut args: Vec<std::ffi::OsString> = std::env::args_os().collect();
     if args.get(1).is_none_or(|arg| arg != "leakcheck") {
         args.insert(1, "leakcheck".into());
     }
+    if args.get(2).is_some_and(|arg| arg == "wrap") {
+        let rest = args.split_off(3);
+        return Invocation::Wrap(WrapArgs::parse_from(std::iter::once("cargo leakcheck wrap".into()).chain(rest)));
+    }
     let CargoCli::Leakcheck(args) = CargoCli::parse_from(args);
-    args
+    Invocation::Run(Box::new(args))
 }
 
 #[cfg(test)]

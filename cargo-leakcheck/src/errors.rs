@@ -51,6 +51,12 @@ pub(crate) enum RunError {
         #[source]
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error(transparent)]
+    Baseline(#[from] crate::baseline::BaselineError),
+    #[error("{0}")]
+    UsageMessage(String),
     #[error("cargo-leakcheck could not {what}")]
     Setup {
         what: &'static str,
@@ -63,7 +69,11 @@ impl RunError {
     /// The exit code this error ends the run with.
     pub(crate) fn exit_code(&self) -> u8 {
         match self {
-            RunError::Metadata { .. } | RunError::UnknownPackage { .. } => exit_code::USAGE,
+            RunError::Metadata { .. }
+            | RunError::UnknownPackage { .. }
+            | RunError::Config(_)
+            | RunError::Baseline(_)
+            | RunError::UsageMessage(_) => exit_code::USAGE,
             RunError::SpawnCargo { .. } => exit_code::TOOL_ERROR,
             RunError::BuildFailed { .. } => exit_code::BUILD_FAILED,
             RunError::ListTests { .. } => exit_code::TOOL_ERROR,

@@ -5,13 +5,18 @@
 compile_error!("cargo-leakcheck checks tests through Linux's /proc and seccomp; it runs on Linux only");
 
 mod app;
+mod baseline;
 mod cargo;
 mod cli;
+mod config;
 mod errors;
 mod list;
+mod plan;
+mod policy;
 mod process;
 mod report;
 mod run;
+mod wrap;
 
 fn main() -> std::process::ExitCode {
     std::process::ExitCode::from(app::main())

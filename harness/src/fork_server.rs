@@ -311,8 +311,11 @@ impl ForkServer {
         // (re-parented away, so its own check could not see them). A signal
         // 0 to the group says cheaply whether there are any.
         // SAFETY: kill with signal 0 only checks for existence.
-        let orphans =
-            if unsafe { libc::kill(-child.pid, 0) } == 0 { live_members_of_group(child.pid) } else { Vec::new() };
+        let orphans = if unsafe { libc::kill(-child.pid, 0) } == 0 {
+            settle_group(child.pid, child.def.options.grace())
+        } else {
+            Vec::new()
+        };
         // Whatever the test left in its group ends with it.
         // SAFETY: kills the child's own process group.
         unsafe { libc::kill(-child.pid, libc::SIGKILL) };
@@ -436,7 +439,23 @@ fn run_in_child(def: &'static TestDef) -> TestRecord {
         leaks,
         unchecked,
         allowed,
+        warnings: Vec::new(),
         output: None,
+    }
+}
+
+/// Live members of group `pgid`, given up to `grace` to end by themselves (a
+/// child that was exiting when the test died is not an orphan).
+fn settle_group(pgid: i32, grace: Duration) -> Vec<crate::snapshot::ProcessInfo> {
+    let start = Instant::now();
+    let mut pause = Duration::from_millis(1);
+    loop {
+        let members = live_members_of_group(pgid);
+        if members.is_empty() || start.elapsed() >= grace {
+            return members;
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(50));
     }
 }
 
@@ -469,6 +488,7 @@ fn failed_record(def: &TestDef, message: String) -> TestRecord {
         leaks: Vec::new(),
         unchecked: Vec::new(),
         allowed: Vec::new(),
+        warnings: Vec::new(),
         output: None,
     }
 }

@@ -148,6 +148,9 @@ pub struct TestRecord {
     /// Leaks accepted by an allow rule, with its reason.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub allowed: Vec<AllowedLeak>,
+    /// Leaks of kinds configured to warn: reported, not failing the test.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<Leak>,
     /// Captured standard output and error, interleaved per stream (stdout
     /// then stderr); kept only for tests that did not pass.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -242,6 +245,7 @@ mod tests {
             leaks: vec![],
             unchecked: vec![],
             allowed: vec![],
+            warnings: vec![],
             output: None,
         };
         let records =

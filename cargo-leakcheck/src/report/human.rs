@@ -35,10 +35,23 @@ fn status_word(outcome: Outcome) -> &'static str {
     }
 }
 
+/// The colour of an outcome's status word (stripped by anstream where
+/// colours do not belong: not a terminal, NO_COLOR, CARGO_TERM_COLOR=never).
+fn status_style(outcome: Outcome) -> anstyle::Style {
+    let color = match outcome {
+        Outcome::Passed => anstyle::AnsiColor::Green,
+        Outcome::Leaked => anstyle::AnsiColor::Magenta,
+        Outcome::Failed | Outcome::TimedOut => anstyle::AnsiColor::Red,
+        Outcome::Ignored => anstyle::AnsiColor::Yellow,
+    };
+    anstyle::Style::new().fg_color(Some(color.into())).bold()
+}
+
 /// `    LEAK [   0.004s] leaky fd::forgotten_file` plus one indented line per leak.
 pub(crate) fn progress_line(record: &TestRecord) -> String {
+    let style = status_style(record.outcome);
     let mut line = format!(
-        "{:>8} [{:>8.3}s] {} {}",
+        "{style}{:>8}{style:#} [{:>8.3}s] {} {}",
         status_word(record.outcome),
         record.duration_ms as f64 / 1000.0,
         record.binary,
@@ -54,6 +67,9 @@ pub(crate) fn progress_line(record: &TestRecord) -> String {
     }
     if let Some(rest) = more_leaks(record) {
         let _ = write!(line, "\n{:>20}{rest}", "");
+    }
+    for warning in &record.warnings {
+        let _ = write!(line, "\n{:>20}warning: leaked {}", "", warning.describe());
     }
     for allowed in &record.allowed {
         let _ = write!(line, "\n{:>20}allowed {} ({})", "", allowed.leak.describe(), allowed.reason);

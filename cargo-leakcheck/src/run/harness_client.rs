@@ -31,7 +31,7 @@ pub(crate) fn run_harness(
     cases: &[&TestCase],
     list_args: &[String],
     jobs: usize,
-    on_record: &mut dyn FnMut(&TestRecord),
+    on_record: &mut dyn FnMut(&mut TestRecord),
 ) -> io::Result<Vec<TestRecord>> {
     waker.drain();
     let binary = &cases[0].binary;
@@ -93,7 +93,7 @@ pub(crate) fn run_harness(
                 record.binary = binary.id.clone();
                 blame_orphans(&mut record, &marker);
                 if let Some(&index) = wanted.get(record.name.as_str()) {
-                    on_record(&record);
+                    on_record(&mut record);
                     received[index] = Some(record);
                 }
             });
@@ -141,7 +141,7 @@ pub(crate) fn run_harness(
         .zip(cases)
         .map(|(record, case)| {
             record.unwrap_or_else(|| {
-                let record = TestRecord {
+                let mut record = TestRecord {
                     binary: binary.id.clone(),
                     name: case.name.clone(),
                     outcome: Outcome::Failed,
@@ -150,9 +150,10 @@ pub(crate) fn run_harness(
                     leaks: Vec::new(),
                     unchecked: Vec::new(),
                     allowed: Vec::new(),
+                    warnings: Vec::new(),
                     output: Some(output.clone()),
                 };
-                on_record(&record);
+                on_record(&mut record);
                 record
             })
         })
@@ -163,7 +164,18 @@ pub(crate) fn run_harness(
 /// carrying the test's marker, which the fork server sets per test), then
 /// ends them.
 fn blame_orphans(record: &mut TestRecord, harness_marker: &str) {
-    let orphans = reaper::adopted_with_marker(&format!("{harness_marker}/{}", record.name));
+    let known: Vec<i32> = record
+        .leaks
+        .iter()
+        .filter_map(|leak| match leak {
+            leakcheck::Leak::Child { pid, .. } => Some(*pid),
+            _ => None,
+        })
+        .collect();
+    let orphans: Vec<i32> = reaper::adopted_with_marker(&format!("{harness_marker}/{}", record.name))
+        .into_iter()
+        .filter(|pid| !known.contains(pid) && reaper::is_alive(*pid))
+        .collect();
     if orphans.is_empty() {
         return;
     }

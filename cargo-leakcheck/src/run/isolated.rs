@@ -39,6 +39,8 @@ pub(crate) struct RunContext {
     pub(crate) probe_refused: std::sync::OnceLock<io::Error>,
     /// A private directory for in-process verdicts (`LEAKCHECK_RECORD_FILE`).
     pub(crate) scratch: std::path::PathBuf,
+    /// Severities, allow rules and baseline, applied to every record.
+    pub(crate) policy: crate::policy::Policy,
 }
 
 /// A worker's wake-up pipe: the reaper writes to it when the worker's test exits.
@@ -77,8 +79,21 @@ struct ExitView {
     by_main_thread: bool,
 }
 
-/// Runs `case` and judges it. `None` when the run was interrupted under it.
-pub(crate) fn run_test(context: &RunContext, waker: &Waker, case: &TestCase) -> io::Result<Option<TestRecord>> {
+/// libtest's arguments to run `case` alone, as `cargo leakcheck` does.
+pub(crate) fn libtest_args(context: &RunContext, case: &TestCase) -> Vec<String> {
+    let mut args = vec![case.name.clone(), "--exact".into(), "--nocapture".into(), "--test-threads=1".into()];
+    args.extend(context.test_args.iter().cloned());
+    args
+}
+
+/// Runs `case` (its binary with `args`) and judges it. `None` when the run
+/// was interrupted under it.
+pub(crate) fn run_test(
+    context: &RunContext,
+    waker: &Waker,
+    case: &TestCase,
+    args: &[String],
+) -> io::Result<Option<TestRecord>> {
     waker.drain();
     let binary = &case.binary;
     let marker = format!("{}:{}", std::process::id(), case.serial);
@@ -87,9 +102,7 @@ pub(crate) fn run_test(context: &RunContext, waker: &Waker, case: &TestCase) -> 
     let _ = std::fs::remove_file(&record_file);
     let mut command = Command::new(&binary.executable);
     command
-        .arg(&case.name)
-        .args(["--exact", "--nocapture", "--test-threads=1"])
-        .args(&context.test_args)
+        .args(args)
         .current_dir(&binary.cwd)
         .envs(binary.env.iter().map(|(key, value)| (key, value)))
         .env(MARKER_VAR, &marker)
@@ -274,6 +287,7 @@ pub(crate) fn run_test(context: &RunContext, waker: &Waker, case: &TestCase) -> 
         leaks,
         unchecked,
         allowed,
+        warnings: Vec::new(),
         output,
     }))
 }

@@ -8,7 +8,7 @@ use std::time::Instant;
 use leakcheck::{Outcome, TestRecord};
 
 use super::harness_client::run_harness;
-use super::isolated::{run_test, RunContext, Waker};
+use super::isolated::{libtest_args, run_test, RunContext, Waker};
 use crate::list::TestCase;
 
 /// What a run produced.
@@ -37,6 +37,12 @@ pub(crate) fn run_all(
 ) -> RunResult {
     let started = Instant::now();
     let mut slots: Vec<Option<TestRecord>> = vec![None; cases.len()];
+    // Every record passes the configuration's policy before anyone (or the
+    // fail-fast decision) sees it.
+    let mut report = |record: &mut TestRecord| {
+        context.policy.apply(record);
+        on_record(record);
+    };
     let stop = AtomicBool::new(false);
 
     // Harness binaries, one at a time, each with all the parallelism.
@@ -52,8 +58,8 @@ pub(crate) fn run_all(
         let mut to_run = Vec::new();
         for &index in &indices {
             if cases[index].ignored {
-                let record = ignored_record(&cases[index]);
-                on_record(&record);
+                let mut record = ignored_record(&cases[index]);
+                report(&mut record);
                 slots[index] = Some(record);
             } else {
                 to_run.push(index);
@@ -63,13 +69,13 @@ pub(crate) fn run_all(
             continue;
         }
         let run_cases: Vec<&TestCase> = to_run.iter().map(|&index| &cases[index]).collect();
-        let records = match run_harness(context, &waker, &run_cases, list_args, jobs, &mut on_record) {
+        let records = match run_harness(context, &waker, &run_cases, list_args, jobs, &mut report) {
             Ok(records) => records,
             Err(error) => run_cases
                 .iter()
                 .map(|case| {
-                    let record = tool_error_record(case, &error);
-                    on_record(&record);
+                    let mut record = tool_error_record(case, &error);
+                    report(&mut record);
                     record
                 })
                 .collect(),
@@ -106,12 +112,13 @@ pub(crate) fn run_all(
                         let record = if case.ignored {
                             Some(ignored_record(case))
                         } else {
-                            match run_test(context, &waker, case) {
+                            match run_test(context, &waker, case, &libtest_args(context, case)) {
                                 Ok(record) => record,
                                 Err(error) => Some(tool_error_record(case, &error)),
                             }
                         };
-                        if let Some(record) = record {
+                        if let Some(mut record) = record {
+                            context.policy.apply(&mut record);
                             // Decided here, not by the receiver: the next
                             // test must not start after a failure.
                             if fail_fast && record.outcome.is_failure() {
@@ -146,6 +153,7 @@ fn ignored_record(case: &TestCase) -> TestRecord {
         leaks: Vec::new(),
         unchecked: Vec::new(),
         allowed: Vec::new(),
+        warnings: Vec::new(),
         output: None,
     }
 }

@@ -1,0 +1,353 @@
+//! `.config/leakcheck.toml`: profiles (grace, timeout, jobs, fail-fast, what
+//! each kind of leak does) and allow rules with reasons.
+//!
+//! ```toml
+//! [profile.default]
+//! grace = "200ms"
+//! timeout = "120s"
+//! jobs = 4
+//! fail-fast = true
+//! kinds = { fd = "fail", thread = "fail", child = "fail", heap = "warn" }
+//!
+//! [profile.ci]          # unset keys fall back to profile.default
+//! timeout = "60s"
+//!
+//! [[allow]]             # every profile
+//! kind = "thread"
+//! name = "tokio-*"      # fd: target, thread: name, child: cmdline, heap: bytes
+//! tests = "server::*"   # optional glob on the test name (or "binary test")
+//! max = 4               # optional, per test
+//! reason = "the shared runtime is started once per process"
+//! ```
+//!
+//! Unknown keys and bad values are errors that name file, line and column.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::cli::parse_duration;
+
+/// What a leak of one kind does to its test.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum Severity {
+    /// The test is `leaked` (the default).
+    Fail,
+    /// The leak is reported as a warning; the test's outcome is unchanged.
+    Warn,
+    /// The kind is not reported at all.
+    Off,
+}
+
+/// A kind as written in the file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum KindName {
+    Fd,
+    Thread,
+    Child,
+    Heap,
+}
+
+impl KindName {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            KindName::Fd => "fd",
+            KindName::Thread => "thread",
+            KindName::Child => "child",
+            KindName::Heap => "heap",
+        }
+    }
+}
+
+/// A duration written as a string: "500ms", "2s".
+#[derive(Debug, Clone, Copy)]
+struct DurationValue(Duration);
+
+impl<'de> Deserialize<'de> for DurationValue {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        parse_duration(&text).map(DurationValue).map_err(serde::de::Error::custom)
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConfigFile {
+    #[serde(default)]
+    profile: BTreeMap<String, ProfileFile>,
+    #[serde(default)]
+    allow: Vec<Spanned<AllowFile>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct ProfileFile {
+    grace: Option<DurationValue>,
+    timeout: Option<DurationValue>,
+    jobs: Option<u16>,
+    fail_fast: Option<bool>,
+    kinds: Option<KindsFile>,
+    #[serde(default)]
+    allow: Vec<Spanned<AllowFile>>,
+}
+
+#[derive(Debug, Default, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KindsFile {
+    fd: Option<Severity>,
+    thread: Option<Severity>,
+    child: Option<Severity>,
+    heap: Option<Severity>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AllowFile {
+    kind: KindName,
+    tests: Option<String>,
+    target: Option<String>,
+    name: Option<String>,
+    cmdline: Option<String>,
+    bytes: Option<u64>,
+    max: Option<usize>,
+    reason: String,
+}
+
+/// One allow rule, checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct AllowRule {
+    pub(crate) kind: KindName,
+    /// Glob on the test name, or on "binary test".
+    pub(crate) tests: Option<String>,
+    /// Glob on the fd target, thread name or child command line.
+    pub(crate) pattern: Option<String>,
+    /// For the heap: growth accepted, in bytes.
+    pub(crate) bytes: Option<u64>,
+    /// Leaks accepted per test.
+    pub(crate) max: Option<usize>,
+    pub(crate) reason: String,
+    /// `file:line` of the rule, for reports.
+    pub(crate) origin: String,
+}
+
+/// The selected profile, resolved (`None`: not set, the built-in default applies).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Profile {
+    pub(crate) grace: Option<Duration>,
+    pub(crate) timeout: Option<Duration>,
+    pub(crate) jobs: Option<u16>,
+    pub(crate) fail_fast: Option<bool>,
+    /// fd, thread, child, heap.
+    pub(crate) kinds: [Option<Severity>; 4],
+    pub(crate) allow: Vec<AllowRule>,
+}
+
+/// A config file that could not be used.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ConfigError {
+    #[error("could not read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}:{line}:{column}: {message}")]
+    Invalid { path: PathBuf, line: usize, column: usize, message: String },
+    #[error("{path}: no profile `{name}` (profiles: {known})")]
+    UnknownProfile { path: PathBuf, name: String, known: String },
+}
+
+/// Where the config is: `--config PATH`, else `.config/leakcheck.toml` in
+/// the workspace root if it exists.
+pub(crate) fn locate(explicit: Option<&Path>, workspace_root: &Path) -> Option<PathBuf> {
+    match explicit {
+        Some(path) => Some(path.to_owned()),
+        None => Some(workspace_root.join(".config/leakcheck.toml")).filter(|path| path.is_file()),
+    }
+}
+
+/// Reads `path` and resolves profile `name` (over `profile.default`).
+pub(crate) fn load(path: &Path, name: &str) -> Result<Profile, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+    parse(&text, path, name)
+}
+
+fn parse(text: &str, path: &Path, name: &str) -> Result<Profile, ConfigError> {
+    let invalid = |span: Option<std::ops::Range<usize>>, message: String| {
+        let (line, column) = line_column(text, span.map_or(0, |span| span.start));
+        ConfigError::Invalid { path: path.to_owned(), line, column, message }
+    };
+    let file: ConfigFile = toml::from_str(text).map_err(|error| invalid(error.span(), error.message().to_owned()))?;
+    if name != "default" && name != "ci" && !file.profile.contains_key(name) {
+        let mut known: Vec<&str> = file.profile.keys().map(String::as_str).collect();
+        for builtin in ["default", "ci"] {
+            if !known.contains(&builtin) {
+                known.push(builtin);
+            }
+        }
+        return Err(ConfigError::UnknownProfile {
+            path: path.to_owned(),
+            name: name.to_owned(),
+            known: known.join(", "),
+        });
+    }
+    let empty = ProfileFile::default();
+    let base = file.profile.get("default").unwrap_or(&empty);
+    let chosen = file.profile.get(name).unwrap_or(&empty);
+    let pick = |f: fn(&ProfileFile) -> Option<Severity>| f(chosen).or_else(|| f(base));
+    let mut profile = Profile {
+        grace: chosen.grace.or(base.grace).map(|d| d.0),
+        timeout: chosen.timeout.or(base.timeout).map(|d| d.0),
+        jobs: chosen.jobs.or(base.jobs),
+        fail_fast: chosen.fail_fast.or(base.fail_fast),
+        kinds: [
+            pick(|p| p.kinds.and_then(|k| k.fd)),
+            pick(|p| p.kinds.and_then(|k| k.thread)),
+            pick(|p| p.kinds.and_then(|k| k.child)),
+            pick(|p| p.kinds.and_then(|k| k.heap)),
+        ],
+        allow: Vec::new(),
+    };
+    if profile.jobs == Some(0) {
+        return Err(invalid(None, "`jobs` must be at least 1".into()));
+    }
+    // Rules add up: top level, then profile.default, then the chosen profile.
+    let mut rules: Vec<&Spanned<AllowFile>> = file.allow.iter().collect();
+    rules.extend(base.allow.iter());
+    if name != "default" {
+        rules.extend(chosen.allow.iter());
+    }
+    for rule in rules {
+        let span = rule.span();
+        let rule = rule.get_ref();
+        let (line, _) = line_column(text, span.start);
+        let expected = match rule.kind {
+            KindName::Fd => "target",
+            KindName::Thread => "name",
+            KindName::Child => "cmdline",
+            KindName::Heap => "bytes",
+        };
+        let given: Vec<&str> = [
+            ("target", rule.target.is_some()),
+            ("name", rule.name.is_some()),
+            ("cmdline", rule.cmdline.is_some()),
+            ("bytes", rule.bytes.is_some()),
+        ]
+        .into_iter()
+        .filter(|(_, set)| *set)
+        .map(|(key, _)| key)
+        .collect();
+        if let Some(wrong) = given.iter().find(|key| **key != expected) {
+            return Err(invalid(
+                Some(span),
+                format!("an allow rule of kind `{}` matches with `{expected}`, not `{wrong}`", rule.kind.as_str()),
+            ));
+        }
+        if rule.max.is_some() && rule.kind == KindName::Heap {
+            return Err(invalid(Some(span), "`max` counts fds, threads or children; the heap takes `bytes`".into()));
+        }
+        if rule.reason.trim().is_empty() {
+            return Err(invalid(Some(span), "`reason` must say why this leak is accepted".into()));
+        }
+        profile.allow.push(AllowRule {
+            kind: rule.kind,
+            tests: rule.tests.clone(),
+            pattern: rule.target.clone().or_else(|| rule.name.clone()).or_else(|| rule.cmdline.clone()),
+            bytes: rule.bytes,
+            max: rule.max,
+            reason: rule.reason.clone(),
+            origin: format!("{}:{line}", path.display()),
+        });
+    }
+    Ok(profile)
+}
+
+/// 1-based line and column of byte `offset` in `text`.
+fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |last| last.chars().count()) + 1;
+    (line, column)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_ok(text: &str, profile: &str) -> Profile {
+        parse(text, Path::new("leakcheck.toml"), profile).unwrap()
+    }
+
+    fn parse_err(text: &str) -> String {
+        parse(text, Path::new("leakcheck.toml"), "default").unwrap_err().to_string()
+    }
+
+    #[test]
+    fn profiles_fall_back_to_default() {
+        let text = r#"
+[profile.default]
+grace = "300ms"
+timeout = "90s"
+kinds = { heap = "warn" }
+
+[profile.ci]
+timeout = "30s"
+kinds = { fd = "off" }
+"#;
+        let ci = parse_ok(text, "ci");
+        assert_eq!(ci.grace, Some(Duration::from_millis(300)));
+        assert_eq!(ci.timeout, Some(Duration::from_secs(30)));
+        assert_eq!(ci.kinds, [Some(Severity::Off), None, None, Some(Severity::Warn)]);
+        assert_eq!(parse_ok(text, "default").timeout, Some(Duration::from_secs(90)));
+    }
+
+    #[test]
+    fn rules_add_up_and_remember_their_line() {
+        let text = r#"
+[[allow]]
+kind = "thread"
+name = "tokio-*"
+reason = "shared runtime"
+
+[[profile.ci.allow]]
+kind = "heap"
+bytes = 4096
+reason = "caches"
+"#;
+        let ci = parse_ok(text, "ci");
+        assert_eq!(ci.allow.len(), 2);
+        assert_eq!(ci.allow[0].pattern.as_deref(), Some("tokio-*"));
+        assert_eq!(ci.allow[0].origin, "leakcheck.toml:2");
+        assert_eq!(ci.allow[1].bytes, Some(4096));
+        assert_eq!(parse_ok(text, "default").allow.len(), 1);
+    }
+
+    #[test]
+    fn mistakes_name_file_line_and_column() {
+        assert_eq!(
+            parse_err("[profile.default]\ntimout = \"5s\"\n"),
+            "leakcheck.toml:2:1: unknown field `timout`, expected one of `grace`, `timeout`, `jobs`, `fail-fast`, `kinds`, `allow`"
+        );
+        assert_eq!(
+            parse_err("[profile.default]\ngrace = \"soon\"\n"),
+            "leakcheck.toml:2:9: `soon` is not a duration (examples: 90s, 500ms, 2m)"
+        );
+        assert!(parse_err("[profile.default]\nkinds = { fd = \"loud\" }\n")
+            .starts_with("leakcheck.toml:2:16: unknown variant `loud`"));
+        assert!(parse_err("[[allow]]\nkind = \"thread\"\nname = \"x\"\n")
+            .starts_with("leakcheck.toml:1:1: missing field `reason`"));
+        assert_eq!(
+            parse_err("[[allow]]\nkind = \"fd\"\nname = \"x\"\nreason = \"r\"\n"),
+            "leakcheck.toml:1:1: an allow rule of kind `fd` matches with `target`, not `name`"
+        );
+        assert_eq!(
+            parse(r#"[profile.nightly]"#, Path::new("leakcheck.toml"), "weekly").unwrap_err().to_string(),
+            "leakcheck.toml: no profile `weekly` (profiles: nightly, default, ci)"
+        );
+    }
+}

@@ -1,0 +1,58 @@
+//! Flags and configuration file -> what this run does. Flags win over the
+//! selected profile, which falls back to `profile.default`, then to the
+//! built-in defaults.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::baseline::Baseline;
+use crate::cli::LeakcheckArgs;
+use crate::config::{self, Profile};
+use crate::errors::RunError;
+use crate::policy::Policy;
+
+/// Built-in settling grace.
+pub(crate) const DEFAULT_GRACE: Duration = Duration::from_millis(200);
+/// Built-in per-test time limit.
+pub(crate) const DEFAULT_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// The run, decided.
+#[derive(Debug)]
+pub(crate) struct Plan {
+    pub(crate) grace: Duration,
+    pub(crate) timeout: Duration,
+    pub(crate) jobs: usize,
+    pub(crate) fail_fast: bool,
+    pub(crate) policy: Policy,
+    /// The configuration file read, if any.
+    pub(crate) config: Option<PathBuf>,
+}
+
+/// Reads the configuration (if any) and merges it with the flags.
+pub(crate) fn make(args: &LeakcheckArgs, workspace_root: &std::path::Path) -> Result<Plan, RunError> {
+    let config = config::locate(args.config.as_deref(), workspace_root);
+    let profile = match &config {
+        Some(path) => config::load(path, &args.profile)?,
+        None if args.profile == "default" || args.profile == "ci" => Profile::default(),
+        None => {
+            return Err(RunError::UsageMessage(format!(
+                "--profile {} needs a configuration file (.config/leakcheck.toml, or --config PATH)",
+                args.profile
+            )))
+        }
+    };
+    let baseline = args.baseline.as_deref().map(Baseline::load).transpose()?;
+    let jobs = args
+        .jobs
+        .or(profile.jobs)
+        .map(usize::from)
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    Ok(Plan {
+        grace: args.grace.or(profile.grace).unwrap_or(DEFAULT_GRACE),
+        timeout: args.timeout.or(profile.timeout).unwrap_or(DEFAULT_TIMEOUT),
+        jobs,
+        fail_fast: !args.no_fail_fast && profile.fail_fast.unwrap_or(true),
+        policy: Policy::new(profile.kinds, profile.allow, baseline),
+        config,
+    })
+}

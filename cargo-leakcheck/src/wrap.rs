@@ -1,0 +1,86 @@
+//! `cargo leakcheck wrap -- <test binary> <args>`: one test command under
+//! the exit probe and the subreaper, as a nextest wrapper script. Output is
+//! passed through after the test ends; leaks are printed on stderr.
+
+use std::io::Write;
+use std::sync::Arc;
+
+use leakcheck::Outcome;
+
+use crate::cargo::TestBinary;
+use crate::cli::WrapArgs;
+use crate::errors::{exit_code, RunError};
+use crate::list::TestCase;
+use crate::plan::{DEFAULT_GRACE, DEFAULT_TIMEOUT};
+use crate::policy::Policy;
+use crate::report;
+use crate::run::{run_test, ExitFilter, RunContext, Supervisor, Waker};
+
+pub(crate) fn wrap(args: &WrapArgs, supervisor: &'static Supervisor) -> Result<u8, RunError> {
+    let program = std::path::PathBuf::from(&args.command[0]);
+    let name = args.command[1..].iter().find(|arg| !arg.starts_with('-')).cloned().unwrap_or_default();
+    let binary = TestBinary {
+        id: binary_name(&program),
+        executable: program,
+        cwd: std::env::current_dir()
+            .map_err(|source| RunError::Setup { what: "read the working directory", source })?,
+        env: Vec::new(),
+        harness: false,
+    };
+    let case = TestCase { binary: Arc::new(binary), name, ignored: false, serial: 0 };
+    let scratch = std::env::temp_dir().join(format!("cargo-leakcheck-wrap-{}", std::process::id()));
+    std::fs::create_dir_all(&scratch)
+        .map_err(|source| RunError::Setup { what: "create its scratch directory", source })?;
+    let context = RunContext {
+        supervisor,
+        filter: (!args.no_probe).then(ExitFilter::new),
+        grace: args.grace.unwrap_or(DEFAULT_GRACE),
+        timeout: args.timeout.unwrap_or(DEFAULT_TIMEOUT),
+        test_args: Vec::new(),
+        probe_refused: Default::default(),
+        scratch: scratch.clone(),
+        policy: Policy::default(),
+    };
+    supervisor.begin_test_phase().map_err(|source| RunError::Setup { what: "become a child subreaper", source })?;
+    let waker = Waker::new().map_err(|source| RunError::Setup { what: "create a pipe", source })?;
+    let record = run_test(&context, &waker, &case, &args.command[1..]);
+    for stray in supervisor.end_test_phase() {
+        eprintln!("warning: killed `{}` (pid {}): left running by the test", stray.cmdline, stray.pid);
+    }
+    let _ = std::fs::remove_dir_all(&scratch);
+    let record = record.map_err(|source| RunError::Setup { what: "run the test", source })?;
+    let Some(record) = record else {
+        return Ok(exit_code::INTERRUPTED);
+    };
+    // The test's own output, whole when it did not pass (nextest shows it then).
+    if let Some(output) = &record.output {
+        let _ = std::io::stdout().write_all(output.as_bytes());
+    }
+    if let Some(error) = context.probe_refused.get() {
+        eprintln!("warning: the exit probe is unavailable ({error}); only processes left running are checked");
+    }
+    if !record.leaks.is_empty() {
+        anstream::eprintln!("{}", report::progress_line(&record));
+    }
+    Ok(match record.outcome {
+        Outcome::Passed | Outcome::Ignored => exit_code::SUCCESS,
+        Outcome::Leaked => exit_code::TESTS_FAILED,
+        Outcome::Failed | Outcome::TimedOut => exit_status_of(&record).unwrap_or(exit_code::TESTS_FAILED),
+    })
+}
+
+/// The test's own exit code when its message gives one (`exit status 101`).
+fn exit_status_of(record: &leakcheck::TestRecord) -> Option<u8> {
+    let message = record.message.as_deref()?;
+    let digits: String = message.split("status ").nth(1)?.chars().take_while(char::is_ascii_digit).collect();
+    digits.parse().ok().filter(|code| *code != 0)
+}
+
+/// `leaks` for `.../deps/leaks-c3d39483a0f25e91`: cargo's hash suffix dropped.
+fn binary_name(program: &std::path::Path) -> String {
+    let name = program.file_name().map(|name| name.to_string_lossy().into_owned()).unwrap_or_default();
+    match name.rsplit_once('-') {
+        Some((stem, hash)) if hash.len() == 16 && hash.chars().all(|c| c.is_ascii_hexdigit()) => stem.to_owned(),
+        _ => name,
+    }
+}

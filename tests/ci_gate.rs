@@ -1,0 +1,282 @@
+//! cargo leakcheck as a CI gate: configuration, allow rules, baselines,
+//! JUnit, GitHub annotations, partitions, and the nextest wrapper.
+
+mod support;
+
+use leakcheck::Outcome;
+use support::*;
+
+fn temp_file(name: &str, contents: &str) -> std::path::PathBuf {
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("ci-gate-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(name);
+    std::fs::write(&path, contents).unwrap();
+    path
+}
+
+#[test]
+fn an_allow_rule_with_a_reason_passes_its_leak_and_a_stale_rule_is_warned() {
+    let _serial = serial();
+    let config = temp_file(
+        "allow.toml",
+        r#"
+[[allow]]
+kind = "thread"
+name = "flush*"
+tests = "thread::*"
+reason = "the flusher is joined at process exit in production"
+
+[[allow]]
+kind = "fd"
+target = "/nowhere/*"
+reason = "matches nothing"
+"#,
+    );
+    let run = run_to_end(leakcheck(&[
+        "-p",
+        "leaky",
+        "--config",
+        config.to_str().unwrap(),
+        "--message-format",
+        "json",
+        "thread::detached_thread",
+    ]));
+    assert_eq!(run.code, Some(0), "stderr:\n{}", run.stderr);
+    let report = run.report();
+    let detached = record(&report, "leaky::leaks", "thread::detached_thread");
+    assert_outcome(detached, Outcome::Passed);
+    assert!(detached.leaks.is_empty());
+    assert_eq!(detached.allowed.len(), 1);
+    assert!(detached.allowed[0].reason.starts_with("the flusher is joined at process exit in production ("));
+    assert!(run.stderr.contains("allow.toml:2: thread `flush*`: matched 1 time"), "{}", run.stderr);
+    assert!(run.stderr.contains("allow.toml:8: fd `/nowhere/*`: matched 0 times (stale"), "{}", run.stderr);
+    assert!(run.stderr.contains("warning: allow rule at "), "{}", run.stderr);
+}
+
+#[test]
+fn profiles_set_severities_and_the_ci_profile_falls_back_to_default() {
+    let _serial = serial();
+    let config = temp_file(
+        "profiles.toml",
+        r#"
+[profile.default]
+kinds = { child = "warn" }
+
+[profile.ci]
+kinds = { fd = "off" }
+"#,
+    );
+    let args =
+        |profile: &'static str| ["-p", "leaky", "--no-fail-fast", "--message-format", "json", "--profile", profile];
+    let mut command = leakcheck(&args("ci"));
+    command.args(["--config", config.to_str().unwrap(), "fd::forgotten_file"]);
+    let report = run_to_end(command).report();
+    let file = record(&report, "leaky::leaks", "fd::forgotten_file");
+    assert_outcome(file, Outcome::Passed);
+    assert_eq!(file.unchecked, ["fd"]);
+
+    let mut command = leakcheck(&args("ci"));
+    command.args(["--config", config.to_str().unwrap(), "child::running_child"]);
+    let run = run_to_end(command);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    let child = record(&run.report(), "leaky::leaks", "child::running_child").clone();
+    assert_outcome(&child, Outcome::Passed);
+    assert_eq!(child.warnings.len(), 1, "{child:#?}");
+}
+
+#[test]
+fn a_malformed_config_is_a_usage_error_with_file_line_and_column() {
+    let _serial = serial();
+    let config = temp_file("bad.toml", "[profile.default]\ngrace = \"200ms\"\ntimout = \"5s\"\n");
+    let run = run_to_end(leakcheck(&["-p", "leaky", "--config", config.to_str().unwrap()]));
+    assert_eq!(run.code, Some(2), "stderr:\n{}", run.stderr);
+    assert!(run.stderr.contains("bad.toml:3:1: unknown field `timout`"), "{}", run.stderr);
+    let config = temp_file("bad-rule.toml", "[[allow]]\nkind = \"heap\"\nbytes = 10\n");
+    let run = run_to_end(leakcheck(&["-p", "leaky", "--config", config.to_str().unwrap()]));
+    assert_eq!(run.code, Some(2), "stderr:\n{}", run.stderr);
+    assert!(run.stderr.contains("bad-rule.toml:1:1: missing field `reason`"), "{}", run.stderr);
+}
+
+#[test]
+fn a_baseline_lets_old_leaks_pass_fails_new_ones_and_reports_fixed_ones() {
+    let _serial = serial();
+    let baseline = temp_file("baseline.txt", "");
+    let run = run_to_end(leakcheck(&[
+        "-p",
+        "leaky",
+        "--no-fail-fast",
+        "--write-baseline",
+        baseline.to_str().unwrap(),
+        "fd::",
+    ]));
+    assert_eq!(run.code, Some(0), "writing a baseline accepts today's leaks:\n{}", run.stderr);
+    let written = std::fs::read_to_string(&baseline).unwrap();
+    assert!(
+        written
+            .contains("leaky::leaks\tfd::forgotten_file\tfd\t$TMPDIR/leakcheck-fixture-forgotten.txt (regular file)\n"),
+        "{written}"
+    );
+    assert!(written.contains("leaky::leaks\tfd::leaked_listener\tfd\ttcp listening on 127.0.0.1:*\n"), "{written}");
+    assert!(!written.contains("socket:["), "no inode numbers: {written}");
+    // An entry for a leak that is gone: reported as fixed.
+    std::fs::write(&baseline, format!("{written}leaky::leaks\tfd::forgotten_file\tfd\t/var/old.db (regular file)\n"))
+        .unwrap();
+
+    let run = run_to_end(leakcheck(&[
+        "-p",
+        "leaky",
+        "--test",
+        "leaks",
+        "--no-fail-fast",
+        "--message-format",
+        "json",
+        "--baseline",
+        baseline.to_str().unwrap(),
+        "--",
+        "--skip",
+        "child::",
+        "--skip",
+        "thread::forgotten_tokio",
+        "--skip",
+        "thread::thread_sleeping",
+    ]));
+    assert_eq!(run.code, Some(100), "stderr:\n{}", run.stderr);
+    let report = run.report();
+    for old in ["fd::forgotten_file", "fd::leaked_listener", "fd::connected_socket", "fd::pipe_from_child"] {
+        let record = record(&report, "leaky::leaks", old);
+        assert_outcome(record, Outcome::Passed);
+        assert!(record.allowed.iter().all(|allowed| allowed.reason.starts_with("in the baseline ")), "{record:#?}");
+    }
+    assert_outcome(record(&report, "leaky::leaks", "thread::detached_thread"), Outcome::Leaked);
+    assert!(run.stderr.contains("No longer leaking (1 baseline entry of "), "{}", run.stderr);
+    assert!(run.stderr.contains("leaky::leaks fd::forgotten_file: fd /var/old.db (regular file)"), "{}", run.stderr);
+}
+
+#[test]
+fn junit_reports_parse_back_with_leaks_in_the_failure() {
+    let _serial = serial();
+    let junit = temp_file("junit.xml", "");
+    let run = run_to_end(leakcheck(&[
+        "-p",
+        "leaky",
+        "--no-fail-fast",
+        "--junit",
+        junit.to_str().unwrap(),
+        "--test",
+        "outcomes",
+    ]));
+    assert_eq!(run.code, Some(100), "stderr:\n{}", run.stderr);
+    let xml = std::fs::read_to_string(&junit).unwrap();
+    let parsed = quick_junit::Report::deserialize_from_str(&xml).unwrap();
+    let suite = &parsed.test_suites[0];
+    assert_eq!(suite.name.as_str(), "leaky::outcomes");
+    assert_eq!(suite.test_cases.len(), 4);
+    let failing = suite.test_cases.iter().find(|case| case.name.as_str() == "failing_assertion").unwrap();
+    assert!(matches!(failing.status, quick_junit::TestCaseStatus::NonSuccess { .. }));
+
+    let run = run_to_end(leakcheck(&["-p", "leaky", "--junit", junit.to_str().unwrap(), "fd::forgotten_file"]));
+    assert_eq!(run.code, Some(100));
+    let parsed = quick_junit::Report::deserialize_from_str(&std::fs::read_to_string(&junit).unwrap()).unwrap();
+    let case = &parsed.test_suites[0].test_cases[0];
+    match &case.status {
+        quick_junit::TestCaseStatus::NonSuccess { message, description, ty, .. } => {
+            assert_eq!(message.as_ref().map(|m| m.as_str()), Some("leaked 1 fd"));
+            assert_eq!(ty.as_ref().map(|t| t.as_str()), Some("leaked"));
+            assert!(description.as_ref().unwrap().as_str().contains("leakcheck-fixture-forgotten.txt (regular file)"));
+        }
+        other => panic!("expected a failure, got {other:?}"),
+    }
+}
+
+#[test]
+fn github_annotations_name_each_failing_test() {
+    let _serial = serial();
+    let mut command = leakcheck(&["-p", "leaky", "--no-fail-fast", "fd::forgotten_file"]);
+    command.env("GITHUB_ACTIONS", "true");
+    let run = run_to_end(command);
+    let annotation = run.stdout.lines().find(|line| line.starts_with("::error ")).expect("an annotation");
+    assert!(
+        annotation.starts_with("::error title=leaky%3A%3Aleaks fd%3A%3Aforgotten_file leaked::leaked fd 3 -> "),
+        "{annotation}"
+    );
+    let mut command = leakcheck(&["-p", "leaky", "--no-fail-fast", "fd::forgotten_file"]);
+    command.env_remove("GITHUB_ACTIONS");
+    assert!(!run_to_end(command).stdout.contains("::error"));
+}
+
+fn listed(extra: &[&str]) -> Vec<String> {
+    let mut args = vec!["--workspace", "--list"];
+    args.extend_from_slice(extra);
+    let run = run_to_end(leakcheck(&args));
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    run.stdout.lines().map(str::to_owned).collect()
+}
+
+#[test]
+fn partitions_split_the_suite_without_overlap() {
+    let _serial = serial();
+    let mut everything = listed(&[]);
+    assert!(everything.len() > 90, "{everything:?}");
+    assert!(everything.contains(&"leaky::outcomes ignored_test (ignored)".to_owned()));
+    everything.sort();
+    for kind in ["hash", "slice"] {
+        let mut union = Vec::new();
+        for shard in 1..=3 {
+            let part = listed(&["--partition", &format!("{kind}:{shard}/3")]);
+            assert!(!part.is_empty() && part.len() < everything.len(), "{kind}:{shard}/3");
+            union.extend(part);
+        }
+        union.sort();
+        assert_eq!(union, everything, "{kind}");
+    }
+    let run = run_to_end(leakcheck(&["--workspace", "--partition", "hash:4/3"]));
+    assert_eq!(run.code, Some(2), "{}", run.stderr);
+}
+
+#[test]
+fn the_nextest_wrapper_catches_a_leak_inside_cargo_nextest_run() {
+    let nextest = std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args(["nextest", "--version"])
+        .output()
+        .is_ok_and(|output| output.status.success());
+    if !nextest {
+        assert!(std::env::var_os("CI").is_none(), "cargo-nextest must be installed in CI");
+        return;
+    }
+    let _serial = serial();
+    let config = temp_file(
+        "nextest.toml",
+        &format!(
+            "experimental = [\"wrapper-scripts\"]\n\n[scripts.wrapper.leakcheck]\ncommand = ['{}', 'wrap', '--']\n\n\
+             [[profile.default.scripts]]\nfilter = 'all()'\nrun-wrapper = 'leakcheck'\n",
+            env!("CARGO_BIN_EXE_cargo-leakcheck")
+        ),
+    );
+    let output = std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args([
+            "nextest",
+            "run",
+            "--config-file",
+            config.to_str().unwrap(),
+            "-p",
+            "leaky",
+            "--no-fail-fast",
+            "--color",
+            "never",
+        ])
+        .args(["-E", "test(=fd::forgotten_file) | test(=thread::detached_thread) | test(=failing_assertion)"])
+        .current_dir(fixtures())
+        .env("CARGO_TARGET_DIR", fixture_target_dir())
+        .env_remove("LEAKCHECK_TEST_ID")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(100), "{stderr}");
+    assert!(stderr.contains("3 tests run: 0 passed, 3 failed"), "{stderr}");
+    let all = format!("{stdout}{stderr}");
+    assert!(all.contains("leaked fd 3 -> /tmp/leakcheck-fixture-forgotten.txt (regular file)"), "{all}");
+    assert!(all.contains("leaked thread \"flusher\""), "{all}");
+    assert!(all.contains("arithmetic is broken on purpose"), "{all}");
+}
