@@ -286,29 +286,20 @@ fn help_explains_the_exit_codes() {
     }
 }
 
-fn interrupt_mid_run(signal: &str) {
+fn interrupt_mid_run(signal: &str, package: &str, test: &str, daemon: &str) {
     let _serial = serial();
     // Build first, so the run below reaches its tests at once.
-    let built = run_to_end(leakcheck(&["-p", "leaky", "--test", "outcomes", "ignored_test"]));
+    let built = run_to_end(leakcheck(&["-p", package, "--list"]));
     assert_eq!(built.code, Some(0), "{}", built.stderr);
 
-    let mut command = leakcheck(&[
-        "-p",
-        "leaky",
-        "--timeout",
-        "10m",
-        "--message-format",
-        "json",
-        "hangs_with_children",
-        "--",
-        "--ignored",
-    ]);
+    let mut command =
+        leakcheck(&["-p", package, "--timeout", "10m", "--message-format", "json", test, "--", "--ignored", "--exact"]);
     let child = command.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap();
     let pid = child.id();
     let guard = KillOnDrop(Some(child));
     // Wait until the test has started both of its sleeps.
     let started = std::time::Instant::now();
-    while !processes_of_run(pid).iter().any(|(_, cmdline)| cmdline.starts_with("sleep 301")) {
+    while !processes_of_run(pid).iter().any(|(_, cmdline)| cmdline.starts_with(daemon)) {
         assert!(started.elapsed() < std::time::Duration::from_secs(120), "the hanging test never started");
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
@@ -318,7 +309,7 @@ fn interrupt_mid_run(signal: &str) {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(130), "stderr:\n{stderr}");
     assert!(stderr.contains(&format!("error: interrupted by SIG{signal}")), "{stderr}");
-    assert!(stderr.contains("1 not run (the run was interrupted)"), "{stderr}");
+    assert!(stderr.contains(" not run (the run was interrupted)"), "{stderr}");
     let report: leakcheck::Report = serde_json::from_slice(&output.stdout).unwrap();
     assert!(report.summary.interrupted);
     assert!(report.tests.is_empty(), "{:#?}", report.tests);
@@ -327,12 +318,17 @@ fn interrupt_mid_run(signal: &str) {
 
 #[test]
 fn sigint_mid_run_kills_every_test_process() {
-    interrupt_mid_run("INT");
+    interrupt_mid_run("INT", "leaky", "hangs_with_children", "sleep 301");
 }
 
 #[test]
 fn sigterm_mid_run_kills_every_test_process() {
-    interrupt_mid_run("TERM");
+    interrupt_mid_run("TERM", "leaky", "hangs_with_children", "sleep 301");
+}
+
+#[test]
+fn sigterm_mid_run_kills_every_process_of_a_harness_binary() {
+    interrupt_mid_run("TERM", "faults", "hangs_with_a_tree", "sleep 305");
 }
 
 /// (binary, test) -> "outcome kinds" lines of `fixtures/expected-outcomes.txt`.

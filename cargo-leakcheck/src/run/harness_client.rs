@@ -24,7 +24,7 @@ use crate::list::TestCase;
 
 /// Runs the harness binary of `cases` (all of one binary, none ignored) and
 /// returns one record per case, in `cases` order, calling `on_record` as each
-/// arrives. `Ok(None)` when the run was interrupted.
+/// arrives. A case the run was interrupted under has none.
 pub(crate) fn run_harness(
     context: &RunContext,
     waker: &Waker,
@@ -32,7 +32,7 @@ pub(crate) fn run_harness(
     list_args: &[String],
     jobs: usize,
     on_record: &mut dyn FnMut(&mut TestRecord),
-) -> io::Result<Vec<TestRecord>> {
+) -> io::Result<Vec<Option<TestRecord>>> {
     waker.drain();
     let binary = &cases[0].binary;
     let marker = format!("{}:harness:{}", std::process::id(), cases[0].serial);
@@ -125,8 +125,10 @@ pub(crate) fn run_harness(
     stdout.drain_until_eof(DRAIN_LIMIT);
     stderr.drain_until_eof(DRAIN_LIMIT);
 
+    if context.supervisor.interrupted().is_some() {
+        return Ok(received);
+    }
     let why_missing = match status {
-        _ if context.supervisor.interrupted().is_some() => "the run was interrupted".to_owned(),
         ExitStatus::Code(code) => format!("the harness exited with status {code} before reporting this test"),
         ExitStatus::Signal(signal) => format!("the harness was killed by {signal} before reporting this test"),
     };
@@ -140,7 +142,7 @@ pub(crate) fn run_harness(
         .into_iter()
         .zip(cases)
         .map(|(record, case)| {
-            record.unwrap_or_else(|| {
+            Some(record.unwrap_or_else(|| {
                 let mut record = TestRecord {
                     binary: binary.id.clone(),
                     name: case.name.clone(),
@@ -155,7 +157,7 @@ pub(crate) fn run_harness(
                 };
                 on_record(&mut record);
                 record
-            })
+            }))
         })
         .collect())
 }

@@ -76,18 +76,15 @@ pub(crate) fn run_all(
                 .map(|case| {
                     let mut record = tool_error_record(case, &error);
                     report(&mut record);
-                    record
+                    Some(record)
                 })
                 .collect(),
         };
-        if context.supervisor.interrupted().is_some() {
-            break;
-        }
         for (index, record) in to_run.into_iter().zip(records) {
-            if fail_fast && record.outcome.is_failure() {
+            if fail_fast && record.as_ref().is_some_and(|record| record.outcome.is_failure()) {
                 stop.store(true, Ordering::SeqCst);
             }
-            slots[index] = Some(record);
+            slots[index] = record;
         }
     }
 
