@@ -10,13 +10,13 @@ use std::io;
 use std::time::{Duration, Instant};
 
 use crate::record::Leak;
-use crate::snapshot::{state_name, FdEntry, ProcessInfo, Snapshot, ThreadEntry};
+use crate::snapshot::{state_name, FdEntry, FdKey, ProcessInfo, Snapshot, ThreadEntry};
 
 /// What a process held before the test: anything else at the end is a leak.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Baseline {
-    /// fd number -> link target.
-    pub fds: BTreeMap<i32, String>,
+    /// fd number -> what it refers to.
+    pub fds: BTreeMap<i32, FdKey>,
     /// Thread ids.
     pub threads: BTreeSet<i32>,
     /// Child pids.
@@ -27,7 +27,7 @@ impl Baseline {
     /// Everything in `snapshot` is part of the baseline.
     pub fn of(snapshot: &Snapshot) -> Baseline {
         Baseline {
-            fds: snapshot.fds.iter().map(|entry| (entry.fd, entry.target.clone())).collect(),
+            fds: snapshot.fds.iter().map(|entry| (entry.fd, entry.key)).collect(),
             threads: snapshot.threads.iter().map(|thread| thread.tid).collect(),
             children: snapshot.children.iter().map(|child| child.pid).collect(),
         }
@@ -46,12 +46,22 @@ pub struct Delta {
 }
 
 impl Delta {
-    /// Compares `snapshot` with `baseline`.
+    /// Compares `snapshot` with `baseline`; reads the link target of each
+    /// fd that is new or now refers to something else.
     pub fn between(baseline: &Baseline, snapshot: Snapshot) -> Delta {
+        let pid = snapshot.pid;
         let fds = snapshot
             .fds
             .into_iter()
-            .filter(|entry| baseline.fds.get(&entry.fd).is_none_or(|target| *target != entry.target))
+            .filter(|entry| baseline.fds.get(&entry.fd) != Some(&entry.key))
+            .map(|mut entry| {
+                #[cfg(target_os = "linux")]
+                if entry.target.is_empty() {
+                    entry.target = crate::snapshot::fd_target(pid, entry.fd);
+                }
+                let _ = pid;
+                entry
+            })
             .collect();
         let threads = snapshot.threads.into_iter().filter(|thread| !baseline.threads.contains(&thread.tid)).collect();
         let children = snapshot.children.into_iter().filter(|child| !baseline.children.contains(&child.pid)).collect();
@@ -109,17 +119,19 @@ pub fn settle(grace: Duration, mut read: impl FnMut() -> io::Result<Delta>) -> i
 mod tests {
     use super::*;
 
-    fn fd(fd: i32, target: &str) -> FdEntry {
-        FdEntry { fd, target: target.into() }
+    fn fd(fd: i32, ino: u64, target: &str) -> FdEntry {
+        FdEntry { fd, key: FdKey { dev: 1, ino }, target: target.into() }
     }
 
     #[test]
-    fn an_fd_is_new_by_number_or_by_target() {
-        let before = Snapshot { fds: vec![fd(0, "/dev/null"), fd(1, "pipe:[1]")], ..Snapshot::default() };
-        let after =
-            Snapshot { fds: vec![fd(0, "/dev/null"), fd(1, "/tmp/x"), fd(5, "socket:[9]")], ..Snapshot::default() };
+    fn an_fd_is_new_by_number_or_by_what_it_refers_to() {
+        let before = Snapshot { fds: vec![fd(0, 10, "/dev/null"), fd(1, 11, "pipe:[1]")], ..Snapshot::default() };
+        let after = Snapshot {
+            fds: vec![fd(0, 10, "/dev/null"), fd(1, 12, "/tmp/x"), fd(5, 13, "socket:[9]")],
+            ..Snapshot::default()
+        };
         let delta = Delta::between(&Baseline::of(&before), after);
-        assert_eq!(delta.fds, vec![fd(1, "/tmp/x"), fd(5, "socket:[9]")]);
+        assert_eq!(delta.fds, vec![fd(1, 12, "/tmp/x"), fd(5, 13, "socket:[9]")]);
     }
 
     #[test]
@@ -135,7 +147,7 @@ mod tests {
         assert_eq!(reads, 1);
         assert!(start.elapsed() < Duration::from_secs(1));
 
-        let leaky = Delta { fds: vec![fd(3, "/tmp/y")], ..Delta::default() };
+        let leaky = Delta { fds: vec![fd(3, 14, "/tmp/y")], ..Delta::default() };
         let start = Instant::now();
         let delta = settle(Duration::from_millis(40), || Ok(leaky.clone())).unwrap();
         assert_eq!(delta, leaky);

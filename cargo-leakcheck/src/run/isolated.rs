@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use leakcheck::diff::{child_leak, settle, Baseline, Delta};
 use leakcheck::record::InProcessReport;
-use leakcheck::snapshot;
+use leakcheck::snapshot::{self, key_of_path, FdKey};
 use leakcheck::{Leak, Outcome, TestRecord};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::Signal;
@@ -157,7 +157,10 @@ pub(crate) fn run_test(
     });
 
     let baseline = Baseline {
-        fds: [(0, "/dev/null".to_owned()), (1, link_of(&stdout)), (2, link_of(&stderr))].into(),
+        fds: [(0, key_of_path("/dev/null")), (1, key_of(&stdout)), (2, key_of(&stderr))]
+            .into_iter()
+            .filter_map(|(fd, key)| Some((fd, key?)))
+            .collect(),
         threads: [pid].into(),
         children: Default::default(),
     };
@@ -406,11 +409,9 @@ pub(crate) fn wait_for_events(fds: &[Option<std::os::fd::BorrowedFd<'_>>], timeo
     Ok(fds.iter().map(|fd| fd.is_some() && ready.next().unwrap_or(false)).collect())
 }
 
-/// `pipe:[inode]` of one of our pipe ends: the child's end has the same target.
-fn link_of(fd: &impl AsRawFd) -> String {
-    std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()))
-        .map(|target| target.to_string_lossy().into_owned())
-        .unwrap_or_default()
+/// What one of our pipe ends refers to: the child's end is the same pipe.
+fn key_of(fd: &impl AsRawFd) -> Option<FdKey> {
+    key_of_path(&format!("/proc/self/fd/{}", fd.as_raw_fd()))
 }
 
 /// Marks every fd above stderr close-on-exec, so each test process starts

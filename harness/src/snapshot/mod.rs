@@ -12,15 +12,28 @@ mod proc;
 #[cfg(target_os = "linux")]
 pub use identity::describe_fd;
 #[cfg(target_os = "linux")]
-pub use proc::{process_info, take, tgid_of};
+pub use proc::{fd_target, key_of_path, process_info, take, tgid_of};
+
+/// What an fd refers to, cheaply comparable: the device and inode of the
+/// open file (for a socket or pipe, its inode in sockfs or pipefs).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct FdKey {
+    /// `st_dev`.
+    pub dev: u64,
+    /// `st_ino`.
+    pub ino: u64,
+}
 
 /// One open file descriptor.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FdEntry {
     /// Its number.
     pub fd: i32,
+    /// What it refers to.
+    pub key: FdKey,
     /// Where `/proc/<pid>/fd/<fd>` points: a path, `socket:[123]`, `pipe:[45]`,
-    /// `anon_inode:[eventfd]`. Empty if it closed while being read.
+    /// `anon_inode:[eventfd]`. Read only for fds that are new since the
+    /// baseline (empty otherwise, or if it closed while being read).
     pub target: String,
 }
 
@@ -64,6 +77,8 @@ pub struct ProcessInfo {
 /// Everything the leak checks compare, read at one instant.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Snapshot {
+    /// The process it was read from.
+    pub pid: i32,
     /// Open fds, ascending.
     pub fds: Vec<FdEntry>,
     /// Threads still alive (dead ones being torn down are left out).

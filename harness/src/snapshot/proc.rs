@@ -8,26 +8,34 @@ use std::fs;
 use std::io;
 use std::path::Path;
 
-use super::{FdEntry, ProcessInfo, Snapshot, ThreadEntry};
+use super::{FdEntry, FdKey, ProcessInfo, Snapshot, ThreadEntry};
 
 /// Reads the fds, threads and children of process `pid`.
+///
+/// An fd's identity is its file's device and inode: `fstat` for this
+/// process (no path lookup), `stat` through `/proc/<pid>/fd/N` for another.
+/// Its link target, which costs a `readlink` per fd, is read later and only
+/// for new fds ([`fd_target`]): measured here, that keeps a snapshot of a
+/// process with 64 fds at tens of microseconds rather than hundreds.
 ///
 /// Fails only when the process itself is gone or `/proc` is unreadable.
 pub fn take(pid: i32) -> io::Result<Snapshot> {
     let base = format!("/proc/{pid}");
-    let mut fds = Vec::new();
-    let fd_dir = format!("{base}/fd");
-    for entry in fs::read_dir(&fd_dir)? {
-        let entry = entry?;
-        let Some(fd) = entry.file_name().to_str().and_then(|name| name.parse::<i32>().ok()) else { continue };
-        let target = match fs::read_link(entry.path()) {
-            Ok(target) => target.to_string_lossy().into_owned(),
-            Err(_) => continue, // closed while we read the directory
-        };
-        if target == fd_dir {
-            continue; // the handle of this very directory listing (when reading ourselves)
+    let own = pid == std::process::id() as i32;
+    let mut numbers: Vec<i32> = Vec::new();
+    for entry in fs::read_dir(format!("{base}/fd"))? {
+        if let Some(fd) = entry?.file_name().to_str().and_then(|name| name.parse::<i32>().ok()) {
+            numbers.push(fd);
         }
-        fds.push(FdEntry { fd, target });
+    }
+    // The directory handle itself was one of them; it is closed by now, so
+    // for this process its number fails fstat (EBADF) and drops out.
+    let mut fds = Vec::with_capacity(numbers.len());
+    for fd in numbers {
+        let key = if own { key_of_own_fd(fd) } else { key_of_path(&format!("{base}/fd/{fd}")) };
+        if let Some(key) = key {
+            fds.push(FdEntry { fd, key, target: String::new() });
+        }
     }
     fds.sort_by_key(|entry| entry.fd);
 
@@ -51,7 +59,30 @@ pub fn take(pid: i32) -> io::Result<Snapshot> {
     child_pids.sort_unstable();
     child_pids.dedup();
     let children = child_pids.into_iter().filter_map(|child| process_info(child).ok()).collect();
-    Ok(Snapshot { fds, threads, children })
+    Ok(Snapshot { pid, fds, threads, children })
+}
+
+fn key_of_own_fd(fd: i32) -> Option<FdKey> {
+    // SAFETY: fstat writes into a zeroed stat buffer we own; a closed fd
+    // just fails with EBADF.
+    unsafe {
+        let mut stat: libc::stat = std::mem::zeroed();
+        (libc::fstat(fd, &mut stat) == 0).then_some(FdKey { dev: stat.st_dev, ino: stat.st_ino })
+    }
+}
+
+/// The device and inode of what `path` names (following links).
+pub fn key_of_path(path: &str) -> Option<FdKey> {
+    use std::os::unix::fs::MetadataExt;
+    fs::metadata(path).ok().map(|meta| FdKey { dev: meta.dev(), ino: meta.ino() })
+}
+
+/// Where fd `fd` of process `pid` points (`/tmp/x`, `socket:[123]`); empty
+/// if it closed meanwhile.
+pub fn fd_target(pid: i32, fd: i32) -> String {
+    fs::read_link(format!("/proc/{pid}/fd/{fd}"))
+        .map(|target| target.to_string_lossy().into_owned())
+        .unwrap_or_default()
 }
 
 /// Reads the identity, state and command line of process `pid`.
@@ -143,7 +174,9 @@ mod tests {
         let after = take(pid).unwrap();
         assert!(after.threads.iter().any(|thread| thread.name == "snap-probe"));
         assert!(!before.threads.iter().any(|thread| thread.name == "snap-probe"));
-        assert!(after.fds.iter().any(|fd| fd.target.ends_with("leakcheck-snapshot-selftest")));
+        let new: Vec<i32> =
+            after.fds.iter().filter(|fd| !before.fds.iter().any(|old| old.fd == fd.fd)).map(|fd| fd.fd).collect();
+        assert!(new.iter().any(|&fd| fd_target(pid, fd).ends_with("leakcheck-snapshot-selftest")), "{new:?}");
         drop(stop_tx);
         worker.join().unwrap().unwrap_err();
         drop(file);
