@@ -97,3 +97,75 @@ if [ -n "${medians["cargo nextest run"]:-}" ]; then
     "$(awk -v a="${medians["cargo leakcheck"]}" -v b="${medians["cargo nextest run"]}" 'BEGIN { print a / b }')"
 fi
 printf '  ratio leakcheck / cargo test: %.2f\n' "$(awk -v a="${medians["cargo leakcheck"]}" -v b="${medians["cargo test"]}" 'BEGIN { print a / b }')"
+
+# ---------------------------------------------------------------------------
+# The rest: allocation-heavy tests, snapshot and allocator micro-benchmarks,
+# and 10,000 tests (time and peak memory of cargo-leakcheck). Skipped with
+# BENCH_QUICK=1.
+[ "${BENCH_QUICK:-}" = 1 ] && exit 0
+
+alloc_suite() { # $1: name, $2: main! argument
+  local dir=$root/target/bench-suite/$1
+  mkdir -p "$dir/tests" "$dir/src"
+  cat > "$dir/Cargo.toml" <<TOML
+[package]
+name = "$1"
+version = "0.1.0"
+edition = "2021"
+publish = false
+
+[workspace]
+
+[dev-dependencies]
+leakcheck = { path = "$root/harness" }
+
+[[test]]
+name = "allocs"
+harness = false
+TOML
+  echo "" > "$dir/src/lib.rs"
+  {
+    [ "$2" = custom_allocator ] && printf '#[global_allocator]\nstatic SYSTEM: std::alloc::System = std::alloc::System;\n'
+    for i in $(seq 200); do
+      printf '#[leakcheck::test]\nfn allocs_%03d() {\n    for i in 0..100_000u64 {\n        std::hint::black_box(Box::new(i));\n    }\n}\n' "$i"
+    done
+    echo "leakcheck::main!($2);"
+  } > "$dir/tests/allocs.rs"
+  (cd "$dir" && CARGO_TARGET_DIR=$dir/target cargo test -q --release --no-run 2>/dev/null)
+  echo "$dir"
+}
+counting=$(alloc_suite allocs-counting "")
+plain=$(alloc_suite allocs-system custom_allocator)
+times_counting=""; times_plain=""
+for round in $(seq "$rounds"); do
+  times_plain+="$(CARGO_TARGET_DIR=$plain/target dir=$plain time_one "$tool" leakcheck --release --no-fail-fast) "
+  times_counting+="$(CARGO_TARGET_DIR=$counting/target dir=$counting time_one "$tool" leakcheck --release --no-fail-fast) "
+done
+m_plain=$(echo "$times_plain" | tr ' ' '\n' | sed '/^$/d' | median)
+m_counting=$(echo "$times_counting" | tr ' ' '\n' | sed '/^$/d' | median)
+printf '\n200 tests of 100,000 small allocations each, harness target, --release, median of %d:\n' "$rounds"
+printf '  %-34s %8.3f s\n' "system allocator (heap not measured)" "$m_plain" "leakcheck::Alloc (heap checked)" "$m_counting"
+printf '  ratio counting / system: %.2f\n' "$(awk -v a="$m_counting" -v b="$m_plain" 'BEGIN { print a / b }')"
+
+printf '\nMicro-benchmarks (cargo bench -p leakcheck --bench micro):\n'
+(cd "$root" && cargo bench -q -p leakcheck --bench micro 2>/dev/null) | sed 's/^/  /'
+
+big=$root/target/bench-suite/trivial-10000
+if [ ! -f "$big/tests/trivial.rs" ]; then
+  mkdir -p "$big/tests" "$big/src"
+  sed 's/trivial-1000/trivial-10000/; s/name = "trivial-[0-9]*"/name = "trivial-10000"/' "$suite/Cargo.toml" > "$big/Cargo.toml"
+  echo "" > "$big/src/lib.rs"
+  for i in $(seq 10000); do
+    printf '#[test]\nfn trivial_%05d() {\n    assert_eq!(%d + 1, %d);\n}\n' "$i" "$i" "$((i + 1))"
+  done > "$big/tests/trivial.rs"
+fi
+(cd "$big" && CARGO_TARGET_DIR=$big/target cargo test -q --no-run 2>/dev/null)
+printf '\n10,000 trivial tests, cargo leakcheck (zero-config), one run:\n'
+start=$(date +%s.%N)
+(cd "$big" && CARGO_TARGET_DIR=$big/target LEAKCHECK_REPORT_PEAK_RSS=1 \
+  "$tool" leakcheck --no-fail-fast >/dev/null 2>/tmp/leakcheck-bench-10k.txt) || true
+end=$(date +%s.%N)
+printf '  wall %.3f s; %s\n' "$(awk -v a="$start" -v b="$end" 'BEGIN { print b - a }')" \
+  "$(grep 'peak RSS' /tmp/leakcheck-bench-10k.txt)"
+printf '  (1,000 tests took %.3f s: linear would be %.1f s)\n' "${medians["cargo leakcheck"]}" \
+  "$(awk -v a="${medians["cargo leakcheck"]}" 'BEGIN { print a * 10 }')"

@@ -32,6 +32,14 @@ pub(crate) fn main() -> u8 {
         cli::Invocation::Run(args) => try_main(args, supervisor),
         cli::Invocation::Wrap(args) => crate::wrap::wrap(args, supervisor),
     };
+    if std::env::var_os("LEAKCHECK_REPORT_PEAK_RSS").is_some() {
+        // For the benchmark script: this process's own peak memory (a
+        // rusage of the tree would include cargo and the tests).
+        let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+        if let Some(line) = status.lines().find(|line| line.starts_with("VmHWM:")) {
+            eprintln!("cargo-leakcheck peak RSS: {}", line.trim_start_matches("VmHWM:").trim());
+        }
+    }
     match result {
         Ok(code) => code,
         Err(error) => {
