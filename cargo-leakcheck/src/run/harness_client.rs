@@ -12,14 +12,13 @@ use std::io::{self, Read};
 use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
-use std::sync::Arc;
 use std::time::Instant;
 
 use leakcheck::{Outcome, TestRecord};
 
 use super::isolated::{wait_for_events, RunContext, Waker, DRAIN_LIMIT, TERMINATE_GRACE};
 use super::output::Capture;
-use super::reaper::{self, ExitSlot, ExitStatus, MARKER_VAR};
+use super::reaper::{self, ExitStatus, SpawnedTest, MARKER_VAR};
 use crate::list::TestCase;
 
 /// Runs the harness binary of `cases` (all of one binary, none ignored) and
@@ -63,17 +62,12 @@ pub(crate) fn run_harness(
             Ok(())
         });
     }
-    let slot = Arc::new(ExitSlot::new(waker.writer.try_clone()?));
     let started = Instant::now();
-    let mut child = context.supervisor.spawn_registered(slot.clone(), || {
-        let child = command.spawn()?;
-        let pid = child.id() as i32;
-        io::Result::Ok((child, pid, marker.clone()))
-    })?;
+    let SpawnedTest { pid, slot, stdout, stderr } =
+        context.supervisor.spawn_test(&mut command, &marker, &waker.writer)?;
     drop(records_write);
-    let pid = child.id() as i32;
-    let mut stdout = Capture::new(child.stdout.take().expect("stdout is piped").into());
-    let mut stderr = Capture::new(child.stderr.take().expect("stderr is piped").into());
+    let mut stdout = Capture::new(stdout.into());
+    let mut stderr = Capture::new(stderr.into());
     nix::fcntl::fcntl(&records, nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK))?;
 
     let wanted: HashMap<&str, usize> =

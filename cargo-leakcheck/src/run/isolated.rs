@@ -10,7 +10,6 @@ use std::io::{self, Read};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use leakcheck::diff::{child_leak, settle, Baseline, Delta};
@@ -23,7 +22,7 @@ use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
 
 use super::output::Capture;
 use super::probe::{self, ExitFilter, Listener};
-use super::reaper::{self, ExitSlot, ExitStatus, Supervisor, MARKER_VAR};
+use super::reaper::{self, ExitStatus, SpawnedTest, Supervisor, MARKER_VAR};
 use crate::list::TestCase;
 
 /// What every test of a run shares.
@@ -133,17 +132,9 @@ pub(crate) fn run_test(
         });
     }
 
-    let slot = Arc::new(ExitSlot::new(waker.writer.try_clone()?));
     let started = Instant::now();
-    let mut child = context.supervisor.spawn_registered(slot.clone(), || {
-        let child = command.spawn()?;
-        let pid = child.id() as i32;
-        io::Result::Ok((child, pid, marker.clone()))
-    })?;
-    let pid = child.id() as i32;
-    let stdout = child.stdout.take().expect("stdout is piped");
-    let stderr = child.stderr.take().expect("stderr is piped");
-    // `child` is never waited through std: the reaper owns that (see reaper.rs).
+    let SpawnedTest { pid, slot, stdout, stderr } =
+        context.supervisor.spawn_test(&mut command, &marker, &waker.writer)?;
 
     let listener = probe_socket.and_then(|(parent, child_end)| {
         drop::<OwnedFd>(child_end);

@@ -16,7 +16,8 @@
 //! exit status can never be reaped before its worker is known.
 
 use std::collections::HashMap;
-use std::io::Write;
+use std::io::{self, PipeWriter, Write};
+use std::process::{ChildStderr, ChildStdout, Command};
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -62,6 +63,17 @@ pub(crate) struct RunningTest {
     /// The value of `LEAKCHECK_TEST_ID` in the test's environment.
     pub(crate) marker: String,
     pub(crate) slot: Arc<ExitSlot>,
+}
+
+/// A test process just spawned by [`Supervisor::spawn_test`].
+#[derive(Debug)]
+pub(crate) struct SpawnedTest {
+    /// Its pid, also its process group.
+    pub(crate) pid: i32,
+    /// Where its exit status arrives.
+    pub(crate) slot: Arc<ExitSlot>,
+    pub(crate) stdout: ChildStdout,
+    pub(crate) stderr: ChildStderr,
 }
 
 /// Shared by the workers and the signal thread.
@@ -180,21 +192,23 @@ impl Supervisor {
         Signal::try_from(self.interrupted.load(Ordering::SeqCst)).ok()
     }
 
-    /// Spawns with the registry locked, then registers the test; see the
-    /// module's invariant. `spawn` returns the new pid and its marker.
-    pub(crate) fn spawn_registered<T, E>(
-        &self,
-        slot: Arc<ExitSlot>,
-        spawn: impl FnOnce() -> Result<(T, i32, String), E>,
-    ) -> Result<T, E> {
+    /// Spawns a test process (stdout and stderr piped) with the registry
+    /// locked, and registers it: see the module's invariant. Its exit status
+    /// will arrive in the returned slot, and `wake` will be written to.
+    pub(crate) fn spawn_test(&self, command: &mut Command, marker: &str, wake: &PipeWriter) -> io::Result<SpawnedTest> {
+        let slot = Arc::new(ExitSlot::new(wake.try_clone()?));
         let mut running = lock(&self.running);
-        let (spawned, pid, marker) = spawn()?;
-        running.insert(pid, RunningTest { pid, marker, slot });
+        let mut child = command.spawn()?;
+        let pid = child.id() as i32;
+        running.insert(pid, RunningTest { pid, marker: marker.to_owned(), slot: slot.clone() });
         drop(running);
         if self.interrupted().is_some() {
             kill_group(pid, Signal::SIGKILL);
         }
-        Ok(spawned)
+        // `child` is never waited for through std: the reaper owns that.
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let stderr = child.stderr.take().expect("stderr is piped");
+        Ok(SpawnedTest { pid, slot, stdout, stderr })
     }
 
     /// Forgets a test whose status was delivered.
