@@ -135,7 +135,10 @@ pub(crate) fn build_tests(
         let env = test_env(package, &artifact.target.name, executable.as_std_path());
         let cwd = package.manifest_path.parent().map(|dir| dir.as_std_path().to_owned()).unwrap_or_default();
         let executable = executable.into_std_path_buf();
-        let harness = is_leakcheck_harness(&executable);
+        // Only a package that depends on leakcheck can hold its harness;
+        // the others are not read at all.
+        let harness = package.dependencies.iter().any(|dependency| dependency.name == "leakcheck")
+            && is_leakcheck_harness(&executable);
         binaries.insert(id.clone(), TestBinary { id, executable, cwd, env, harness });
     }
     let status = child.wait().map_err(|source| RunError::SpawnCargo { command: process::display(&command), source })?;
