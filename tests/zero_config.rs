@@ -52,6 +52,13 @@ fn every_leak_of_the_showcase_is_named() {
     assert_eq!(threads(sleeper), ["sleeper"], "{sleeper:#?}");
     assert_eq!(sleeper.leaks.len(), 1);
 
+    let unnamed = record(&report, leaks, "thread::unnamed_thread");
+    assert_outcome(unnamed, Outcome::Leaked);
+    match &unnamed.leaks[..] {
+        [leakcheck::Leak::Thread { name, unnamed: true, .. }] => assert_eq!(name, "thread::unnamed"),
+        other => panic!("expected one unnamed thread: {other:#?}"),
+    }
+
     let runtime = record(&report, leaks, "thread::forgotten_tokio_runtime");
     assert_outcome(runtime, Outcome::Leaked);
     assert_eq!(threads(runtime), ["tokio-rt-worker", "tokio-rt-worker"], "{runtime:#?}");
@@ -88,7 +95,7 @@ fn every_leak_of_the_showcase_is_named() {
     let summary = &report.summary;
     assert_eq!(
         (summary.tests, summary.passed, summary.leaked, summary.failed, summary.ignored, summary.timed_out),
-        (14, 0, 10, 1, 3, 0),
+        (15, 0, 11, 1, 3, 0),
         "{summary:#?}"
     );
 }
@@ -170,8 +177,8 @@ fn fail_fast_stops_starting_tests_after_the_first_failure() {
     assert_eq!(run.code, Some(100), "stderr:\n{}", run.stderr);
     let report = run.report();
     assert_eq!(report.tests.len(), 1, "{:#?}", report.tests);
-    assert_eq!(report.summary.not_run, 9);
-    assert!(run.stderr.contains("9 not run (fail-fast; use --no-fail-fast)"), "{}", run.stderr);
+    assert_eq!(report.summary.not_run, 10);
+    assert!(run.stderr.contains("10 not run (fail-fast; use --no-fail-fast)"), "{}", run.stderr);
 }
 
 #[test]

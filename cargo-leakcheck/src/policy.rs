@@ -122,7 +122,7 @@ mod tests {
     }
 
     fn thread(name: &str) -> Leak {
-        Leak::Thread { tid: 1, name: name.into(), state: "sleeping".into() }
+        Leak::Thread { tid: 1, name: name.into(), state: "sleeping".into(), unnamed: false }
     }
 
     #[test]

@@ -86,10 +86,32 @@ impl Delta {
             tid: thread.tid,
             name: thread.name,
             state: state_name(thread.state).to_owned(),
+            unnamed: false,
         });
         let children = self.children.into_iter().map(|child| child_leak(child, false));
         fds.chain(threads).chain(children).collect()
     }
+}
+
+/// Marks the leaked threads that carry the name of the test thread (they
+/// were never named: Linux gives a new thread its creator's name, cut to 15
+/// bytes).
+pub fn mark_unnamed_threads(leaks: &mut [Leak], test_thread_name: &str) {
+    let inherited = comm_of(test_thread_name);
+    for leak in leaks {
+        if let Leak::Thread { name, unnamed, .. } = leak {
+            *unnamed = !inherited.is_empty() && *name == inherited;
+        }
+    }
+}
+
+/// What the kernel keeps of a thread name: its first 15 bytes.
+fn comm_of(name: &str) -> &str {
+    let mut end = name.len().min(15);
+    while !name.is_char_boundary(end) {
+        end -= 1;
+    }
+    &name[..end]
 }
 
 /// A leaked process as a [`Leak`]; `orphaned` when it was not the test's own child.

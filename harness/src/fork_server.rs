@@ -374,7 +374,7 @@ impl ForkServer {
 /// between a baseline and a check.
 fn run_in_child(def: &'static TestDef) -> TestRecord {
     let name = def.full_name();
-    let guard = Guard::start();
+    let guard = Guard::start_for_thread(&name);
     let run = def.run;
     let joined = std::thread::Builder::new()
         .name(name.clone())

@@ -8,7 +8,7 @@
 use std::io;
 
 use crate::alloc::{heap_usage, HeapUsage};
-use crate::diff::{settle, Baseline, Delta};
+use crate::diff::{mark_unnamed_threads, settle, Baseline, Delta};
 use crate::options::{Judgement, Kind, Options};
 use crate::record::Leak;
 use crate::snapshot;
@@ -19,6 +19,9 @@ pub struct Guard {
     pid: i32,
     baseline: Baseline,
     heap: Option<HeapUsage>,
+    /// Name of the thread the checked code runs on: threads it starts
+    /// without a name carry it.
+    test_thread: Option<String>,
 }
 
 /// What [`Guard::finish`] found.
@@ -35,10 +38,21 @@ impl Guard {
     /// the live heap. The heap is read last, so the baseline's own memory is
     /// part of it.
     pub fn start() -> io::Result<Guard> {
+        Guard::start_with(std::thread::current().name().map(str::to_owned))
+    }
+
+    /// Like [`Guard::start`], for code that runs on another thread, named
+    /// `test_thread` (threads it starts without a name carry that name).
+    pub fn start_for_thread(test_thread: &str) -> io::Result<Guard> {
+        Guard::start_with(Some(test_thread.to_owned()))
+    }
+
+    fn start_with(test_thread: Option<String>) -> io::Result<Guard> {
         let pid = std::process::id() as i32;
         let baseline = Baseline::of(&snapshot::take(pid)?);
+        // Last, so everything the guard itself holds is in the baseline.
         let heap = heap_usage();
-        Ok(Guard { pid, baseline, heap })
+        Ok(Guard { pid, baseline, heap, test_thread })
     }
 
     /// Compares the process with the baseline, settling for up to the
@@ -81,7 +95,11 @@ impl Guard {
             (_, false) => {}
         }
         let delta = settle(grace, || Ok(Delta::between(&self.baseline, snapshot::take(self.pid)?)))?;
-        leaks.splice(0..0, delta.into_leaks(self.pid));
+        let mut found = delta.into_leaks(self.pid);
+        if let Some(name) = &self.test_thread {
+            mark_unnamed_threads(&mut found, name);
+        }
+        leaks.splice(0..0, found);
         Ok(Finding { judgement: options.judge(leaks), unchecked })
     }
 }

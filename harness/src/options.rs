@@ -167,7 +167,7 @@ mod tests {
     fn rules_accept_up_to_max_and_skip_drops_a_kind() {
         const RULES: &[Allow] =
             &[Allow { kind: Kind::Thread, pattern: Some("pool-*"), max: Some(1), bytes: None, reason: "one pool" }];
-        let thread = |name: &str| Leak::Thread { tid: 1, name: name.into(), state: "sleeping".into() };
+        let thread = |name: &str| Leak::Thread { tid: 1, name: name.into(), state: "sleeping".into(), unnamed: false };
         let options = Options { allow: RULES, skip: &[Kind::Heap], grace_ms: None };
         let judgement = options.judge(vec![
             thread("pool-1"),

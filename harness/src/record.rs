@@ -67,6 +67,11 @@ pub enum Leak {
         name: String,
         /// Scheduler state: "running", "sleeping", "disk-sleep", "stopped", ...
         state: String,
+        /// True when the thread was never named: Linux gives a new thread
+        /// its creator's name, so `name` is then the (truncated) name of the
+        /// test thread that started it.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        unnamed: bool,
     },
     /// A child process (or a descendant orphaned by the test) still present
     /// when the test ended: still running, or a zombie never waited for.
@@ -109,7 +114,10 @@ impl Leak {
                 format!("fd {fd} -> {target}")
             }
             Leak::Fd { fd, target, detail } => format!("fd {fd} -> {target} ({detail})"),
-            Leak::Thread { tid, name, state } => format!("thread \"{name}\" (tid {tid}, {state})"),
+            Leak::Thread { tid, name, state, unnamed: false } => format!("thread \"{name}\" (tid {tid}, {state})"),
+            Leak::Thread { tid, name, state, unnamed: true } => {
+                format!("unnamed thread (tid {tid}, {state}; started by the test thread \"{name}\")")
+            }
             Leak::Child { pid, cmdline, state, orphaned } => {
                 let orphan = if *orphaned { ", orphaned grandchild" } else { "" };
                 format!("child `{cmdline}` (pid {pid}, {state}{orphan})")

@@ -12,7 +12,7 @@ use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use leakcheck::diff::{child_leak, settle, Baseline, Delta};
+use leakcheck::diff::{child_leak, mark_unnamed_threads, settle, Baseline, Delta};
 use leakcheck::record::InProcessReport;
 use leakcheck::snapshot::{self, key_of_path, FdKey};
 use leakcheck::{Leak, Outcome, TestRecord};
@@ -183,7 +183,9 @@ pub(crate) fn run_test(
         }
         if ready[2] {
             if let Some(listener) = &listener {
-                if serve_exit_call(listener, pid, &baseline, context.grace, &mut exit_view).is_err() && !killed {
+                if serve_exit_call(listener, pid, &case.name, &baseline, context.grace, &mut exit_view).is_err()
+                    && !killed
+                {
                     // The probe broke: the test cannot be judged; end it.
                     killed = true;
                     kill_all();
@@ -331,6 +333,7 @@ fn judge(
 fn serve_exit_call(
     listener: &Listener,
     pid: i32,
+    test_name: &str,
     baseline: &Baseline,
     grace: Duration,
     exit_view: &mut Option<ExitView>,
@@ -348,7 +351,10 @@ fn serve_exit_call(
         });
         match delta {
             Ok(delta) => {
-                *exit_view = Some(ExitView { leaks: delta.into_leaks(pid), children, by_main_thread: call.tid == pid })
+                let mut leaks = delta.into_leaks(pid);
+                // libtest names each test's thread after the test.
+                mark_unnamed_threads(&mut leaks, test_name);
+                *exit_view = Some(ExitView { leaks, children, by_main_thread: call.tid == pid })
             }
             Err(_) => {
                 *exit_view = Some(ExitView { leaks: Vec::new(), children, by_main_thread: call.tid == pid });
