@@ -14,7 +14,7 @@
 //!
 //! [[allow]]             # every profile
 //! kind = "thread"
-//! name = "tokio-*"      # fd: target, thread: name, child: cmdline, heap: bytes
+//! name = "tokio-*"      # fd: target (and/or detail), thread: name, child: cmdline, heap: bytes
 //! tests = "server::*"   # optional glob on the test name (or "binary test")
 //! max = 4               # optional, per test
 //! reason = "the shared runtime is started once per process"
@@ -111,6 +111,7 @@ struct AllowFile {
     kind: KindName,
     tests: Option<String>,
     target: Option<String>,
+    detail: Option<String>,
     name: Option<String>,
     cmdline: Option<String>,
     bytes: Option<u64>,
@@ -126,6 +127,8 @@ pub(crate) struct AllowRule {
     pub(crate) tests: Option<String>,
     /// Glob on the fd target, thread name or child command line.
     pub(crate) pattern: Option<String>,
+    /// For fds: glob on the description ("unix stream (connected, unnamed)").
+    pub(crate) detail: Option<String>,
     /// For the heap: growth accepted, in bytes.
     pub(crate) bytes: Option<u64>,
     /// Leaks accepted per test.
@@ -248,6 +251,12 @@ fn parse(text: &str, path: &Path, name: &str) -> Result<Profile, ConfigError> {
                 format!("an allow rule of kind `{}` matches with `{expected}`, not `{wrong}`", rule.kind.as_str()),
             ));
         }
+        if rule.detail.is_some() && rule.kind != KindName::Fd {
+            return Err(invalid(
+                Some(span),
+                "`detail` matches the description of an fd; use it with kind = \"fd\"".into(),
+            ));
+        }
         if rule.max.is_some() && rule.kind == KindName::Heap {
             return Err(invalid(Some(span), "`max` counts fds, threads or children; the heap takes `bytes`".into()));
         }
@@ -258,6 +267,7 @@ fn parse(text: &str, path: &Path, name: &str) -> Result<Profile, ConfigError> {
             kind: rule.kind,
             tests: rule.tests.clone(),
             pattern: rule.target.clone().or_else(|| rule.name.clone()).or_else(|| rule.cmdline.clone()),
+            detail: rule.detail.clone(),
             bytes: rule.bytes,
             max: rule.max,
             reason: rule.reason.clone(),
@@ -344,6 +354,10 @@ reason = "caches"
         assert_eq!(
             parse_err("[[allow]]\nkind = \"fd\"\nname = \"x\"\nreason = \"r\"\n"),
             "leakcheck.toml:1:1: an allow rule of kind `fd` matches with `target`, not `name`"
+        );
+        assert_eq!(
+            parse_err("[[allow]]\nkind = \"thread\"\ndetail = \"x\"\nreason = \"r\"\n"),
+            "leakcheck.toml:1:1: `detail` matches the description of an fd; use it with kind = \"fd\""
         );
         assert_eq!(
             parse(r#"[profile.nightly]"#, Path::new("leakcheck.toml"), "weekly").unwrap_err().to_string(),

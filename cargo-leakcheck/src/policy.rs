@@ -87,7 +87,10 @@ impl Policy {
                     glob_match(tests, &record.name) || glob_match(tests, &format!("{} {}", record.binary, record.name))
                 })
                 && match leak {
-                    Leak::Fd { target, .. } => rule.pattern.as_deref().is_none_or(|p| glob_match(p, target)),
+                    Leak::Fd { target, detail, .. } => {
+                        rule.pattern.as_deref().is_none_or(|p| glob_match(p, target))
+                            && rule.detail.as_deref().is_none_or(|p| glob_match(p, detail))
+                    }
                     Leak::Thread { name, .. } => rule.pattern.as_deref().is_none_or(|p| glob_match(p, name)),
                     Leak::Child { cmdline, .. } => rule.pattern.as_deref().is_none_or(|p| glob_match(p, cmdline)),
                     Leak::Heap { bytes, .. } => rule.bytes.is_none_or(|limit| *bytes <= limit),
@@ -131,6 +134,7 @@ mod tests {
             kind: KindName::Thread,
             tests: Some("pool::*".into()),
             pattern: Some("worker-*".into()),
+            detail: None,
             bytes: None,
             max: Some(2),
             reason: "the pool".into(),
