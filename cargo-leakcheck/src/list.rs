@@ -120,17 +120,23 @@ fn run_list(
 }
 
 /// Parses libtest's `--list --format terse`: `name: test` lines (benchmarks
-/// are skipped). `None` when a line has another shape.
+/// are skipped). Other lines (a logger or a constructor printing at start-up)
+/// are ignored when the output also has list lines; output with none at all
+/// is not a test list (`None`), unless it is empty (a binary with no tests).
 pub(crate) fn parse_terse_list(stdout: &str) -> Option<Vec<String>> {
     let mut names = Vec::new();
+    let (mut listed, mut other) = (0, 0);
     for line in stdout.lines().filter(|line| !line.trim().is_empty()) {
         if let Some(name) = line.strip_suffix(": test") {
             names.push(name.to_owned());
-        } else if line.strip_suffix(": benchmark").is_none() {
-            return None;
+            listed += 1;
+        } else if line.strip_suffix(": benchmark").is_some() {
+            listed += 1;
+        } else {
+            other += 1;
         }
     }
-    Some(names)
+    (listed > 0 || other == 0).then_some(names)
 }
 
 #[cfg(test)]
@@ -145,6 +151,7 @@ mod tests {
         );
         assert_eq!(parse_terse_list(""), Some(vec![]));
         assert_eq!(parse_terse_list("Usage: my-harness [options]\n"), None);
+        assert_eq!(parse_terse_list("INFO logger ready\na: test\n"), Some(vec!["a".to_owned()]));
     }
 
     #[test]
