@@ -123,13 +123,23 @@ pub fn child_leak(child: ProcessInfo, orphaned: bool) -> Leak {
 /// non-empty, until it is empty or `grace` has passed; returns the last delta.
 ///
 /// An empty first delta returns at once: clean tests pay no settling time.
-pub fn settle(grace: Duration, mut read: impl FnMut() -> io::Result<Delta>) -> io::Result<Delta> {
+pub fn settle(grace: Duration, read: impl FnMut() -> io::Result<Delta>) -> io::Result<Delta> {
+    settle_until(grace, read, Delta::is_empty)
+}
+
+/// Like [`settle`], but stops as soon as `done` accepts the delta (for
+/// example when every leak left is allowed: waiting would change nothing).
+pub fn settle_until(
+    grace: Duration,
+    mut read: impl FnMut() -> io::Result<Delta>,
+    done: impl Fn(&Delta) -> bool,
+) -> io::Result<Delta> {
     let start = Instant::now();
     let mut pause = Duration::from_millis(1);
     loop {
         let delta = read()?;
         let elapsed = start.elapsed();
-        if delta.is_empty() || elapsed >= grace {
+        if delta.is_empty() || done(&delta) || elapsed >= grace {
             return Ok(delta);
         }
         std::thread::sleep(pause.min(grace - elapsed));

@@ -8,7 +8,7 @@
 use std::io;
 
 use crate::alloc::{heap_usage, HeapUsage};
-use crate::diff::{mark_unnamed_threads, settle, Baseline, Delta};
+use crate::diff::{mark_unnamed_threads, settle_until, Baseline, Delta};
 use crate::options::{Judgement, Kind, Options};
 use crate::record::Leak;
 use crate::snapshot;
@@ -94,7 +94,10 @@ impl Guard {
             (None, true) => unchecked.push("heap".to_owned()),
             (_, false) => {}
         }
-        let delta = settle(grace, || Ok(Delta::between(&self.baseline, snapshot::take(self.pid)?)))?;
+        // Leaks the options allow will not go away by waiting: stop then.
+        let pid = self.pid;
+        let all_allowed = |delta: &Delta| options.judge(delta.clone().into_leaks(pid)).leaks.is_empty();
+        let delta = settle_until(grace, || Ok(Delta::between(&self.baseline, snapshot::take(pid)?)), all_allowed)?;
         let mut found = delta.into_leaks(self.pid);
         if let Some(name) = &self.test_thread {
             mark_unnamed_threads(&mut found, name);

@@ -12,7 +12,7 @@ use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use leakcheck::diff::{child_leak, mark_unnamed_threads, settle, Baseline, Delta};
+use leakcheck::diff::{child_leak, mark_unnamed_threads, settle_until, Baseline, Delta};
 use leakcheck::record::InProcessReport;
 use leakcheck::snapshot::{self, key_of_path, FdKey};
 use leakcheck::{Leak, Outcome, TestRecord};
@@ -183,9 +183,7 @@ pub(crate) fn run_test(
         }
         if ready[2] {
             if let Some(listener) = &listener {
-                if serve_exit_call(listener, pid, &case.name, &baseline, context.grace, &mut exit_view).is_err()
-                    && !killed
-                {
+                if serve_exit_call(listener, pid, case, &baseline, context, &mut exit_view).is_err() && !killed {
                     // The probe broke: the test cannot be judged; end it.
                     killed = true;
                     kill_all();
@@ -333,22 +331,27 @@ fn judge(
 fn serve_exit_call(
     listener: &Listener,
     pid: i32,
-    test_name: &str,
+    case: &TestCase,
     baseline: &Baseline,
-    grace: Duration,
+    context: &RunContext,
     exit_view: &mut Option<ExitView>,
 ) -> io::Result<()> {
+    let test_name = case.name.as_str();
     let Some(call) = listener.receive()? else { return Ok(()) };
     let is_test_process = call.tid == pid || snapshot::tgid_of(call.tid).is_ok_and(|tgid| tgid == pid);
     if is_test_process && exit_view.is_none() {
         let mut baseline = baseline.clone();
         baseline.threads.insert(call.tid);
         let mut children = Vec::new();
-        let delta = settle(grace, || {
+        let read = || {
             let snapshot = snapshot::take(pid)?;
             children = snapshot.children.iter().map(|child| child.pid).collect();
             Ok(Delta::between(&baseline, snapshot))
-        });
+        };
+        // What the configuration accepts will not go away by waiting.
+        let accepted =
+            |delta: &Delta| context.policy.accepts_all(&case.binary.id, test_name, delta.clone().into_leaks(pid));
+        let delta = settle_until(context.grace, read, accepted);
         match delta {
             Ok(delta) => {
                 let mut leaks = delta.into_leaks(pid);
