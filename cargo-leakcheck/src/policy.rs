@@ -102,18 +102,7 @@ impl Policy {
     /// off or warned, allow rules within their max, baseline entries),
     /// without counting anything: lets settling stop early.
     pub(crate) fn accepts_all(&self, binary: &str, test: &str, leaks: Vec<Leak>) -> bool {
-        let record = TestRecord {
-            binary: binary.to_owned(),
-            name: test.to_owned(),
-            outcome: Outcome::Leaked,
-            duration_ms: 0,
-            message: None,
-            leaks: Vec::new(),
-            unchecked: Vec::new(),
-            allowed: Vec::new(),
-            warnings: Vec::new(),
-            output: None,
-        };
+        let record = TestRecord::new(binary, test, Outcome::Leaked);
         let mut per_rule = vec![0usize; self.rules.len()];
         leaks.into_iter().all(|leak| match self.severities[kind_index(&leak)].unwrap_or(Severity::Fail) {
             Severity::Off | Severity::Warn => true,

@@ -479,18 +479,7 @@ fn payload_text(payload: &(dyn std::any::Any + Send)) -> String {
 }
 
 fn failed_record(def: &TestDef, message: String) -> TestRecord {
-    TestRecord {
-        binary: String::new(),
-        name: def.full_name(),
-        outcome: Outcome::Failed,
-        duration_ms: 0,
-        message: Some(message),
-        leaks: Vec::new(),
-        unchecked: Vec::new(),
-        allowed: Vec::new(),
-        warnings: Vec::new(),
-        output: None,
-    }
+    TestRecord { message: Some(message), ..TestRecord::new("", def.full_name(), Outcome::Failed) }
 }
 
 fn print_failures(failures: &[TestRecord]) {

@@ -165,6 +165,25 @@ pub struct TestRecord {
     pub output: Option<String>,
 }
 
+impl TestRecord {
+    /// A record with nothing but its identity and outcome (no leaks, no
+    /// output, no time).
+    pub fn new(binary: impl Into<String>, name: impl Into<String>, outcome: Outcome) -> TestRecord {
+        TestRecord {
+            binary: binary.into(),
+            name: name.into(),
+            outcome,
+            duration_ms: 0,
+            message: None,
+            leaks: Vec::new(),
+            unchecked: Vec::new(),
+            allowed: Vec::new(),
+            warnings: Vec::new(),
+            output: None,
+        }
+    }
+}
+
 /// Counts of a whole run.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Summary {

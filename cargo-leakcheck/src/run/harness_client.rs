@@ -137,18 +137,10 @@ pub(crate) fn run_harness(
         .zip(cases)
         .map(|(record, case)| {
             Some(record.unwrap_or_else(|| {
-                let mut record = TestRecord {
-                    binary: binary.id.clone(),
-                    name: case.name.clone(),
-                    outcome: Outcome::Failed,
-                    duration_ms: elapsed,
-                    message: Some(why_missing.clone()),
-                    leaks: Vec::new(),
-                    unchecked: Vec::new(),
-                    allowed: Vec::new(),
-                    warnings: Vec::new(),
-                    output: Some(output.clone()),
-                };
+                let mut record = TestRecord::new(binary.id.clone(), case.name.clone(), Outcome::Failed);
+                record.duration_ms = elapsed;
+                record.message = Some(why_missing.clone());
+                record.output = Some(output.clone());
                 on_record(&mut record);
                 record
             }))

@@ -141,18 +141,7 @@ pub(crate) fn run_all(
 }
 
 fn ignored_record(case: &TestCase) -> TestRecord {
-    TestRecord {
-        binary: case.binary.id.clone(),
-        name: case.name.clone(),
-        outcome: Outcome::Ignored,
-        duration_ms: 0,
-        message: None,
-        leaks: Vec::new(),
-        unchecked: Vec::new(),
-        allowed: Vec::new(),
-        warnings: Vec::new(),
-        output: None,
-    }
+    TestRecord::new(case.binary.id.clone(), case.name.clone(), Outcome::Ignored)
 }
 
 fn tool_error_record(case: &TestCase, error: &std::io::Error) -> TestRecord {
