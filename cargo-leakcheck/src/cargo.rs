@@ -97,6 +97,12 @@ pub(crate) fn build_tests(
     if args.lib {
         command.arg("--lib");
     }
+    for bin in &args.bins {
+        command.args(["--bin", bin]);
+    }
+    if args.all_bins {
+        command.arg("--bins");
+    }
     for test in &args.tests {
         command.args(["--test", test]);
     }

@@ -76,6 +76,14 @@ pub(crate) struct LeakcheckArgs {
     #[arg(long, help_heading = "Target Selection")]
     pub(crate) lib: bool,
 
+    /// Test only the binary NAME's unit tests (repeatable)
+    #[arg(long = "bin", value_name = "NAME", help_heading = "Target Selection")]
+    pub(crate) bins: Vec<String>,
+
+    /// Test all binaries' unit tests
+    #[arg(long = "bins", help_heading = "Target Selection")]
+    pub(crate) all_bins: bool,
+
     /// Test only the integration test NAME (repeatable)
     #[arg(long = "test", value_name = "NAME", help_heading = "Target Selection")]
     pub(crate) tests: Vec<String>,

@@ -166,6 +166,10 @@ pub(crate) fn receive_listener(socket: BorrowedFd<'_>) -> Result<Listener, io::E
         };
         match (payload, fd) {
             (0, Some(fd)) => Ok(Listener { fd }),
+            (libc::EBUSY, _) => Err(io::Error::other(
+                "another seccomp listener already watches this process tree (cargo leakcheck inside a test run by \
+                 another cargo leakcheck, or another supervisor): the kernel allows one",
+            )),
             (errno, _) if errno > 0 => Err(io::Error::from_raw_os_error(errno)),
             _ => Err(io::Error::other("the test process sent no seccomp listener")),
         }
