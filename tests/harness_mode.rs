@@ -88,7 +88,7 @@ fn harness_binaries_report_heap_leaks_with_bytes_and_blocks() {
     assert_outcome(failing, Outcome::Failed);
     assert!(failing.output.as_deref().unwrap_or_default().contains("arithmetic is broken on purpose"));
     assert_outcome(record(&report, binary, "outcomes::ignored"), Outcome::Ignored);
-    assert_eq!(report.tests.len(), 23);
+    assert_eq!(report.tests.len(), 26);
 }
 
 #[test]
@@ -146,7 +146,7 @@ fn plain_cargo_test_in_parallel_reports_no_leak_it_cannot_attribute() {
     // Two tests leak on purpose, but in parallel threads nothing can be
     // attributed: all pass, and one note says the checks are off.
     assert!(output.status.success(), "stdout:\n{stdout}\nstderr:\n{stderr}");
-    assert!(stdout.contains("test result: ok. 6 passed"), "{stdout}");
+    assert!(stdout.contains("test result: ok. 7 passed"), "{stdout}");
     assert_eq!(stderr.matches("note: leakcheck: leak checks are off in this process").count(), 1, "{stderr}");
 }
 
@@ -158,7 +158,7 @@ fn cargo_test_with_one_thread_checks_the_attribute() {
         .unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert_eq!(output.status.code(), Some(101), "{stdout}");
-    assert!(stdout.contains("test result: FAILED. 4 passed; 2 failed"), "{stdout}");
+    assert!(stdout.contains("test result: FAILED. 4 passed; 3 failed"), "{stdout}");
     assert!(
         stdout.contains("    attribute_box_leak\n") && stdout.contains("    attribute_detached_thread\n"),
         "{stdout}"
@@ -199,11 +199,14 @@ fn harness_and_attribute_run_unchanged_under_nextest() {
         [
             "harnessed::attribute attribute_box_leak",
             "harnessed::attribute attribute_detached_thread",
+            "harnessed::attribute attribute_one_time_initialisation",
             "harnessed::custom_allocator thread_still_checked",
             "harnessed::harness asynchronous::tokio_test_leaking_a_thread",
             "harnessed::harness heap::box_leak",
             "harnessed::harness heap::forgotten_vec",
             "harnessed::harness heap::rc_cycle",
+            "harnessed::harness once::leaks_on_every_run",
+            "harnessed::harness once::one_time_initialisation",
             "harnessed::harness outcomes::aborts",
             "harnessed::harness outcomes::failing",
             "harnessed::harness resources::detached_thread",
@@ -217,7 +220,7 @@ fn harness_and_attribute_run_unchanged_under_nextest() {
         ],
         "{stderr}"
     );
-    assert!(stderr.contains("30 tests run: 13 passed, 17 failed, 1 skipped"), "{stderr}");
+    assert!(stderr.contains("34 tests run: 14 passed, 20 failed, 1 skipped"), "{stderr}");
 }
 
 #[test]
@@ -241,4 +244,37 @@ fn with_its_own_allocator_the_heap_is_not_measured_rather_than_clean() {
     assert_outcome(thread, Outcome::Leaked);
     assert_eq!(threads(thread), ["own-alloc"]);
     assert_eq!(thread.unchecked, ["heap"]);
+}
+
+#[test]
+fn repeat_mode_passes_one_time_initialisation_and_still_fails_per_run_leaks() {
+    let _serial = serial();
+    let args =
+        ["-p", "harnessed", "--no-fail-fast", "--message-format", "json", "--test", "harness", "--test", "attribute"];
+    let once = ["once::one_time_initialisation", "attribute_one_time_initialisation"];
+    let without = run_to_end(leakcheck(&args)).report();
+    let with = {
+        let mut command = leakcheck(&args);
+        command.args(["--repeat", "2"]);
+        let run = run_to_end(command);
+        assert!(run.stderr.contains("--repeat 2 applies to #[leakcheck::test] and leakcheck::main!() tests"));
+        run.report()
+    };
+    for (binary, name) in [("harnessed::harness", once[0]), ("harnessed::attribute", once[1])] {
+        let first = record(&without, binary, name);
+        assert_outcome(first, Outcome::Leaked);
+        assert_eq!(fds(first).iter().map(|fd| fd.0).collect::<Vec<_>>(), ["/dev/null"], "{first:#?}");
+        assert_outcome(record(&with, binary, name), Outcome::Passed);
+    }
+    for report in [&without, &with] {
+        let every = record(report, "harnessed::harness", "once::leaks_on_every_run");
+        assert_outcome(every, Outcome::Leaked);
+        assert_eq!(fds(every).len(), 1, "{every:#?}");
+        assert_outcome(
+            record(report, "harnessed::harness", "once::one_time_thread_with_the_repeat_option"),
+            Outcome::Passed,
+        );
+        // Repeat mode changes nothing for tests without leakcheck code.
+        assert_outcome(record(report, "harnessed::harness", "heap::box_leak"), Outcome::Leaked);
+    }
 }

@@ -83,7 +83,7 @@ fn try_main(args: &LeakcheckArgs, supervisor: &'static Supervisor) -> Result<u8,
     let filter = (!args.no_probe).then(ExitFilter::new);
     let scratch =
         Scratch::create().map_err(|source| RunError::Setup { what: "create its scratch directory", source })?;
-    let Plan { grace, timeout, jobs, fail_fast, policy, config } = plan;
+    let Plan { grace, timeout, jobs, fail_fast, repeat, policy, config } = plan;
     let context = RunContext {
         supervisor,
         filter,
@@ -93,11 +93,18 @@ fn try_main(args: &LeakcheckArgs, supervisor: &'static Supervisor) -> Result<u8,
         probe_refused: Default::default(),
         scratch: scratch.path().to_owned(),
         policy,
+        repeat,
     };
     supervisor.begin_test_phase().map_err(|source| RunError::Setup { what: "become a child subreaper", source })?;
     if args.no_probe {
         eprintln!(
             "warning: the exit probe is off (--no-probe): only processes left running are checked, not fds or threads"
+        );
+    }
+    if let Some(runs) = repeat {
+        eprintln!(
+            "        Note --repeat {runs} applies to #[leakcheck::test] and leakcheck::main!() tests; \
+             other tests run once (there is no code of ours in them to repeat them)"
         );
     }
     if let Some(config) = &config {

@@ -129,6 +129,12 @@ pub(crate) struct LeakcheckArgs {
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, help_heading = "Run Options")]
     pub(crate) grace: Option<Duration>,
 
+    /// Repeat mode for #[leakcheck::test] and leakcheck::main!() tests: a
+    /// warm-up run, then N measured runs in the same process; a kind leaks
+    /// only if it grew on every measured run (one-time initialisation passes)
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..), help_heading = "Run Options")]
+    pub(crate) repeat: Option<u32>,
+
     /// Run only shard K of N: `hash:K/N` (by a hash of the test's name: stable
     /// as tests are added) or `slice:K/N` (every Nth test in list order)
     #[arg(long, value_name = "PARTITION", value_parser = crate::list::Partition::parse, help_heading = "Run Options")]

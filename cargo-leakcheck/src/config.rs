@@ -91,6 +91,7 @@ struct ProfileFile {
     timeout: Option<DurationValue>,
     jobs: Option<u16>,
     fail_fast: Option<bool>,
+    repeat: Option<u32>,
     kinds: Option<KindsFile>,
     #[serde(default)]
     allow: Vec<Spanned<AllowFile>>,
@@ -145,6 +146,7 @@ pub(crate) struct Profile {
     pub(crate) timeout: Option<Duration>,
     pub(crate) jobs: Option<u16>,
     pub(crate) fail_fast: Option<bool>,
+    pub(crate) repeat: Option<u32>,
     /// fd, thread, child, heap.
     pub(crate) kinds: [Option<Severity>; 4],
     pub(crate) allow: Vec<AllowRule>,
@@ -208,6 +210,7 @@ fn parse(text: &str, path: &Path, name: &str) -> Result<Profile, ConfigError> {
         timeout: chosen.timeout.or(base.timeout).map(|d| d.0),
         jobs: chosen.jobs.or(base.jobs),
         fail_fast: chosen.fail_fast.or(base.fail_fast),
+        repeat: chosen.repeat.or(base.repeat),
         kinds: [
             pick(|p| p.kinds.and_then(|k| k.fd)),
             pick(|p| p.kinds.and_then(|k| k.thread)),
@@ -218,6 +221,9 @@ fn parse(text: &str, path: &Path, name: &str) -> Result<Profile, ConfigError> {
     };
     if profile.jobs == Some(0) {
         return Err(invalid(None, "`jobs` must be at least 1".into()));
+    }
+    if profile.repeat == Some(0) {
+        return Err(invalid(None, "`repeat` must be at least 1".into()));
     }
     // Rules add up: top level, then profile.default, then the chosen profile.
     let mut rules: Vec<&Spanned<AllowFile>> = file.allow.iter().collect();
@@ -341,7 +347,7 @@ reason = "caches"
     fn mistakes_name_file_line_and_column() {
         assert_eq!(
             parse_err("[profile.default]\ntimout = \"5s\"\n"),
-            "leakcheck.toml:2:1: unknown field `timout`, expected one of `grace`, `timeout`, `jobs`, `fail-fast`, `kinds`, `allow`"
+            "leakcheck.toml:2:1: unknown field `timout`, expected one of `grace`, `timeout`, `jobs`, `fail-fast`, `repeat`, `kinds`, `allow`"
         );
         assert_eq!(
             parse_err("[profile.default]\ngrace = \"soon\"\n"),

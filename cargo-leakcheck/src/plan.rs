@@ -23,6 +23,8 @@ pub(crate) struct Plan {
     pub(crate) timeout: Duration,
     pub(crate) jobs: usize,
     pub(crate) fail_fast: bool,
+    /// Repeat mode's measured runs, for tests with leakcheck code in them.
+    pub(crate) repeat: Option<u32>,
     pub(crate) policy: Policy,
     /// The configuration file read, if any.
     pub(crate) config: Option<PathBuf>,
@@ -52,6 +54,7 @@ pub(crate) fn make(args: &LeakcheckArgs, workspace_root: &std::path::Path) -> Re
         timeout: args.timeout.or(profile.timeout).unwrap_or(DEFAULT_TIMEOUT),
         jobs,
         fail_fast: !args.no_fail_fast && profile.fail_fast.unwrap_or(true),
+        repeat: args.repeat.or(profile.repeat),
         policy: Policy::new(profile.kinds, profile.allow, baseline),
         config,
     })

@@ -40,6 +40,7 @@ pub(crate) fn wrap(args: &WrapArgs, supervisor: &'static Supervisor) -> Result<u
         probe_refused: Default::default(),
         scratch: scratch.clone(),
         policy: Policy::default(),
+        repeat: None,
     };
     supervisor.begin_test_phase().map_err(|source| RunError::Setup { what: "become a child subreaper", source })?;
     let waker = Waker::new().map_err(|source| RunError::Setup { what: "create a pipe", source })?;

@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 use libtest_mimic::{Arguments, Trial};
 
 use crate::__private::{ShouldPanic, TestDef, TESTS};
-use crate::guard::Guard;
+use crate::guard::{combine_runs, Finding, Guard};
 use crate::isolation::mark_forked_child;
 use crate::record::{AllowedLeak, Outcome, TestRecord};
 
@@ -374,15 +374,68 @@ impl ForkServer {
 /// between a baseline and a check.
 fn run_in_child(def: &'static TestDef) -> TestRecord {
     let name = def.full_name();
-    let guard = Guard::start_for_thread(&name);
+    let runs = def.options.repeat_runs();
+    // Repeat mode: a first, unmeasured run does the one-time initialisation.
+    if runs > 0 {
+        if let (Err(message), _) = run_on_fresh_thread(def, &name) {
+            return TestRecord {
+                message: Some(format!("warm-up run: {message}")),
+                ..TestRecord::new("", name, Outcome::Failed)
+            };
+        }
+    }
+    let mut findings = Vec::new();
+    let mut body = Ok(());
+    for _ in 0..runs.max(1) {
+        let guard = Guard::start_for_thread(&name);
+        let (result, panicked) = run_on_fresh_thread(def, &name);
+        let finding = guard.and_then(|guard| {
+            // See Guard::finish_after_panic.
+            if panicked {
+                guard.finish_after_panic(&def.options)
+            } else {
+                guard.finish(&def.options)
+            }
+        });
+        findings.push(finding);
+        body = result;
+        if body.is_err() {
+            break;
+        }
+    }
+    let (finding, warnings) = match findings.into_iter().collect::<Result<Vec<Finding>, _>>() {
+        Ok(findings) if runs > 0 => combine_runs(findings),
+        Ok(mut findings) => (findings.pop().unwrap_or_default(), Vec::new()),
+        Err(_) => {
+            let unchecked = ["fd", "thread", "child", "heap"].map(str::to_owned).to_vec();
+            (Finding { unchecked, ..Finding::default() }, Vec::new())
+        }
+    };
+    let leaks = finding.judgement.leaks;
+    let allowed = finding
+        .judgement
+        .allowed
+        .into_iter()
+        .map(|(leak, reason)| AllowedLeak { leak, reason: reason.to_owned() })
+        .collect();
+    let (outcome, message) = match body {
+        Ok(()) if leaks.is_empty() => (Outcome::Passed, None),
+        Ok(()) => (Outcome::Leaked, None),
+        Err(message) => (Outcome::Failed, Some(message)),
+    };
+    TestRecord { message, leaks, allowed, warnings, unchecked: finding.unchecked, ..TestRecord::new("", name, outcome) }
+}
+
+/// Runs the test once on a fresh thread named `name` (joined, so its
+/// thread-locals are gone); returns its verdict and whether it panicked.
+fn run_on_fresh_thread(def: &'static TestDef, name: &str) -> (Result<(), String>, bool) {
     let run = def.run;
     let joined = std::thread::Builder::new()
-        .name(name.clone())
+        .name(name.to_owned())
         .spawn(move || catch_unwind(AssertUnwindSafe(run)))
         .map(|handle| handle.join());
-    // See Guard::finish_after_panic.
     let panicked = matches!(joined, Ok(Err(_)) | Ok(Ok(Err(_))));
-    let body: Result<(), String> = match joined {
+    let body = match joined {
         Err(error) => Err(format!("leakcheck could not start the test thread: {error}")),
         Ok(Err(_)) | Ok(Ok(Err(_))) if def.should_panic == ShouldPanic::Yes => Ok(()),
         Ok(Ok(Err(payload))) => match def.should_panic {
@@ -403,45 +456,7 @@ fn run_in_child(def: &'static TestDef) -> TestRecord {
             (Err(message), _) => Err(message),
         },
     };
-    let finish = |guard: Guard| {
-        if panicked {
-            guard.finish_after_panic(&def.options)
-        } else {
-            guard.finish(&def.options)
-        }
-    };
-    let (leaks, allowed, unchecked) = match guard.and_then(finish) {
-        Ok(finding) => (
-            finding.judgement.leaks,
-            finding
-                .judgement
-                .allowed
-                .into_iter()
-                .map(|(leak, reason)| AllowedLeak { leak, reason: reason.to_owned() })
-                .collect(),
-            finding.unchecked,
-        ),
-        Err(_) => {
-            (Vec::new(), Vec::new(), vec!["fd".to_owned(), "thread".to_owned(), "child".to_owned(), "heap".to_owned()])
-        }
-    };
-    let (outcome, message) = match body {
-        Ok(()) if leaks.is_empty() => (Outcome::Passed, None),
-        Ok(()) => (Outcome::Leaked, None),
-        Err(message) => (Outcome::Failed, Some(message)),
-    };
-    TestRecord {
-        binary: String::new(),
-        name,
-        outcome,
-        duration_ms: 0,
-        message,
-        leaks,
-        unchecked,
-        allowed,
-        warnings: Vec::new(),
-        output: None,
-    }
+    (body, panicked)
 }
 
 /// Live members of group `pgid`, given up to `grace` to end by themselves (a

@@ -107,6 +107,39 @@ impl Guard {
     }
 }
 
+/// Repeat mode's verdict over the measured runs (CPython regrtest's rule): a
+/// kind leaks only if every run leaked it (reported from the last run);
+/// a kind that leaked in some runs only oscillates, and comes back as
+/// warnings.
+pub fn combine_runs(findings: Vec<Finding>) -> (Finding, Vec<Leak>) {
+    let runs = findings.len();
+    let mut combined = Finding::default();
+    let mut warnings = Vec::new();
+    for kind in [Kind::Fd, Kind::Thread, Kind::Child, Kind::Heap] {
+        let of_kind = |finding: &Finding| -> Vec<Leak> {
+            finding.judgement.leaks.iter().filter(|leak| Kind::of(leak) == kind).cloned().collect()
+        };
+        let leaking_runs = findings.iter().filter(|finding| !of_kind(finding).is_empty()).count();
+        let last = findings.iter().rev().map(of_kind).find(|leaks| !leaks.is_empty()).unwrap_or_default();
+        if leaking_runs == runs && runs > 0 {
+            combined.judgement.leaks.extend(last);
+        } else {
+            warnings.extend(last);
+        }
+    }
+    if let Some(last) = findings.last() {
+        combined.judgement.allowed = last.judgement.allowed.clone();
+    }
+    for finding in &findings {
+        for kind in &finding.unchecked {
+            if !combined.unchecked.contains(kind) {
+                combined.unchecked.push(kind.clone());
+            }
+        }
+    }
+    (combined, warnings)
+}
+
 /// Runs `body` between a baseline and a check with default options.
 ///
 /// For code that cannot use `#[leakcheck::test]`. Only meaningful when no
@@ -122,4 +155,25 @@ pub fn check<R>(body: impl FnOnce() -> R) -> io::Result<(R, Finding)> {
     let value = body();
     let finding = guard.finish(&Options::default())?;
     Ok((value, finding))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn finding(leaks: Vec<Leak>) -> Finding {
+        Finding { judgement: Judgement { leaks, allowed: vec![] }, unchecked: vec![] }
+    }
+
+    #[test]
+    fn a_kind_leaks_in_repeat_mode_only_if_every_run_leaked_it() {
+        let fd = |n: i32| Leak::Fd { fd: n, target: "/dev/null".into(), detail: "character device".into() };
+        let heap = Leak::Heap { bytes: 64, blocks: 1 };
+        let (combined, warnings) =
+            combine_runs(vec![finding(vec![fd(3), heap.clone()]), finding(vec![fd(4)]), finding(vec![fd(5)])]);
+        assert_eq!(combined.judgement.leaks, vec![fd(5)], "grew on every run: reported from the last");
+        assert_eq!(warnings, vec![heap], "grew once only: oscillating, a warning");
+        let (clean, warnings) = combine_runs(vec![finding(vec![]), finding(vec![])]);
+        assert!(clean.judgement.leaks.is_empty() && warnings.is_empty());
+    }
 }

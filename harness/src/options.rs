@@ -65,6 +65,9 @@ pub struct Options {
     pub skip: &'static [Kind],
     /// Settling grace, in milliseconds (default [`DEFAULT_GRACE`]).
     pub grace_ms: Option<u64>,
+    /// Repeat mode: run the test once to warm up, then this many times, each
+    /// measured; a kind leaks only if it grew on every measured run.
+    pub repeat: Option<u32>,
 }
 
 /// Settling grace when a test sets none.
@@ -83,6 +86,12 @@ impl Options {
     /// The settling grace.
     pub fn grace(&self) -> Duration {
         self.grace_ms.map_or(DEFAULT_GRACE, Duration::from_millis)
+    }
+
+    /// Measured runs in repeat mode (0: no repeat mode): the test's own
+    /// `repeat`, else `LEAKCHECK_REPEAT` (set by `cargo leakcheck --repeat`).
+    pub fn repeat_runs(&self) -> u32 {
+        self.repeat.or_else(|| std::env::var("LEAKCHECK_REPEAT").ok().and_then(|runs| runs.parse().ok())).unwrap_or(0)
     }
 
     /// Whether `kind` is checked.
@@ -168,7 +177,7 @@ mod tests {
         const RULES: &[Allow] =
             &[Allow { kind: Kind::Thread, pattern: Some("pool-*"), max: Some(1), bytes: None, reason: "one pool" }];
         let thread = |name: &str| Leak::Thread { tid: 1, name: name.into(), state: "sleeping".into(), unnamed: false };
-        let options = Options { allow: RULES, skip: &[Kind::Heap], grace_ms: None };
+        let options = Options { allow: RULES, skip: &[Kind::Heap], grace_ms: None, repeat: None };
         let judgement = options.judge(vec![
             thread("pool-1"),
             thread("pool-2"),

@@ -10,7 +10,7 @@ pub use crate::fork_server::harness_main;
 /// Bytes `leakcheck::main!()` embeds in a harness binary; `cargo leakcheck`
 /// looks for them to know it may run the binary whole and read its records.
 pub const HARNESS_MARKER: [u8; 32] = *b"leakcheck:harness-protocol:v1:\0\0";
-use crate::guard::Guard;
+use crate::guard::{combine_runs, Guard};
 use crate::isolation::{isolation, Isolation};
 pub use crate::options::{Allow, Kind, Options};
 use crate::record::{AllowedLeak, InProcessReport};
@@ -102,30 +102,46 @@ pub fn run_test(options: &Options, body: fn() -> Result<(), String>) {
     // baseline so it is not counted as the test's.
     let _ = std::thread::spawn(|| ()).join();
     wait_until_main_thread_sleeps();
-    let guard = match Guard::start() {
-        Ok(guard) => guard,
-        Err(error) => {
-            eprintln!("note: leakcheck: could not read /proc/self ({error}); this test is not checked");
-            return finish_body(body());
+    let runs = options.repeat_runs();
+    // Repeat mode: a first, unmeasured run does the one-time initialisation.
+    if runs > 0 {
+        let warm_up = run_on_fresh_thread(body);
+        if !matches!(warm_up, Ok(Ok(()))) {
+            return finish_outcome(warm_up);
         }
-    };
-    let mut thread = std::thread::Builder::new();
-    if let Some(name) = std::thread::current().name() {
-        thread = thread.name(name.to_owned());
     }
-    let outcome = match thread.spawn(body) {
-        Ok(handle) => handle.join(),
-        Err(error) => Ok(Err(format!("leakcheck could not start the test thread: {error}"))),
-    };
-    let panicked = outcome.is_err();
-    let finding = if panicked { guard.finish_after_panic(options) } else { guard.finish(options) };
-    let finding = match finding {
-        Ok(finding) => finding,
-        Err(error) => {
-            eprintln!("note: leakcheck: could not read /proc/self ({error}); this test is not checked");
-            return finish_outcome(outcome);
+    let mut findings = Vec::new();
+    let mut outcome = Ok(Ok(()));
+    for _ in 0..runs.max(1) {
+        let guard = match Guard::start() {
+            Ok(guard) => guard,
+            Err(error) => {
+                eprintln!("note: leakcheck: could not read /proc/self ({error}); this test is not checked");
+                return finish_body(body());
+            }
+        };
+        outcome = run_on_fresh_thread(body);
+        let panicked = outcome.is_err();
+        let finding = if panicked { guard.finish_after_panic(options) } else { guard.finish(options) };
+        match finding {
+            Ok(finding) => findings.push(finding),
+            Err(error) => {
+                eprintln!("note: leakcheck: could not read /proc/self ({error}); this test is not checked");
+                return finish_outcome(outcome);
+            }
         }
-    };
+        if !matches!(outcome, Ok(Ok(()))) {
+            break;
+        }
+    }
+    let (finding, warnings) =
+        if runs > 0 { combine_runs(findings) } else { (findings.pop().unwrap_or_default(), Vec::new()) };
+    if !warnings.is_empty() {
+        eprintln!("warning: leakcheck: leaked in some measured runs only (oscillating):");
+        for leak in &warnings {
+            eprintln!("  - {}", leak.describe());
+        }
+    }
     let body_passed = matches!(outcome, Ok(Ok(())));
     tell_cargo_leakcheck(&InProcessReport {
         body_passed,
@@ -169,6 +185,19 @@ fn wait_until_main_thread_sleeps() {
             }
         }
         std::thread::sleep(std::time::Duration::from_micros(100));
+    }
+}
+
+/// Runs `body` on a fresh thread named like the current one (joined, so its
+/// thread-locals are gone before any check).
+fn run_on_fresh_thread(body: fn() -> Result<(), String>) -> std::thread::Result<Result<(), String>> {
+    let mut thread = std::thread::Builder::new();
+    if let Some(name) = std::thread::current().name() {
+        thread = thread.name(name.to_owned());
+    }
+    match thread.spawn(body) {
+        Ok(handle) => handle.join(),
+        Err(error) => Ok(Err(format!("leakcheck could not start the test thread: {error}"))),
     }
 }
 

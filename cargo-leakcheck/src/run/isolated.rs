@@ -40,6 +40,9 @@ pub(crate) struct RunContext {
     pub(crate) scratch: std::path::PathBuf,
     /// Severities, allow rules and baseline, applied to every record.
     pub(crate) policy: crate::policy::Policy,
+    /// `--repeat`: passed to tests as `LEAKCHECK_REPEAT`; only leakcheck's
+    /// own code in a test (attribute, harness) can repeat it.
+    pub(crate) repeat: Option<u32>,
 }
 
 /// A worker's wake-up pipe: the reaper writes to it when the worker's test exits.
@@ -106,6 +109,7 @@ pub(crate) fn run_test(
         .envs(binary.env.iter().map(|(key, value)| (key, value)))
         .env(MARKER_VAR, &marker)
         .env("LEAKCHECK_RECORD_FILE", &record_file)
+        .envs(context.repeat.map(|runs| ("LEAKCHECK_REPEAT", runs.to_string())))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -47,6 +47,7 @@ struct TestOptions {
     allow: Vec<AllowRule>,
     skip: Vec<syn::Ident>,
     grace_ms: Option<u64>,
+    repeat: Option<syn::LitInt>,
 }
 
 const KINDS: [&str; 4] = ["fd", "thread", "child", "heap"];
@@ -122,10 +123,20 @@ impl Parse for TestOptions {
                 Meta::NameValue(pair) if pair.path.is_ident("grace") => {
                     options.grace_ms = Some(parse_grace(&string_value(pair)?)?);
                 }
+                Meta::NameValue(pair) if pair.path.is_ident("repeat") => {
+                    let runs = int_value(pair)?;
+                    if runs.base10_parse::<u32>().map_or(true, |runs| runs == 0) {
+                        return Err(syn::Error::new_spanned(
+                            runs,
+                            "`repeat` takes a number of measured runs, at least 1",
+                        ));
+                    }
+                    options.repeat = Some(runs);
+                }
                 other => {
                     return Err(syn::Error::new_spanned(
                         other,
-                        "unknown option: expected `allow(...)`, `skip(...)` or `grace = \"...\"`",
+                        "unknown option: expected `allow(...)`, `skip(...)`, `grace = \"...\"` or `repeat = N`",
                     ))
                 }
             }
@@ -309,6 +320,7 @@ fn expand(options: TestOptions, function: ItemFn) -> syn::Result<TokenStream2> {
     });
     let skip = options.skip.iter().map(kind_tokens);
     let grace = option_tokens(options.grace_ms.map(|ms| quote!(#ms)));
+    let repeat = option_tokens(options.repeat.as_ref().map(|runs| quote!(#runs)));
 
     Ok(quote! {
         #(#cfgs)*
@@ -317,6 +329,7 @@ fn expand(options: TestOptions, function: ItemFn) -> syn::Result<TokenStream2> {
             allow: &[#(#allow),*],
             skip: &[#(#skip),*],
             grace_ms: #grace,
+            repeat: #repeat,
         };
 
         #(#cfgs)*

@@ -1,0 +1,4 @@
+#[leakcheck::test(repeat = 0)]
+fn never() {}
+
+fn main() {}
