@@ -14,6 +14,13 @@ fn every_leak_of_the_showcase_is_named() {
     assert_eq!(run.code, Some(100), "stderr:\n{}", run.stderr);
     let report = run.report();
     let leaks = "leaky::leaks";
+    // Each leak of the JSON report carries the hint of its kind.
+    let raw: serde_json::Value = serde_json::from_str(run.stdout.trim()).unwrap();
+    for test in raw["tests"].as_array().unwrap() {
+        for leak in test["leaks"].as_array().unwrap() {
+            assert!(leak["hint"].as_str().is_some_and(|hint| hint.len() > 20), "{leak}");
+        }
+    }
 
     let forgotten = record(&report, leaks, "fd::forgotten_file");
     assert_outcome(forgotten, Outcome::Leaked);
@@ -44,6 +51,10 @@ fn every_leak_of_the_showcase_is_named() {
 
     let detached = record(&report, leaks, "thread::detached_thread");
     assert_outcome(detached, Outcome::Leaked);
+    match &detached.leaks[..] {
+        [leakcheck::Leak::Thread { waiting_in: Some(function), .. }] => assert!(!function.is_empty()),
+        other => panic!("the thread's kernel wait is named: {other:#?}"),
+    }
     assert_eq!(threads(detached), ["flusher"], "{detached:#?}");
     assert_eq!(detached.leaks.len(), 1);
 
@@ -165,6 +176,7 @@ fn human_output_names_each_leak_and_ends_with_a_table_and_summary() {
     assert!(out.contains("Leaks:\n"), "{out}");
     assert!(out.contains("what leaked"), "{out}");
     assert!(out.contains("Summary ["), "{out}");
+    assert!(out.contains("hint (fd): A file, socket or pipe opened during the test is still open at its end"), "{out}");
     assert!(out.contains("4 tests: 0 passed, 4 leaked, 0 failed, 0 timed out, 0 ignored"), "{out}");
     // A leaking test that printed nothing of its own shows no output section.
     assert!(!out.contains("running 1 test"), "{out}");

@@ -143,7 +143,7 @@ mod tests {
     }
 
     fn thread(name: &str) -> Leak {
-        Leak::Thread { tid: 1, name: name.into(), state: "sleeping".into(), unnamed: false }
+        Leak::Thread { tid: 1, name: name.into(), state: "sleeping".into(), unnamed: false, waiting_in: None }
     }
 
     #[test]

@@ -84,6 +84,7 @@ impl Delta {
         });
         let threads = self.threads.into_iter().map(|thread| Leak::Thread {
             tid: thread.tid,
+            waiting_in: crate::snapshot::wchan(pid, thread.tid),
             name: thread.name,
             state: state_name(thread.state).to_owned(),
             unnamed: false,

@@ -176,7 +176,13 @@ mod tests {
     fn rules_accept_up_to_max_and_skip_drops_a_kind() {
         const RULES: &[Allow] =
             &[Allow { kind: Kind::Thread, pattern: Some("pool-*"), max: Some(1), bytes: None, reason: "one pool" }];
-        let thread = |name: &str| Leak::Thread { tid: 1, name: name.into(), state: "sleeping".into(), unnamed: false };
+        let thread = |name: &str| Leak::Thread {
+            tid: 1,
+            name: name.into(),
+            state: "sleeping".into(),
+            unnamed: false,
+            waiting_in: None,
+        };
         let options = Options { allow: RULES, skip: &[Kind::Heap], grace_ms: None, repeat: None };
         let judgement = options.judge(vec![
             thread("pool-1"),

@@ -72,6 +72,10 @@ pub enum Leak {
         /// test thread that started it.
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         unnamed: bool,
+        /// The kernel function it waits in (`wchan`: `hrtimer_nanosleep`,
+        /// `futex_do_wait`, `do_epoll_wait`, ...), when known.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        waiting_in: Option<String>,
     },
     /// A child process (or a descendant orphaned by the test) still present
     /// when the test ended: still running, or a zombie never waited for.
@@ -107,6 +111,27 @@ impl Leak {
         }
     }
 
+    /// How to fix a leak of this kind, in one line.
+    pub fn hint(&self) -> &'static str {
+        match self {
+            Leak::Fd { .. } => {
+                "A file, socket or pipe opened during the test is still open at its end: close it, or drop its owner before the test returns."
+            }
+            Leak::Thread { .. } => {
+                "A thread started during the test still runs at its end: signal it to stop and join it (shutdown with a timeout), or give its owner a Drop that does."
+            }
+            Leak::Child { orphaned: true, .. } => {
+                "A process started by the test's own child outlives it: have the child wait for its children, or kill the whole process group."
+            }
+            Leak::Child { .. } => {
+                "A child process is still running or was never waited for (zombie): kill it if needed, then wait() for it before the test returns."
+            }
+            Leak::Heap { .. } => {
+                "Memory allocated during the test is still allocated at its end: look for Box::leak, mem::forget, Rc cycles or globals that grow per test."
+            }
+        }
+    }
+
     /// One line naming exactly what leaked, for human output.
     pub fn describe(&self) -> String {
         match self {
@@ -114,9 +139,16 @@ impl Leak {
                 format!("fd {fd} -> {target}")
             }
             Leak::Fd { fd, target, detail } => format!("fd {fd} -> {target} ({detail})"),
-            Leak::Thread { tid, name, state, unnamed: false } => format!("thread \"{name}\" (tid {tid}, {state})"),
-            Leak::Thread { tid, name, state, unnamed: true } => {
-                format!("unnamed thread (tid {tid}, {state}; started by the test thread \"{name}\")")
+            Leak::Thread { tid, name, state, unnamed, waiting_in } => {
+                let state = match waiting_in {
+                    Some(function) => format!("{state} in {function}"),
+                    None => state.clone(),
+                };
+                if *unnamed {
+                    format!("unnamed thread (tid {tid}, {state}; started by the test thread \"{name}\")")
+                } else {
+                    format!("thread \"{name}\" (tid {tid}, {state})")
+                }
             }
             Leak::Child { pid, cmdline, state, orphaned } => {
                 let orphan = if *orphaned { ", orphaned grandchild" } else { "" };

@@ -48,7 +48,13 @@ mod tests {
             duration_ms: 1,
             message: None,
             leaks: vec![
-                leakcheck::Leak::Thread { tid: 3, name: "flusher".into(), state: "sleeping".into(), unnamed: false },
+                leakcheck::Leak::Thread {
+                    tid: 3,
+                    name: "flusher".into(),
+                    state: "sleeping".into(),
+                    unnamed: false,
+                    waiting_in: None,
+                },
                 leakcheck::Leak::Heap { bytes: 100, blocks: 1 },
             ],
             unchecked: vec![],

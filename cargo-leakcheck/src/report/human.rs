@@ -108,6 +108,13 @@ pub(crate) fn final_report(records: &[TestRecord], summary: &Summary) -> String 
             }
         }
         let _ = writeln!(out, "\nLeaks:\n{table}");
+        let mut hinted: Vec<&str> = Vec::new();
+        for leak in records.iter().flat_map(|record| &record.leaks) {
+            if !hinted.contains(&leak.hint()) {
+                hinted.push(leak.hint());
+                let _ = writeln!(out, "hint ({}): {}", leak.kind(), leak.hint());
+            }
+        }
     }
 
     let _ = write!(

@@ -12,7 +12,7 @@ mod proc;
 #[cfg(target_os = "linux")]
 pub use identity::describe_fd;
 #[cfg(target_os = "linux")]
-pub use proc::{fd_target, key_of_path, process_info, take, tgid_of};
+pub use proc::{fd_target, key_of_path, process_info, take, tgid_of, wchan};
 
 /// What an fd refers to, cheaply comparable: the device and inode of the
 /// open file (for a socket or pipe, its inode in sockfs or pipefs).

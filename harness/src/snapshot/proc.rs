@@ -77,6 +77,13 @@ pub fn key_of_path(path: &str) -> Option<FdKey> {
     fs::metadata(path).ok().map(|meta| FdKey { dev: meta.dev(), ino: meta.ino() })
 }
 
+/// The kernel function thread `tid` of `pid` waits in, if it waits.
+pub fn wchan(pid: i32, tid: i32) -> Option<String> {
+    let function = fs::read_to_string(format!("/proc/{pid}/task/{tid}/wchan")).ok()?;
+    let function = function.trim();
+    (!function.is_empty() && function != "0").then(|| function.to_owned())
+}
+
 /// Where fd `fd` of process `pid` points (`/tmp/x`, `socket:[123]`); empty
 /// if it closed meanwhile.
 pub fn fd_target(pid: i32, fd: i32) -> String {
