@@ -43,6 +43,9 @@ pub struct Delta {
     pub threads: Vec<ThreadEntry>,
     /// Children (running or zombie) not in the baseline.
     pub children: Vec<ProcessInfo>,
+    /// fds of the baseline that are closed now: the code closed something
+    /// it did not open (not a leak; waiting does not change it).
+    pub closed: Vec<i32>,
 }
 
 impl Delta {
@@ -50,6 +53,8 @@ impl Delta {
     /// fd that is new or now refers to something else.
     pub fn between(baseline: &Baseline, snapshot: Snapshot) -> Delta {
         let pid = snapshot.pid;
+        let closed =
+            baseline.fds.keys().copied().filter(|fd| !snapshot.fds.iter().any(|entry| entry.fd == *fd)).collect();
         let fds = snapshot
             .fds
             .into_iter()
@@ -65,10 +70,10 @@ impl Delta {
             .collect();
         let threads = snapshot.threads.into_iter().filter(|thread| !baseline.threads.contains(&thread.tid)).collect();
         let children = snapshot.children.into_iter().filter(|child| !baseline.children.contains(&child.pid)).collect();
-        Delta { fds, threads, children }
+        Delta { fds, threads, children, closed }
     }
 
-    /// True when nothing was left behind.
+    /// True when nothing was left behind (closed fds do not count).
     pub fn is_empty(&self) -> bool {
         self.fds.is_empty() && self.threads.is_empty() && self.children.is_empty()
     }

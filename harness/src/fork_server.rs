@@ -423,7 +423,15 @@ fn run_in_child(def: &'static TestDef) -> TestRecord {
         Ok(()) => (Outcome::Leaked, None),
         Err(message) => (Outcome::Failed, Some(message)),
     };
-    TestRecord { message, leaks, allowed, warnings, unchecked: finding.unchecked, ..TestRecord::new("", name, outcome) }
+    TestRecord {
+        message,
+        leaks,
+        allowed,
+        warnings,
+        unchecked: finding.unchecked,
+        closed_fds: finding.closed_fds,
+        ..TestRecord::new("", name, outcome)
+    }
 }
 
 /// Runs the test once on a fresh thread named `name` (joined, so its

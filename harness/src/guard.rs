@@ -31,6 +31,8 @@ pub struct Finding {
     pub judgement: Judgement,
     /// Kinds that could not be checked (`heap` without [`crate::Alloc`]).
     pub unchecked: Vec<String>,
+    /// fds of the baseline that the checked code closed.
+    pub closed_fds: Vec<i32>,
 }
 
 impl Guard {
@@ -98,12 +100,13 @@ impl Guard {
         let pid = self.pid;
         let all_allowed = |delta: &Delta| options.judge(delta.clone().into_leaks(pid)).leaks.is_empty();
         let delta = settle_until(grace, || Ok(Delta::between(&self.baseline, snapshot::take(pid)?)), all_allowed)?;
+        let closed_fds = delta.closed.clone();
         let mut found = delta.into_leaks(self.pid);
         if let Some(name) = &self.test_thread {
             mark_unnamed_threads(&mut found, name);
         }
         leaks.splice(0..0, found);
-        Ok(Finding { judgement: options.judge(leaks), unchecked })
+        Ok(Finding { judgement: options.judge(leaks), unchecked, closed_fds })
     }
 }
 
@@ -129,6 +132,7 @@ pub fn combine_runs(findings: Vec<Finding>) -> (Finding, Vec<Leak>) {
     }
     if let Some(last) = findings.last() {
         combined.judgement.allowed = last.judgement.allowed.clone();
+        combined.closed_fds = last.closed_fds.clone();
     }
     for finding in &findings {
         for kind in &finding.unchecked {
@@ -162,7 +166,7 @@ mod tests {
     use super::*;
 
     fn finding(leaks: Vec<Leak>) -> Finding {
-        Finding { judgement: Judgement { leaks, allowed: vec![] }, unchecked: vec![] }
+        Finding { judgement: Judgement { leaks, allowed: vec![] }, unchecked: vec![], closed_fds: vec![] }
     }
 
     #[test]

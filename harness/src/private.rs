@@ -153,6 +153,7 @@ pub fn run_test(options: &Options, body: fn() -> Result<(), String>) {
             .map(|(leak, reason)| AllowedLeak { leak: leak.clone(), reason: (*reason).to_owned() })
             .collect(),
         unchecked: finding.unchecked.clone(),
+        closed_fds: finding.closed_fds.clone(),
     });
     let leaks = &finding.judgement.leaks;
     if body_passed && !leaks.is_empty() {

@@ -191,6 +191,10 @@ pub struct TestRecord {
     /// Leaks of kinds configured to warn: reported, not failing the test.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<Leak>,
+    /// fds that were open when the test started and that it closed (it did
+    /// not open them: stdin, a harness pipe). Reported, not a failure.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub closed_fds: Vec<i32>,
     /// Captured standard output and error, interleaved per stream (stdout
     /// then stderr); kept only for tests that did not pass.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -211,6 +215,7 @@ impl TestRecord {
             unchecked: Vec::new(),
             allowed: Vec::new(),
             warnings: Vec::new(),
+            closed_fds: Vec::new(),
             output: None,
         }
     }
@@ -305,6 +310,7 @@ mod tests {
             unchecked: vec![],
             allowed: vec![],
             warnings: vec![],
+            closed_fds: vec![],
             output: None,
         };
         let records =
@@ -337,4 +343,7 @@ pub struct InProcessReport {
     pub allowed: Vec<AllowedLeak>,
     /// Kinds not checked (`heap` without the counting allocator).
     pub unchecked: Vec<String>,
+    /// fds open before the test that it closed.
+    #[serde(default)]
+    pub closed_fds: Vec<i32>,
 }

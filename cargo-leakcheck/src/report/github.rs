@@ -60,6 +60,7 @@ mod tests {
             unchecked: vec![],
             allowed: vec![],
             warnings: vec![],
+            closed_fds: vec![],
             output: None,
         };
         assert_eq!(

@@ -71,6 +71,15 @@ pub(crate) fn progress_line(record: &TestRecord) -> String {
     for warning in &record.warnings {
         let _ = write!(line, "\n{:>20}warning: leaked {}", "", warning.describe());
     }
+    for fd in &record.closed_fds {
+        let name = match fd {
+            0 => " (stdin)",
+            1 => " (stdout)",
+            2 => " (stderr)",
+            _ => "",
+        };
+        let _ = write!(line, "\n{:>20}note: closed fd {fd}{name}, which was open before the test", "");
+    }
     for allowed in &record.allowed {
         let _ = write!(line, "\n{:>20}allowed {} ({})", "", allowed.leak.describe(), allowed.reason);
     }

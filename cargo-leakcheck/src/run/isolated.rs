@@ -79,6 +79,8 @@ struct ExitView {
     /// Whether the main thread called `exit_group` (libtest returning from
     /// `main`), rather than a test thread calling `std::process::exit`.
     by_main_thread: bool,
+    /// stdin, stdout or stderr, closed by the test.
+    closed: Vec<i32>,
 }
 
 /// libtest's arguments to run `case` alone, as `cargo leakcheck` does.
@@ -276,6 +278,10 @@ pub(crate) fn run_test(
         text.push_str(&stderr.into_text());
         text
     });
+    let closed_fds = match &in_process {
+        Some(report) => report.closed_fds.clone(),
+        None => exit_view.as_ref().map(|view| view.closed.clone()).unwrap_or_default(),
+    };
     Ok(Some(TestRecord {
         binary: binary.id.clone(),
         name: case.name.clone(),
@@ -286,6 +292,7 @@ pub(crate) fn run_test(
         unchecked,
         allowed,
         warnings: Vec::new(),
+        closed_fds,
         output,
     }))
 }
@@ -358,13 +365,15 @@ fn serve_exit_call(
         let delta = settle_until(context.grace, read, accepted);
         match delta {
             Ok(delta) => {
+                let closed = delta.closed.clone();
                 let mut leaks = delta.into_leaks(pid);
                 // libtest names each test's thread after the test.
                 mark_unnamed_threads(&mut leaks, test_name);
-                *exit_view = Some(ExitView { leaks, children, by_main_thread: call.tid == pid })
+                *exit_view = Some(ExitView { leaks, children, by_main_thread: call.tid == pid, closed })
             }
             Err(_) => {
-                *exit_view = Some(ExitView { leaks: Vec::new(), children, by_main_thread: call.tid == pid });
+                *exit_view =
+                    Some(ExitView { leaks: Vec::new(), children, by_main_thread: call.tid == pid, closed: Vec::new() });
             }
         }
     }
