@@ -53,18 +53,21 @@ impl Delta {
     /// fd that is new or now refers to something else.
     pub fn between(baseline: &Baseline, snapshot: Snapshot) -> Delta {
         let pid = snapshot.pid;
-        let closed =
-            baseline.fds.keys().copied().filter(|fd| !snapshot.fds.iter().any(|entry| entry.fd == *fd)).collect();
+        // Snapshot fds are sorted by number.
+        let closed = baseline
+            .fds
+            .keys()
+            .copied()
+            .filter(|fd| snapshot.fds.binary_search_by_key(fd, |entry| entry.fd).is_err())
+            .collect();
         let fds = snapshot
             .fds
             .into_iter()
             .filter(|entry| baseline.fds.get(&entry.fd) != Some(&entry.key))
             .map(|mut entry| {
-                #[cfg(target_os = "linux")]
                 if entry.target.is_empty() {
-                    entry.target = crate::snapshot::fd_target(pid, entry.fd);
+                    entry.target = link_target(pid, entry.fd);
                 }
-                let _ = pid;
                 entry
             })
             .collect();
@@ -97,6 +100,16 @@ impl Delta {
         let children = self.children.into_iter().map(|child| child_leak(child, false));
         fds.chain(threads).chain(children).collect()
     }
+}
+
+#[cfg(target_os = "linux")]
+fn link_target(pid: i32, fd: i32) -> String {
+    crate::snapshot::fd_target(pid, fd)
+}
+
+#[cfg(not(target_os = "linux"))]
+fn link_target(_pid: i32, _fd: i32) -> String {
+    String::new()
 }
 
 /// Marks the leaked threads that carry the name of the test thread (they
