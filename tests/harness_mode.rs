@@ -12,7 +12,7 @@ fn heap(record: &leakcheck::TestRecord) -> Vec<(u64, u64)> {
         .leaks
         .iter()
         .filter_map(|leak| match leak {
-            Leak::Heap { bytes, blocks } => Some((*bytes, *blocks)),
+            Leak::Heap { bytes, blocks, .. } => Some((*bytes, *blocks)),
             _ => None,
         })
         .collect()

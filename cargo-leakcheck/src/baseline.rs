@@ -186,12 +186,20 @@ mod tests {
             fd: 5,
             target: "socket:[123456]".into(),
             detail: "tcp 127.0.0.1:34942 -> 127.0.0.1:46797 (established)".into(),
+            sites: vec![],
         };
         assert_eq!(identity(&socket), "tcp 127.0.0.1:* -> 127.0.0.1:* (established)");
         let tmp = std::env::temp_dir().join("leakcheck-field-6083-deploy.log");
-        let file = Leak::Fd { fd: 3, target: tmp.to_string_lossy().into(), detail: "regular file".into() };
+        let file =
+            Leak::Fd { fd: 3, target: tmp.to_string_lossy().into(), detail: "regular file".into(), sites: vec![] };
         assert_eq!(identity(&file), "$TMPDIR/leakcheck-field-N-deploy.log (regular file)");
-        let child = Leak::Child { pid: 4130, cmdline: "sleep 30".into(), state: "sleeping".into(), orphaned: false };
+        let child = Leak::Child {
+            pid: 4130,
+            cmdline: "sleep 30".into(),
+            state: "sleeping".into(),
+            orphaned: false,
+            sites: vec![],
+        };
         assert_eq!(identity(&child), "sleep 30");
     }
 }

@@ -144,7 +144,14 @@ mod tests {
     }
 
     fn thread(name: &str) -> Leak {
-        Leak::Thread { tid: 1, name: name.into(), state: "sleeping".into(), unnamed: false, waiting_in: None }
+        Leak::Thread {
+            tid: 1,
+            name: name.into(),
+            state: "sleeping".into(),
+            unnamed: false,
+            waiting_in: None,
+            sites: vec![],
+        }
     }
 
     #[test]
@@ -174,7 +181,7 @@ mod tests {
 
     #[test]
     fn warn_and_off_do_not_fail_the_test() {
-        let heap = Leak::Heap { bytes: 10, blocks: 1 };
+        let heap = Leak::Heap { bytes: 10, blocks: 1, sites: vec![] };
         let policy = Policy::new([None, Some(Severity::Off), None, Some(Severity::Warn)], vec![], None);
         let mut both = record(vec![thread("t"), heap.clone()]);
         policy.apply(&mut both);

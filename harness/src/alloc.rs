@@ -40,6 +40,28 @@ static OWNED: [Slot; OWNED_SLOTS] = [EMPTY_SLOT; OWNED_SLOTS];
 static SHARED: [Slot; SHARED_SLOTS] = [EMPTY_SLOT; SHARED_SLOTS];
 static NEXT_SLOT: AtomicUsize = AtomicUsize::new(0);
 static INSTALLED: AtomicBool = AtomicBool::new(false);
+/// On during an explain re-run: allocations go through dhat's recorder
+/// (which itself allocates from `System`), so live blocks have sites.
+static THROUGH_DHAT: AtomicBool = AtomicBool::new(false);
+
+/// Routes allocations through dhat's recorder (a dhat profiler must be
+/// running) or back to `System`. Blocks may be freed by either: dhat ignores
+/// blocks it did not see allocated, and both end in `System`.
+pub(crate) fn route_through_dhat(on: bool) {
+    THROUGH_DHAT.store(on, Ordering::SeqCst);
+}
+
+/// Calls `$method` of the allocator under the counting: `System`, or
+/// dhat's recorder over it (a plain branch, no dynamic dispatch).
+macro_rules! inner {
+    ($method:ident($($arg:expr),*)) => {
+        if THROUGH_DHAT.load(Ordering::Relaxed) {
+            dhat::Alloc.$method($($arg),*)
+        } else {
+            System.$method($($arg),*)
+        }
+    };
+}
 
 const UNCLAIMED: usize = usize::MAX;
 
@@ -77,13 +99,14 @@ fn count(bytes: i64, blocks: i64) {
     }
 }
 
-// SAFETY: every method forwards to `System` with the caller's arguments and
-// only adds bookkeeping that neither allocates nor touches the memory.
+// SAFETY: every method forwards to `System` (directly or through dhat's
+// recorder, which forwards to `System`) with the caller's arguments and only
+// adds bookkeeping that neither allocates nor touches the memory.
 unsafe impl GlobalAlloc for Alloc {
     #[inline]
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         // SAFETY: forwarded contract.
-        let ptr = unsafe { System.alloc(layout) };
+        let ptr = unsafe { inner!(alloc(layout)) };
         if !ptr.is_null() {
             count(layout.size() as i64, 1);
         }
@@ -93,7 +116,7 @@ unsafe impl GlobalAlloc for Alloc {
     #[inline]
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
         // SAFETY: forwarded contract.
-        let ptr = unsafe { System.alloc_zeroed(layout) };
+        let ptr = unsafe { inner!(alloc_zeroed(layout)) };
         if !ptr.is_null() {
             count(layout.size() as i64, 1);
         }
@@ -103,14 +126,14 @@ unsafe impl GlobalAlloc for Alloc {
     #[inline]
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
         // SAFETY: forwarded contract.
-        unsafe { System.dealloc(ptr, layout) };
+        unsafe { inner!(dealloc(ptr, layout)) };
         count(-(layout.size() as i64), -1);
     }
 
     #[inline]
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         // SAFETY: forwarded contract.
-        let new = unsafe { System.realloc(ptr, layout, new_size) };
+        let new = unsafe { inner!(realloc(ptr, layout, new_size)) };
         if !new.is_null() {
             count(new_size as i64 - layout.size() as i64, 0);
         }

@@ -89,6 +89,7 @@ impl Delta {
             fd: entry.fd,
             detail: crate::snapshot::describe_fd(pid, entry.fd, &entry.target),
             target: entry.target,
+            sites: Vec::new(),
         });
         let threads = self.threads.into_iter().map(|thread| Leak::Thread {
             tid: thread.tid,
@@ -96,6 +97,7 @@ impl Delta {
             name: thread.name,
             state: state_name(thread.state).to_owned(),
             unnamed: false,
+            sites: Vec::new(),
         });
         let children = self.children.into_iter().map(|child| child_leak(child, false));
         fds.chain(threads).chain(children).collect()
@@ -135,7 +137,13 @@ fn comm_of(name: &str) -> &str {
 
 /// A leaked process as a [`Leak`]; `orphaned` when it was not the test's own child.
 pub fn child_leak(child: ProcessInfo, orphaned: bool) -> Leak {
-    Leak::Child { pid: child.pid, cmdline: child.cmdline, state: state_name(child.state).to_owned(), orphaned }
+    Leak::Child {
+        pid: child.pid,
+        cmdline: child.cmdline,
+        state: state_name(child.state).to_owned(),
+        orphaned,
+        sites: Vec::new(),
+    }
 }
 
 /// Re-reads the delta with a growing pause (1 ms, 2 ms, 4 ms ...) while it is

@@ -83,6 +83,9 @@ extern "C" fn kill_children_and_die(signal: libc::c_int) {
 struct ForkServer {
     jobs: usize,
     capture: bool,
+    /// Re-run a leaking test to record where its leaks were created
+    /// (default; `LEAKCHECK_EXPLAIN=0` turns it off).
+    explain: bool,
     timeout: Option<Duration>,
     records: Option<File>,
 }
@@ -97,6 +100,8 @@ struct Running {
     output_bytes: Vec<u8>,
     started: Instant,
     timed_out: bool,
+    /// For an explain re-run: the first run's record, which gets its sites.
+    explaining: Option<TestRecord>,
 }
 
 impl ForkServer {
@@ -110,7 +115,8 @@ impl ForkServer {
                 // leakcheck passed it to us to own.
                 (unsafe { libc::fcntl(fd, libc::F_GETFD) } >= 0).then(|| unsafe { File::from_raw_fd(fd) })
             });
-        ForkServer { jobs: jobs.clamp(1, RUNNING_GROUPS.len()), capture: !args.nocapture, timeout, records }
+        let explain = std::env::var_os(crate::sites::EXPLAIN_ENV).is_none_or(|value| value != "0");
+        ForkServer { jobs: jobs.clamp(1, RUNNING_GROUPS.len()), capture: !args.nocapture, explain, timeout, records }
     }
 
     fn run(mut self, plan: Vec<(&'static TestDef, bool)>, filtered_out: usize) -> ExitCode {
@@ -137,7 +143,7 @@ impl ForkServer {
                     ignored += 1;
                     continue;
                 }
-                match self.fork_test(def, &running) {
+                match self.fork_test(def, &running, false) {
                     Ok(child) => running.push(child),
                     Err(error) => {
                         let record = failed_record(def, format!("leakcheck could not fork for this test: {error}"));
@@ -151,26 +157,46 @@ impl ForkServer {
             self.wait_for_io(&mut running);
             let mut index = 0;
             while index < running.len() {
-                if running[index].record.is_none() || running[index].timed_out {
-                    let child = running.swap_remove(index);
-                    let record = self.finish(child);
-                    println!(
-                        "test {} ... {}",
-                        record.name,
-                        if record.outcome == Outcome::Passed { "ok" } else { "FAILED" }
-                    );
-                    if let Some(records) = &mut self.records {
-                        if let Ok(line) = serde_json::to_string(&record) {
-                            let _ = writeln!(records, "{line}");
+                if running[index].record.is_some() && !running[index].timed_out {
+                    index += 1;
+                    continue;
+                }
+                let mut child = running.swap_remove(index);
+                let explaining = child.explaining.take();
+                let record = self.finish(child);
+                let record = match explaining {
+                    // An explain re-run ended: its sites go to the first run's leaks.
+                    Some(mut first) => {
+                        crate::sites::attach(&mut first.leaks, &record.leaks);
+                        first
+                    }
+                    None if self.explain && !record.leaks.is_empty() && record.outcome != Outcome::TimedOut => {
+                        let def = record_def(&record);
+                        match def.map(|def| self.fork_test(def, &running, true)) {
+                            Some(Ok(mut rerun)) => {
+                                rerun.explaining = Some(record);
+                                running.push(rerun);
+                                continue;
+                            }
+                            _ => record,
                         }
                     }
-                    if record.outcome == Outcome::Passed {
-                        passed += 1;
-                    } else {
-                        failures.push(record);
+                    None => record,
+                };
+                println!(
+                    "test {} ... {}",
+                    record.name,
+                    if record.outcome == Outcome::Passed { "ok" } else { "FAILED" }
+                );
+                if let Some(records) = &mut self.records {
+                    if let Ok(line) = serde_json::to_string(&record) {
+                        let _ = writeln!(records, "{line}");
                     }
+                }
+                if record.outcome == Outcome::Passed {
+                    passed += 1;
                 } else {
-                    index += 1;
+                    failures.push(record);
                 }
             }
         }
@@ -188,9 +214,11 @@ impl ForkServer {
         }
     }
 
-    fn fork_test(&self, def: &'static TestDef, running: &[Running]) -> io::Result<Running> {
+    /// Forks a child that runs `def`; with `explain`, a re-run of a test
+    /// that leaked, recording creation sites, its output discarded.
+    fn fork_test(&self, def: &'static TestDef, running: &[Running], explain: bool) -> io::Result<Running> {
         let (record_read, record_write) = pipe()?;
-        let output = if self.capture { Some(pipe()?) } else { None };
+        let output = if self.capture || explain { Some(pipe()?) } else { None };
         let _ = io::stdout().flush();
         let _ = io::stderr().flush();
         let slot = (0..RUNNING_GROUPS.len())
@@ -239,7 +267,7 @@ impl ForkServer {
                 // SAFETY: no other thread exists in this child yet.
                 unsafe { std::env::set_var("LEAKCHECK_TEST_ID", format!("{marker}/{}", def.full_name())) };
             }
-            let record = run_in_child(def);
+            let record = run_in_child(def, explain);
             let mut record_write = File::from(record_write);
             let _ = record_write.write_all(&serde_json::to_vec(&record).unwrap_or_default());
             drop(record_write);
@@ -267,6 +295,7 @@ impl ForkServer {
             output_bytes: Vec::new(),
             started: Instant::now(),
             timed_out: false,
+            explaining: None,
         })
     }
 
@@ -372,9 +401,11 @@ impl ForkServer {
 
 /// Runs one test in the forked child: on a fresh thread named after it,
 /// between a baseline and a check.
-fn run_in_child(def: &'static TestDef) -> TestRecord {
+///
+/// With `explain`, one measured run records where its leaks were created.
+fn run_in_child(def: &'static TestDef, explain: bool) -> TestRecord {
     let name = def.full_name();
-    let runs = def.options.repeat_runs();
+    let runs = if explain { def.options.repeat_runs().min(1) } else { def.options.repeat_runs() };
     // Repeat mode: a first, unmeasured run does the one-time initialisation.
     if runs > 0 {
         if let (Err(message), _) = run_on_fresh_thread(def, &name) {
@@ -387,9 +418,10 @@ fn run_in_child(def: &'static TestDef) -> TestRecord {
     let mut findings = Vec::new();
     let mut body = Ok(());
     for _ in 0..runs.max(1) {
+        let recorder = explain.then(crate::sites::Recorder::start);
         let guard = Guard::start_for_thread(&name);
         let (result, panicked) = run_on_fresh_thread(def, &name);
-        let finding = guard.and_then(|guard| {
+        let mut finding = guard.and_then(|guard| {
             // See Guard::finish_after_panic.
             if panicked {
                 guard.finish_after_panic(&def.options)
@@ -397,6 +429,9 @@ fn run_in_child(def: &'static TestDef) -> TestRecord {
                 guard.finish(&def.options)
             }
         });
+        if let (Some(recorder), Ok(finding)) = (recorder, &mut finding) {
+            recorder.finish(&mut finding.judgement.leaks);
+        }
         findings.push(finding);
         body = result;
         if body.is_err() {
@@ -499,6 +534,11 @@ fn payload_text(payload: &(dyn std::any::Any + Send)) -> String {
         .map(|text| (*text).to_owned())
         .or_else(|| payload.downcast_ref::<String>().cloned())
         .unwrap_or_else(|| "Box<dyn Any>".to_owned())
+}
+
+/// The test a record is about.
+fn record_def(record: &TestRecord) -> Option<&'static TestDef> {
+    TESTS.iter().find(|def| def.full_name() == record.name)
 }
 
 fn failed_record(def: &TestDef, message: String) -> TestRecord {

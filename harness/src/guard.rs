@@ -90,7 +90,11 @@ impl Guard {
                     pause = (pause * 2).min(std::time::Duration::from_millis(50));
                 };
                 if grown.0 > 0 || grown.1 > 0 {
-                    leaks.push(Leak::Heap { bytes: grown.0.max(0) as u64, blocks: grown.1.max(0) as u64 });
+                    leaks.push(Leak::Heap {
+                        bytes: grown.0.max(0) as u64,
+                        blocks: grown.1.max(0) as u64,
+                        sites: Vec::new(),
+                    });
                 }
             }
             (None, true) => unchecked.push("heap".to_owned()),
@@ -171,8 +175,9 @@ mod tests {
 
     #[test]
     fn a_kind_leaks_in_repeat_mode_only_if_every_run_leaked_it() {
-        let fd = |n: i32| Leak::Fd { fd: n, target: "/dev/null".into(), detail: "character device".into() };
-        let heap = Leak::Heap { bytes: 64, blocks: 1 };
+        let fd =
+            |n: i32| Leak::Fd { fd: n, target: "/dev/null".into(), detail: "character device".into(), sites: vec![] };
+        let heap = Leak::Heap { bytes: 64, blocks: 1, sites: vec![] };
         let (combined, warnings) =
             combine_runs(vec![finding(vec![fd(3), heap.clone()]), finding(vec![fd(4)]), finding(vec![fd(5)])]);
         assert_eq!(combined.judgement.leaks, vec![fd(5)], "grew on every run: reported from the last");

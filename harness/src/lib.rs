@@ -67,6 +67,7 @@ mod guard;
 mod isolation;
 pub mod options;
 pub mod record;
+pub mod sites;
 pub mod snapshot;
 
 #[doc(hidden)]

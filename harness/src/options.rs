@@ -182,13 +182,14 @@ mod tests {
             state: "sleeping".into(),
             unnamed: false,
             waiting_in: None,
+            sites: vec![],
         };
         let options = Options { allow: RULES, skip: &[Kind::Heap], grace_ms: None, repeat: None };
         let judgement = options.judge(vec![
             thread("pool-1"),
             thread("pool-2"),
             thread("flusher"),
-            Leak::Heap { bytes: 10, blocks: 1 },
+            Leak::Heap { bytes: 10, blocks: 1, sites: vec![] },
         ]);
         assert_eq!(judgement.allowed, vec![(thread("pool-1"), "one pool")]);
         assert_eq!(judgement.leaks, vec![thread("pool-2"), thread("flusher")]);

@@ -112,7 +112,11 @@ pub fn run_test(options: &Options, body: fn() -> Result<(), String>) {
     }
     let mut findings = Vec::new();
     let mut outcome = Ok(Ok(()));
+    // Under `LEAKCHECK_EXPLAIN`, one measured run records creation sites.
+    let explain = crate::sites::requested();
+    let runs = if explain { runs.min(1) } else { runs };
     for _ in 0..runs.max(1) {
+        let recorder = explain.then(crate::sites::Recorder::start);
         let guard = match Guard::start() {
             Ok(guard) => guard,
             Err(error) => {
@@ -124,7 +128,12 @@ pub fn run_test(options: &Options, body: fn() -> Result<(), String>) {
         let panicked = outcome.is_err();
         let finding = if panicked { guard.finish_after_panic(options) } else { guard.finish(options) };
         match finding {
-            Ok(finding) => findings.push(finding),
+            Ok(mut finding) => {
+                if let Some(recorder) = recorder {
+                    recorder.finish(&mut finding.judgement.leaks);
+                }
+                findings.push(finding)
+            }
             Err(error) => {
                 eprintln!("note: leakcheck: could not read /proc/self ({error}); this test is not checked");
                 return finish_outcome(outcome);

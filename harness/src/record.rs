@@ -58,6 +58,10 @@ pub enum Leak {
         /// A readable description: "regular file", "tcp 127.0.0.1:4000 ->
         /// 127.0.0.1:51234 (established)", "pipe", "eventfd", ...
         detail: String,
+        /// Where it was created: filled in when the leaking test is re-run
+        /// to explain it (harness and attribute mode); empty otherwise.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        sites: Vec<Site>,
     },
     /// A thread still running when the test ended.
     Thread {
@@ -76,6 +80,10 @@ pub enum Leak {
         /// `futex_do_wait`, `do_epoll_wait`, ...), when known.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         waiting_in: Option<String>,
+        /// Where it was created: filled in when the leaking test is re-run
+        /// to explain it (harness and attribute mode); empty otherwise.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        sites: Vec<Site>,
     },
     /// A child process (or a descendant orphaned by the test) still present
     /// when the test ended: still running, or a zombie never waited for.
@@ -89,6 +97,10 @@ pub enum Leak {
         /// True when the process was not a direct child of the test process
         /// (a grandchild orphaned by the test's own child, a daemon).
         orphaned: bool,
+        /// Where it was created: filled in when the leaking test is re-run
+        /// to explain it (harness and attribute mode); empty otherwise.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        sites: Vec<Site>,
     },
     /// Heap memory allocated during the test and still live at its end
     /// (measured by [`crate::Alloc`]).
@@ -97,6 +109,10 @@ pub enum Leak {
         bytes: u64,
         /// Growth of live blocks (may be 0 when an existing block grew).
         blocks: u64,
+        /// The allocation sites of the blocks still live, largest first,
+        /// each with its bytes and blocks (from a re-run under dhat).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        sites: Vec<Site>,
     },
 }
 
@@ -132,14 +148,34 @@ impl Leak {
         }
     }
 
+    /// Where the leaked resource was created, when known.
+    pub fn sites(&self) -> &[Site] {
+        match self {
+            Leak::Fd { sites, .. }
+            | Leak::Thread { sites, .. }
+            | Leak::Child { sites, .. }
+            | Leak::Heap { sites, .. } => sites,
+        }
+    }
+
+    /// Mutable access to [`Leak::sites`].
+    pub fn sites_mut(&mut self) -> &mut Vec<Site> {
+        match self {
+            Leak::Fd { sites, .. }
+            | Leak::Thread { sites, .. }
+            | Leak::Child { sites, .. }
+            | Leak::Heap { sites, .. } => sites,
+        }
+    }
+
     /// One line naming exactly what leaked, for human output.
     pub fn describe(&self) -> String {
         match self {
-            Leak::Fd { fd, target, detail } if detail.is_empty() || detail == target => {
+            Leak::Fd { fd, target, detail, .. } if detail.is_empty() || detail == target => {
                 format!("fd {fd} -> {target}")
             }
-            Leak::Fd { fd, target, detail } => format!("fd {fd} -> {target} ({detail})"),
-            Leak::Thread { tid, name, state, unnamed, waiting_in } => {
+            Leak::Fd { fd, target, detail, .. } => format!("fd {fd} -> {target} ({detail})"),
+            Leak::Thread { tid, name, state, unnamed, waiting_in, .. } => {
                 let state = match waiting_in {
                     Some(function) => format!("{state} in {function}"),
                     None => state.clone(),
@@ -150,13 +186,70 @@ impl Leak {
                     format!("thread \"{name}\" (tid {tid}, {state})")
                 }
             }
-            Leak::Child { pid, cmdline, state, orphaned } => {
+            Leak::Child { pid, cmdline, state, orphaned, .. } => {
                 let orphan = if *orphaned { ", orphaned grandchild" } else { "" };
                 format!("child `{cmdline}` (pid {pid}, {state}{orphan})")
             }
-            Leak::Heap { bytes, blocks } => {
+            Leak::Heap { bytes, blocks, .. } => {
                 format!("heap: {bytes} bytes in {blocks} {}", if *blocks == 1 { "block" } else { "blocks" })
             }
+        }
+    }
+}
+
+/// Where a leaked resource was created: the call stack of its creation,
+/// trimmed to the frames of the code under test (std, dependencies from the
+/// registry and leakcheck itself left out).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Site {
+    /// The innermost frame of the code under test, as `file:line`.
+    pub location: String,
+    /// Its function, without the hash suffix.
+    pub function: String,
+    /// The frames of the code under test, innermost first: `function (file:line)`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub frames: Vec<String>,
+    /// What the stack is: where the resource was created, where a heap
+    /// block was allocated, or (threads) what the thread is running now.
+    pub role: SiteRole,
+    /// Heap sites: bytes still live from this site.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes: Option<u64>,
+    /// Heap sites: blocks still live from this site.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blocks: Option<u64>,
+}
+
+/// What the stack of a [`Site`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SiteRole {
+    /// The call that created the resource (fds, child processes).
+    Created,
+    /// The allocation of heap blocks still live.
+    Allocated,
+    /// What a leaked thread runs at the check: for a thread the test
+    /// spawned, the closure it was given, in the test's source.
+    Running,
+}
+
+impl Site {
+    /// `created at src/pool.rs:42 in pool::Pool::grow`, with the heap share
+    /// when known.
+    pub fn describe(&self) -> String {
+        let blocks = |blocks: u64| if blocks == 1 { "block" } else { "blocks" };
+        match (self.role, self.bytes, self.blocks) {
+            (_, Some(bytes), Some(count)) => {
+                format!(
+                    "{bytes} bytes in {count} {} allocated at {} in {}",
+                    blocks(count),
+                    self.location,
+                    self.function
+                )
+            }
+            (SiteRole::Running, ..) => format!("running {} at {}", self.function, self.location),
+            (SiteRole::Allocated, ..) => format!("allocated at {} in {}", self.location, self.function),
+            (SiteRole::Created, ..) => format!("created at {} in {}", self.location, self.function),
         }
     }
 }
@@ -283,7 +376,7 @@ mod tests {
 
     #[test]
     fn leaks_serialize_with_their_kind_tag() {
-        let leak = Leak::Fd { fd: 7, target: "/tmp/x".into(), detail: "regular file".into() };
+        let leak = Leak::Fd { fd: 7, target: "/tmp/x".into(), detail: "regular file".into(), sites: vec![] };
         let json = serde_json::to_value(&leak).unwrap();
         assert_eq!(json, serde_json::json!({"kind": "fd", "fd": 7, "target": "/tmp/x", "detail": "regular file"}));
         let back: Leak = serde_json::from_value(json).unwrap();

@@ -64,6 +64,9 @@ pub(crate) fn progress_line(record: &TestRecord) -> String {
     }
     for leak in record.leaks.iter().take(SHOWN_PER_TEST) {
         let _ = write!(line, "\n{:>20}leaked {}", "", leak.describe());
+        for site in leak.sites().iter().take(SITES_SHOWN) {
+            let _ = write!(line, "\n{:>22}{}", "", site.describe());
+        }
     }
     if let Some(rest) = more_leaks(record) {
         let _ = write!(line, "\n{:>20}{rest}", "");
@@ -89,6 +92,32 @@ pub(crate) fn progress_line(record: &TestRecord) -> String {
     line
 }
 
+/// Heap sites shown per leak (the JSON report has up to five).
+const SITES_SHOWN: usize = 3;
+
+const NO_SITE_NOTE: &str = "where \"-\": no site was recorded. Sites come from re-running a leaking test with \
+leakcheck's code inside it: #[leakcheck::test] or leakcheck::main!() (x86_64 Linux for fds and children). A plain \
+#[test] has none, nor a process orphaned by the test's child.";
+
+/// The "where" cell: the sites of a leak, one per line, or "-".
+fn where_column(leak: &leakcheck::Leak) -> String {
+    let sites: Vec<String> = leak
+        .sites()
+        .iter()
+        .take(SITES_SHOWN)
+        .map(|site| match (site.bytes, site.role) {
+            (Some(bytes), _) => format!("{} ({bytes} B)", site.location),
+            (None, leakcheck::record::SiteRole::Running) => format!("running {}", site.location),
+            (None, _) => site.location.clone(),
+        })
+        .collect();
+    if sites.is_empty() {
+        "-".to_owned()
+    } else {
+        sites.join("\n")
+    }
+}
+
 /// Everything printed after the last test: outputs, the leak table, the summary.
 pub(crate) fn final_report(records: &[TestRecord], summary: &Summary) -> String {
     let mut out = String::new();
@@ -106,17 +135,20 @@ pub(crate) fn final_report(records: &[TestRecord], summary: &Summary) -> String 
     if !leaking.is_empty() {
         let mut table = Table::new();
         table.load_style(UTF8_FULL_CONDENSED).set_content_arrangement(ContentArrangement::Dynamic);
-        table.set_header(["test", "kind", "what leaked"]);
+        table.set_header(["test", "kind", "what leaked", "where"]);
         for record in leaking {
             let test = format!("{} {}", record.binary, record.name);
             for leak in record.leaks.iter().take(SHOWN_PER_TEST) {
-                table.add_row([test.clone(), leak.kind().to_owned(), leak.describe()]);
+                table.add_row([test.clone(), leak.kind().to_owned(), leak.describe(), where_column(leak)]);
             }
             if let Some(rest) = more_leaks(record) {
-                table.add_row([test, String::new(), rest]);
+                table.add_row([test, String::new(), rest, String::new()]);
             }
         }
         let _ = writeln!(out, "\nLeaks:\n{table}");
+        if records.iter().flat_map(|record| &record.leaks).any(|leak| leak.sites().is_empty()) {
+            let _ = writeln!(out, "{NO_SITE_NOTE}");
+        }
         let mut hinted: Vec<&str> = Vec::new();
         for leak in records.iter().flat_map(|record| &record.leaks) {
             if !hinted.contains(&leak.hint()) {

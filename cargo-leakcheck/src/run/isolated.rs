@@ -92,12 +92,36 @@ pub(crate) fn libtest_args(context: &RunContext, case: &TestCase) -> Vec<String>
 
 /// Runs `case` (its binary with `args`) and judges it. `None` when the run
 /// was interrupted under it.
+///
+/// A test checked in-process (`#[leakcheck::test]`) that leaked is run once
+/// more with `LEAKCHECK_EXPLAIN=1`, which records where its leaks were
+/// created; those sites go to the first run's leaks, whose verdict stands.
 pub(crate) fn run_test(
     context: &RunContext,
     waker: &Waker,
     case: &TestCase,
     args: &[String],
 ) -> io::Result<Option<TestRecord>> {
+    let Some((mut record, checked_in_process)) = run_once(context, waker, case, args, false)? else {
+        return Ok(None);
+    };
+    if checked_in_process && !record.leaks.is_empty() && record.outcome != Outcome::TimedOut {
+        if let Ok(Some((explained, _))) = run_once(context, waker, case, args, true) {
+            leakcheck::sites::attach(&mut record.leaks, &explained.leaks);
+        }
+    }
+    Ok(Some(record))
+}
+
+/// One run of `case`; with it, whether a `#[leakcheck::test]` checked it
+/// from inside.
+fn run_once(
+    context: &RunContext,
+    waker: &Waker,
+    case: &TestCase,
+    args: &[String],
+    explain: bool,
+) -> io::Result<Option<(TestRecord, bool)>> {
     waker.drain();
     let binary = &case.binary;
     let marker = format!("{}:{}", std::process::id(), case.serial);
@@ -112,6 +136,7 @@ pub(crate) fn run_test(
         .env(MARKER_VAR, &marker)
         .env("LEAKCHECK_RECORD_FILE", &record_file)
         .envs(context.repeat.map(|runs| ("LEAKCHECK_REPEAT", runs.to_string())))
+        .envs(explain.then_some((leakcheck::sites::EXPLAIN_ENV, "1")))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -282,7 +307,8 @@ pub(crate) fn run_test(
         Some(report) => report.closed_fds.clone(),
         None => exit_view.as_ref().map(|view| view.closed.clone()).unwrap_or_default(),
     };
-    Ok(Some(TestRecord {
+    let checked_in_process = in_process.is_some();
+    let record = TestRecord {
         binary: binary.id.clone(),
         name: case.name.clone(),
         outcome,
@@ -294,7 +320,8 @@ pub(crate) fn run_test(
         warnings: Vec::new(),
         closed_fds,
         output,
-    }))
+    };
+    Ok(Some((record, checked_in_process)))
 }
 
 fn read_in_process_report(path: &std::path::Path) -> Option<InProcessReport> {

@@ -1,0 +1,323 @@
+//! Explaining a leak: where the leaked resource was created.
+//!
+//! Detection stays cheap: nothing here runs for a clean test. A test that
+//! leaked is run once more with recording on (an explain re-run, see
+//! [`Recorder`]), and the sites of that run's leaks are attached to the
+//! leaks of the first run that match them ([`attach`]).
+//!
+//! - fds and child processes: [`trap`] (a seccomp filter that traps the
+//!   syscalls creating them; x86_64 with glibc);
+//! - threads: [`threads`] (what the leaked thread runs: its closure);
+//! - heap: [`heap`] (dhat's recorder behind [`crate::Alloc`]).
+
+mod heap;
+mod threads;
+#[cfg(all(target_os = "linux", target_arch = "x86_64", target_env = "gnu"))]
+mod trap;
+
+use crate::record::{Leak, Site, SiteRole};
+
+/// At most this many frames of the code under test per site.
+const FRAMES_PER_SITE: usize = 8;
+/// At most this many heap sites per heap leak.
+const HEAP_SITES: usize = 5;
+
+/// Set by `cargo leakcheck` (or by hand, under nextest or cargo test) to
+/// record creation sites in this run.
+pub const EXPLAIN_ENV: &str = "LEAKCHECK_EXPLAIN";
+
+/// Whether this process was asked to record creation sites.
+pub(crate) fn requested() -> bool {
+    std::env::var_os(EXPLAIN_ENV).is_some_and(|value| value != "0")
+}
+
+/// Recording in progress, from just before the test body to just after its
+/// check.
+pub(crate) struct Recorder {
+    heap: Option<heap::HeapRecorder>,
+    syscalls: Result<(), String>,
+}
+
+impl std::fmt::Debug for Recorder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Recorder").field("heap", &self.heap.is_some()).field("syscalls", &self.syscalls).finish()
+    }
+}
+
+impl Recorder {
+    /// Starts recording fd, thread and process creation, and heap blocks.
+    pub(crate) fn start() -> Recorder {
+        #[cfg(all(target_os = "linux", target_arch = "x86_64", target_env = "gnu"))]
+        let syscalls = trap::start();
+        #[cfg(not(all(target_os = "linux", target_arch = "x86_64", target_env = "gnu")))]
+        let syscalls =
+            Err("creation sites of fds, threads and children are recorded on x86_64 Linux (glibc) only".into());
+        Recorder { heap: heap::HeapRecorder::start(), syscalls }
+    }
+
+    /// Stops recording and gives each leak of `leaks` the sites found for it.
+    /// Returns why fd, thread and child sites could not be recorded, if so.
+    pub(crate) fn finish(self, leaks: &mut [Leak]) -> Option<String> {
+        #[cfg(all(target_os = "linux", target_arch = "x86_64", target_env = "gnu"))]
+        let entries = if self.syscalls.is_ok() { trap::stop() } else { Vec::new() };
+        let heap_sites = self.heap.map(heap::HeapRecorder::finish).unwrap_or_default();
+        for leak in leaks.iter_mut() {
+            let sites = match leak {
+                Leak::Heap { .. } => heap_sites
+                    .iter()
+                    .filter_map(|live| {
+                        let mut site = site_of(&live.ips)?;
+                        site.role = SiteRole::Allocated;
+                        site.bytes = Some(live.bytes);
+                        site.blocks = Some(live.blocks);
+                        Some(site)
+                    })
+                    .fold(Vec::<Site>::new(), merge_same_location)
+                    .into_iter()
+                    .take(HEAP_SITES)
+                    .collect(),
+                Leak::Thread { tid, .. } => threads::stack_of(*tid)
+                    .and_then(|ips| site_of(&ips))
+                    .map(|site| Site { role: SiteRole::Running, ..site })
+                    .into_iter()
+                    .collect(),
+                #[cfg(all(target_os = "linux", target_arch = "x86_64", target_env = "gnu"))]
+                _ => creation_entry(leak, &entries)
+                    .and_then(|entry| site_of(&entry.ips[..entry.depth]))
+                    .into_iter()
+                    .collect(),
+                #[cfg(not(all(target_os = "linux", target_arch = "x86_64", target_env = "gnu")))]
+                _ => Vec::new(),
+            };
+            *leak.sites_mut() = sites;
+        }
+        self.syscalls.err()
+    }
+}
+
+/// The trapped call that created what `leak` names: the latest one that
+/// made its fd, forked its pid, or (for a spawned process) the latest spawn
+/// that began before its pid was handed out.
+#[cfg(all(target_os = "linux", target_arch = "x86_64", target_env = "gnu"))]
+fn creation_entry<'a>(leak: &Leak, entries: &'a [trap::Entry]) -> Option<&'a trap::Entry> {
+    match leak {
+        Leak::Fd { fd, .. } => {
+            entries.iter().rev().find(|entry| matches!(entry.created, trap::Created::Fds(fds) if fds.contains(fd)))
+        }
+        Leak::Child { pid, orphaned: false, .. } => {
+            let forked = entries
+                .iter()
+                .rev()
+                .find(|entry| matches!(entry.created, trap::Created::Forked(forked) if forked == *pid));
+            forked.or_else(|| {
+                entries
+                    .iter()
+                    .filter_map(|entry| match entry.created {
+                        trap::Created::Spawning { last_pid } if last_pid < *pid => Some((last_pid, entry)),
+                        _ => None,
+                    })
+                    .max_by_key(|(last_pid, _)| *last_pid)
+                    .map(|(_, entry)| entry)
+            })
+        }
+        _ => None,
+    }
+}
+
+/// Heap sites with the same location add up.
+fn merge_same_location(mut sites: Vec<Site>, site: Site) -> Vec<Site> {
+    match sites.iter_mut().find(|known| known.location == site.location) {
+        Some(known) => {
+            known.bytes = Some(known.bytes.unwrap_or(0) + site.bytes.unwrap_or(0));
+            known.blocks = Some(known.blocks.unwrap_or(0) + site.blocks.unwrap_or(0));
+        }
+        None => sites.push(site),
+    }
+    sites
+}
+
+/// The site of a stack (return addresses, innermost first): its frames in
+/// the code under test, or else in dependencies (a thread a library
+/// started runs only library code), or `None` when it has neither.
+fn site_of(ips: &[usize]) -> Option<Site> {
+    let executable = executable_ranges();
+    // (function, file:line) pairs.
+    let mut own: Vec<(String, String)> = Vec::new();
+    let mut dependency: Vec<(String, String)> = Vec::new();
+    // Shared libraries (libc, ...) are never the code under test.
+    for &ip in ips.iter().filter(|&&ip| executable.iter().any(|(start, end)| (*start..*end).contains(&ip))) {
+        // A return address points after its call; the call is one byte back.
+        backtrace::resolve(ip.saturating_sub(1) as *mut std::ffi::c_void, |symbol| {
+            let (Some(name), Some(file), Some(line)) = (symbol.name(), symbol.filename(), symbol.lineno()) else {
+                return;
+            };
+            // The attribute's generated body function carries the test's name.
+            let function = format!("{name:#}").replace("__leakcheck_body_", "");
+            let file = file.to_string_lossy();
+            let frame = (function, format!("{}:{line}", shorten(&file)));
+            match origin(&frame.0, &file) {
+                Origin::CodeUnderTest => own.push(frame),
+                Origin::Dependency => dependency.push(frame),
+                Origin::Runtime => {}
+            }
+        });
+        if own.len() >= FRAMES_PER_SITE {
+            break;
+        }
+    }
+    let mut frames = if own.is_empty() { dependency } else { own };
+    frames.truncate(FRAMES_PER_SITE);
+    frames.dedup();
+    let (function, location) = frames.first().cloned()?;
+    Some(Site {
+        location,
+        function,
+        frames: frames.iter().map(|(function, location)| format!("{function} ({location})")).collect(),
+        role: SiteRole::Created,
+        bytes: None,
+        blocks: None,
+    })
+}
+
+/// Address ranges of the test executable's own mappings (Rust code is
+/// linked in statically; shared libraries are elsewhere).
+fn executable_ranges() -> Vec<(usize, usize)> {
+    let (Ok(exe), Ok(maps)) = (std::env::current_exe(), std::fs::read_to_string("/proc/self/maps")) else {
+        return Vec::new();
+    };
+    let exe = exe.to_string_lossy();
+    maps.lines()
+        .filter(|line| line.ends_with(&*exe))
+        .filter_map(|line| {
+            let (start, end) = line.split_whitespace().next()?.split_once('-')?;
+            Some((usize::from_str_radix(start, 16).ok()?, usize::from_str_radix(end, 16).ok()?))
+        })
+        .collect()
+}
+
+enum Origin {
+    CodeUnderTest,
+    /// A crate from cargo's registry or a git checkout.
+    Dependency,
+    /// std and its vendored crates, leakcheck itself, the allocator shims,
+    /// and the `main` the harness generates.
+    Runtime,
+}
+
+fn origin(function: &str, file: &str) -> Origin {
+    let runtime_file = file.starts_with("/rustc/") || file.starts_with("/rust/deps/") || file.contains("/lib/rustlib/");
+    let runtime_function =
+        ["leakcheck::", "<leakcheck::", "dhat::", "<dhat::", "backtrace::", "__rustc::", "__rust_", "__rg_"]
+            .iter()
+            .any(|prefix| function.starts_with(prefix))
+            || function.split("::").collect::<Vec<_>>().as_slice().get(1..) == Some(&["main"]);
+    if runtime_file || runtime_function {
+        Origin::Runtime
+    } else if file.contains("/.cargo/registry/") || file.contains("/.cargo/git/") || file.contains("/registry/src/") {
+        Origin::Dependency
+    } else {
+        Origin::CodeUnderTest
+    }
+}
+
+/// A path relative to the current directory when it is below it; a
+/// registry crate's path from the crate's directory (`tokio-1.48.0/src/..`).
+fn shorten(file: &str) -> String {
+    if let Some((_, in_index)) = file.split_once("/registry/src/") {
+        if let Some((_, in_crate)) = in_index.split_once('/') {
+            return in_crate.to_owned();
+        }
+    }
+    let Ok(current) = std::env::current_dir() else { return file.to_owned() };
+    match std::path::Path::new(file).strip_prefix(&current) {
+        Ok(relative) => relative.to_string_lossy().into_owned(),
+        Err(_) => file.to_owned(),
+    }
+}
+
+/// Copies the sites of `explained` (the explain re-run's leaks) onto the
+/// matching leaks of `leaks` (the first run's): the same kind and the same
+/// identity, fd numbers, tids and pids aside, which may differ between runs.
+pub fn attach(leaks: &mut [Leak], explained: &[Leak]) {
+    let mut taken = vec![false; explained.len()];
+    for leak in leaks.iter_mut() {
+        let found = (0..explained.len())
+            .filter(|&index| !taken[index] && same_resource(leak, &explained[index]))
+            // Prefer the same number too when there is one.
+            .max_by_key(|&index| same_number(leak, &explained[index]));
+        if let Some(index) = found {
+            taken[index] = true;
+            *leak.sites_mut() = explained[index].sites().to_vec();
+        }
+    }
+}
+
+fn same_resource(a: &Leak, b: &Leak) -> bool {
+    match (a, b) {
+        (Leak::Fd { detail: a, target: ta, .. }, Leak::Fd { detail: b, target: tb, .. }) => {
+            without_digits(a) == without_digits(b) && without_digits(ta) == without_digits(tb)
+        }
+        (Leak::Thread { name: a, unnamed: ua, .. }, Leak::Thread { name: b, unnamed: ub, .. }) => a == b && ua == ub,
+        (Leak::Child { cmdline: a, orphaned: oa, .. }, Leak::Child { cmdline: b, orphaned: ob, .. }) => {
+            a == b && oa == ob
+        }
+        (Leak::Heap { .. }, Leak::Heap { .. }) => true,
+        _ => false,
+    }
+}
+
+/// Ports, inodes and pids in names differ from run to run.
+fn without_digits(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if !c.is_ascii_digit() {
+            out.push(c);
+        } else if !out.ends_with('#') {
+            out.push('#');
+        }
+    }
+    out
+}
+
+fn same_number(a: &Leak, b: &Leak) -> bool {
+    match (a, b) {
+        (Leak::Fd { fd: a, .. }, Leak::Fd { fd: b, .. }) => a == b,
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sites_go_to_the_leak_of_the_same_resource_whatever_its_number() {
+        let site = |at: &str| Site {
+            location: at.into(),
+            function: "f".into(),
+            frames: vec![],
+            role: SiteRole::Created,
+            bytes: None,
+            blocks: None,
+        };
+        let fd = |fd: i32, target: &str, sites: Vec<Site>| Leak::Fd {
+            fd,
+            target: target.into(),
+            detail: "regular file".into(),
+            sites,
+        };
+        let thread = |tid: i32, sites: Vec<Site>| Leak::Thread {
+            tid,
+            name: "flusher".into(),
+            state: "sleeping".into(),
+            unnamed: false,
+            waiting_in: None,
+            sites,
+        };
+        let mut first = vec![fd(7, "/tmp/a", vec![]), thread(100, vec![])];
+        let explained = vec![thread(200, vec![site("src/lib.rs:9")]), fd(8, "/tmp/a", vec![site("src/lib.rs:3")])];
+        attach(&mut first, &explained);
+        assert_eq!(first[0].sites(), &[site("src/lib.rs:3")]);
+        assert_eq!(first[1].sites(), &[site("src/lib.rs:9")]);
+    }
+}
