@@ -94,6 +94,7 @@ fn try_main(args: &LeakcheckArgs, supervisor: &'static Supervisor) -> Result<u8,
         scratch: scratch.path().to_owned(),
         policy,
         repeat,
+        explain: !args.no_explain,
     };
     supervisor.begin_test_phase().map_err(|source| RunError::Setup { what: "become a child subreaper", source })?;
     if args.no_probe {

@@ -166,6 +166,10 @@ pub(crate) struct LeakcheckArgs {
     #[arg(long, value_name = "PATH", help_heading = "Configuration")]
     pub(crate) write_baseline: Option<PathBuf>,
 
+    /// Do not re-run a leaking #[leakcheck::test] or leakcheck::main!() test to find where its leaks were created
+    #[arg(long, help_heading = "Run Options")]
+    pub(crate) no_explain: bool,
+
     /// Do not use the exit probe: check only the processes a test leaves running
     #[arg(long, env = "LEAKCHECK_NO_PROBE", value_parser = clap::builder::BoolishValueParser::new(), action = clap::ArgAction::SetTrue, help_heading = "Run Options")]
     pub(crate) no_probe: bool,

@@ -41,6 +41,7 @@ pub(crate) fn wrap(args: &WrapArgs, supervisor: &'static Supervisor) -> Result<u
         scratch: scratch.clone(),
         policy: Policy::default(),
         repeat: None,
+        explain: true,
     };
     supervisor.begin_test_phase().map_err(|source| RunError::Setup { what: "become a child subreaper", source })?;
     let waker = Waker::new().map_err(|source| RunError::Setup { what: "create a pipe", source })?;

@@ -14,6 +14,7 @@ use crate::guard::{combine_runs, Guard};
 use crate::isolation::{isolation, Isolation};
 pub use crate::options::{Allow, Kind, Options};
 use crate::record::{AllowedLeak, InProcessReport};
+use crate::sites::Explain;
 
 /// One `#[leakcheck::test]`, registered for `leakcheck::main!()`.
 #[derive(Debug)]
@@ -112,11 +113,12 @@ pub fn run_test(options: &Options, body: fn() -> Result<(), String>) {
     }
     let mut findings = Vec::new();
     let mut outcome = Ok(Ok(()));
-    // Under `LEAKCHECK_EXPLAIN`, one measured run records creation sites.
-    let explain = crate::sites::requested();
-    let runs = if explain { runs.min(1) } else { runs };
+    // cargo leakcheck's explain re-run: one measured run, recording sites.
+    let explain = crate::sites::explain_mode();
+    let record_now = explain == Explain::ThisRun;
+    let runs = if record_now { runs.min(1) } else { runs };
     for _ in 0..runs.max(1) {
-        let recorder = explain.then(crate::sites::Recorder::start);
+        let recorder = record_now.then(crate::sites::Recorder::start);
         let guard = match Guard::start() {
             Ok(guard) => guard,
             Err(error) => {
@@ -143,8 +145,22 @@ pub fn run_test(options: &Options, body: fn() -> Result<(), String>) {
             break;
         }
     }
-    let (finding, warnings) =
+    let (mut finding, warnings) =
         if runs > 0 { combine_runs(findings) } else { (findings.pop().unwrap_or_default(), Vec::new()) };
+    // LEAKCHECK_EXPLAIN=1 (under nextest or cargo test): the verdict stands;
+    // a leaking test runs once more, recording, to find its sites.
+    if explain == Explain::AfterALeak && matches!(outcome, Ok(Ok(()))) && !finding.judgement.leaks.is_empty() {
+        let recorder = crate::sites::Recorder::start();
+        if let Ok(guard) = Guard::start() {
+            let rerun = run_on_fresh_thread(body);
+            let panicked = rerun.is_err();
+            let rerun = if panicked { guard.finish_after_panic(options) } else { guard.finish(options) };
+            if let Ok(mut rerun) = rerun {
+                recorder.finish(&mut rerun.judgement.leaks);
+                crate::sites::attach(&mut finding.judgement.leaks, &rerun.judgement.leaks);
+            }
+        }
+    }
     if !warnings.is_empty() {
         eprintln!("warning: leakcheck: leaked in some measured runs only (oscillating):");
         for leak in &warnings {
@@ -230,6 +246,10 @@ pub fn describe_leaks(leaks: &[crate::Leak]) -> String {
     for leak in leaks {
         message.push_str("\n  - ");
         message.push_str(&leak.describe());
+        for site in leak.sites().iter().take(3) {
+            message.push_str("\n      ");
+            message.push_str(&site.describe());
+        }
     }
     message
 }

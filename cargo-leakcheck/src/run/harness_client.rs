@@ -47,6 +47,7 @@ pub(crate) fn run_harness(
         .env(MARKER_VAR, &marker)
         .env("LEAKCHECK_RECORDS_FD", records_fd.to_string())
         .env("LEAKCHECK_TIMEOUT_MS", context.timeout.as_millis().to_string())
+        .env(leakcheck::sites::EXPLAIN_ENV, if context.explain { "auto" } else { "0" })
         .envs(context.repeat.map(|runs| ("LEAKCHECK_REPEAT", runs.to_string())))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

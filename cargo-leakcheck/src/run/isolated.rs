@@ -43,6 +43,9 @@ pub(crate) struct RunContext {
     /// `--repeat`: passed to tests as `LEAKCHECK_REPEAT`; only leakcheck's
     /// own code in a test (attribute, harness) can repeat it.
     pub(crate) repeat: Option<u32>,
+    /// Re-run leaking tests that have leakcheck's code inside to record
+    /// where their leaks were created (off with `--no-explain`).
+    pub(crate) explain: bool,
 }
 
 /// A worker's wake-up pipe: the reaper writes to it when the worker's test exits.
@@ -94,7 +97,7 @@ pub(crate) fn libtest_args(context: &RunContext, case: &TestCase) -> Vec<String>
 /// was interrupted under it.
 ///
 /// A test checked in-process (`#[leakcheck::test]`) that leaked is run once
-/// more with `LEAKCHECK_EXPLAIN=1`, which records where its leaks were
+/// more with `LEAKCHECK_EXPLAIN=record`, which records where its leaks were
 /// created; those sites go to the first run's leaks, whose verdict stands.
 pub(crate) fn run_test(
     context: &RunContext,
@@ -105,7 +108,7 @@ pub(crate) fn run_test(
     let Some((mut record, checked_in_process)) = run_once(context, waker, case, args, false)? else {
         return Ok(None);
     };
-    if checked_in_process && !record.leaks.is_empty() && record.outcome != Outcome::TimedOut {
+    if context.explain && checked_in_process && !record.leaks.is_empty() && record.outcome != Outcome::TimedOut {
         if let Ok(Some((explained, _))) = run_once(context, waker, case, args, true) {
             leakcheck::sites::attach(&mut record.leaks, &explained.leaks);
         }
@@ -136,7 +139,7 @@ fn run_once(
         .env(MARKER_VAR, &marker)
         .env("LEAKCHECK_RECORD_FILE", &record_file)
         .envs(context.repeat.map(|runs| ("LEAKCHECK_REPEAT", runs.to_string())))
-        .envs(explain.then_some((leakcheck::sites::EXPLAIN_ENV, "1")))
+        .envs(explain.then_some((leakcheck::sites::EXPLAIN_ENV, "record")))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -21,14 +21,38 @@ use crate::record::{Leak, Site, SiteRole};
 const FRAMES_PER_SITE: usize = 8;
 /// At most this many heap sites per heap leak.
 const HEAP_SITES: usize = 5;
+/// Leaks explained per test: past this many, more sites say nothing new
+/// (a test leaking 10,000 fds leaks them from one loop) and cost time.
+const EXPLAINED_LEAKS: usize = 32;
 
-/// Set by `cargo leakcheck` (or by hand, under nextest or cargo test) to
-/// record creation sites in this run.
+/// How a test explains its leaks, from this variable:
+/// - `1` (by hand, under nextest or cargo test): a `#[leakcheck::test]`
+///   that leaked runs once more in its process, recording, and its report
+///   shows the sites;
+/// - `record` (set by `cargo leakcheck` for its explain re-run of such a
+///   test): the test's one run records;
+/// - `0`: `leakcheck::main!()` does not re-run leaking tests to explain
+///   them (by default it does, in a fresh child).
 pub const EXPLAIN_ENV: &str = "LEAKCHECK_EXPLAIN";
 
-/// Whether this process was asked to record creation sites.
-pub(crate) fn requested() -> bool {
-    std::env::var_os(EXPLAIN_ENV).is_some_and(|value| value != "0")
+/// What [`EXPLAIN_ENV`] asks of a `#[leakcheck::test]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Explain {
+    /// Nothing.
+    Off,
+    /// Record in this run.
+    ThisRun,
+    /// Run once more, recording, after a run that leaked.
+    AfterALeak,
+}
+
+/// [`EXPLAIN_ENV`]'s request to a `#[leakcheck::test]`.
+pub(crate) fn explain_mode() -> Explain {
+    match std::env::var(EXPLAIN_ENV).as_deref() {
+        Ok("record") => Explain::ThisRun,
+        Ok("1") => Explain::AfterALeak,
+        _ => Explain::Off,
+    }
 }
 
 /// Recording in progress, from just before the test body to just after its
@@ -61,12 +85,12 @@ impl Recorder {
         #[cfg(all(target_os = "linux", target_arch = "x86_64", target_env = "gnu"))]
         let entries = if self.syscalls.is_ok() { trap::stop() } else { Vec::new() };
         let heap_sites = self.heap.map(heap::HeapRecorder::finish).unwrap_or_default();
-        for leak in leaks.iter_mut() {
+        for leak in leaks.iter_mut().take(EXPLAINED_LEAKS) {
             let sites = match leak {
                 Leak::Heap { .. } => heap_sites
                     .iter()
                     .filter_map(|live| {
-                        let mut site = site_of(&live.ips)?;
+                        let mut site = site_of(&live.ips, true)?;
                         site.role = SiteRole::Allocated;
                         site.bytes = Some(live.bytes);
                         site.blocks = Some(live.blocks);
@@ -77,13 +101,13 @@ impl Recorder {
                     .take(HEAP_SITES)
                     .collect(),
                 Leak::Thread { tid, .. } => threads::stack_of(*tid)
-                    .and_then(|ips| site_of(&ips))
+                    .and_then(|ips| site_of(&ips, false))
                     .map(|site| Site { role: SiteRole::Running, ..site })
                     .into_iter()
                     .collect(),
                 #[cfg(all(target_os = "linux", target_arch = "x86_64", target_env = "gnu"))]
                 _ => creation_entry(leak, &entries)
-                    .and_then(|entry| site_of(&entry.ips[..entry.depth]))
+                    .and_then(|entry| site_of(&entry.ips[..entry.depth], false))
                     .into_iter()
                     .collect(),
                 #[cfg(not(all(target_os = "linux", target_arch = "x86_64", target_env = "gnu")))]
@@ -139,8 +163,13 @@ fn merge_same_location(mut sites: Vec<Site>, site: Site) -> Vec<Site> {
 /// The site of a stack (return addresses, innermost first): its frames in
 /// the code under test, or else in dependencies (a thread a library
 /// started runs only library code), or `None` when it has neither.
-fn site_of(ips: &[usize]) -> Option<Site> {
+///
+/// For a heap block (`allocation`), a leakcheck frame other than the
+/// allocator itself below the first frame of the code under test means
+/// leakcheck's own bookkeeping made the block: no site.
+fn site_of(ips: &[usize], allocation: bool) -> Option<Site> {
     let executable = executable_ranges();
+    let mut made_by_leakcheck = false;
     // (function, file:line) pairs.
     let mut own: Vec<(String, String)> = Vec::new();
     let mut dependency: Vec<(String, String)> = Vec::new();
@@ -158,12 +187,19 @@ fn site_of(ips: &[usize]) -> Option<Site> {
             match origin(&frame.0, &file) {
                 Origin::CodeUnderTest => own.push(frame),
                 Origin::Dependency => dependency.push(frame),
+                Origin::Runtime if own.is_empty() && dependency.is_empty() => {
+                    let leakcheck = frame.0.starts_with("leakcheck::") || frame.0.starts_with("<leakcheck::");
+                    made_by_leakcheck |= leakcheck && !frame.0.contains("leakcheck::alloc::Alloc");
+                }
                 Origin::Runtime => {}
             }
         });
         if own.len() >= FRAMES_PER_SITE {
             break;
         }
+    }
+    if allocation && made_by_leakcheck {
+        return None;
     }
     let mut frames = if own.is_empty() { dependency } else { own };
     frames.truncate(FRAMES_PER_SITE);
@@ -181,7 +217,12 @@ fn site_of(ips: &[usize]) -> Option<Site> {
 
 /// Address ranges of the test executable's own mappings (Rust code is
 /// linked in statically; shared libraries are elsewhere).
-fn executable_ranges() -> Vec<(usize, usize)> {
+fn executable_ranges() -> &'static [(usize, usize)] {
+    static RANGES: std::sync::OnceLock<Vec<(usize, usize)>> = std::sync::OnceLock::new();
+    RANGES.get_or_init(read_executable_ranges)
+}
+
+fn read_executable_ranges() -> Vec<(usize, usize)> {
     let (Ok(exe), Ok(maps)) = (std::env::current_exe(), std::fs::read_to_string("/proc/self/maps")) else {
         return Vec::new();
     };
@@ -200,7 +241,7 @@ enum Origin {
     /// A crate from cargo's registry or a git checkout.
     Dependency,
     /// std and its vendored crates, leakcheck itself, the allocator shims,
-    /// and the `main` the harness generates.
+    /// the `main` the harness generates and the attribute's test wrapper.
     Runtime,
 }
 
@@ -210,6 +251,7 @@ fn origin(function: &str, file: &str) -> Origin {
         ["leakcheck::", "<leakcheck::", "dhat::", "<dhat::", "backtrace::", "__rustc::", "__rust_", "__rg_"]
             .iter()
             .any(|prefix| function.starts_with(prefix))
+            || function.contains("__leakcheck_run_")
             || function.split("::").collect::<Vec<_>>().as_slice().get(1..) == Some(&["main"]);
     if runtime_file || runtime_function {
         Origin::Runtime
@@ -239,8 +281,9 @@ fn shorten(file: &str) -> String {
 /// matching leaks of `leaks` (the first run's): the same kind and the same
 /// identity, fd numbers, tids and pids aside, which may differ between runs.
 pub fn attach(leaks: &mut [Leak], explained: &[Leak]) {
+    let explained = &explained[..explained.len().min(EXPLAINED_LEAKS)];
     let mut taken = vec![false; explained.len()];
-    for leak in leaks.iter_mut() {
+    for leak in leaks.iter_mut().take(EXPLAINED_LEAKS) {
         let found = (0..explained.len())
             .filter(|&index| !taken[index] && same_resource(leak, &explained[index]))
             // Prefer the same number too when there is one.
