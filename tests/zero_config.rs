@@ -47,7 +47,7 @@ fn every_leak_of_the_showcase_is_named() {
     let pipe = record(&report, leaks, "fd::pipe_from_child");
     assert_outcome(pipe, Outcome::Leaked);
     assert_eq!(pipe.leaks.len(), 1, "{pipe:#?}");
-    assert_eq!(fds(pipe)[0].1, "pipe");
+    assert_eq!(fds(pipe)[0].1, "pipe, read end; other end not held by this process or its children");
 
     let detached = record(&report, leaks, "thread::detached_thread");
     assert_outcome(detached, Outcome::Leaked);

@@ -198,6 +198,7 @@ mod tests {
             cmdline: "sleep 30".into(),
             state: "sleeping".into(),
             orphaned: false,
+            age_ms: Some(1500),
             sites: vec![],
         };
         assert_eq!(identity(&child), "sleep 30");

@@ -17,10 +17,10 @@ use crate::snapshot::{state_name, FdEntry, FdKey, ProcessInfo, Snapshot, ThreadE
 pub struct Baseline {
     /// fd number -> what it refers to.
     pub fds: BTreeMap<i32, FdKey>,
-    /// Thread ids.
-    pub threads: BTreeSet<i32>,
-    /// Child pids.
-    pub children: BTreeSet<i32>,
+    /// Thread ids with their start times (a reused tid is another thread).
+    pub threads: BTreeSet<(i32, u64)>,
+    /// Child pids with their start times (a reused pid is another process).
+    pub children: BTreeSet<(i32, u64)>,
 }
 
 impl Baseline {
@@ -28,9 +28,14 @@ impl Baseline {
     pub fn of(snapshot: &Snapshot) -> Baseline {
         Baseline {
             fds: snapshot.fds.iter().map(|entry| (entry.fd, entry.key)).collect(),
-            threads: snapshot.threads.iter().map(|thread| thread.tid).collect(),
-            children: snapshot.children.iter().map(|child| child.pid).collect(),
+            threads: snapshot.threads.iter().map(|thread| (thread.tid, thread.start_time)).collect(),
+            children: snapshot.children.iter().map(|child| (child.pid, child.start_time)).collect(),
         }
+    }
+
+    /// Counts thread `tid` of process `pid` (as alive now) as part of the baseline.
+    pub fn add_thread(&mut self, pid: i32, tid: i32) {
+        self.threads.insert((tid, crate::snapshot::thread_start_time(pid, tid)));
     }
 }
 
@@ -71,8 +76,16 @@ impl Delta {
                 entry
             })
             .collect();
-        let threads = snapshot.threads.into_iter().filter(|thread| !baseline.threads.contains(&thread.tid)).collect();
-        let children = snapshot.children.into_iter().filter(|child| !baseline.children.contains(&child.pid)).collect();
+        let threads = snapshot
+            .threads
+            .into_iter()
+            .filter(|thread| !baseline.threads.contains(&(thread.tid, thread.start_time)))
+            .collect();
+        let children = snapshot
+            .children
+            .into_iter()
+            .filter(|child| !baseline.children.contains(&(child.pid, child.start_time)))
+            .collect();
         Delta { fds, threads, children, closed }
     }
 
@@ -142,6 +155,7 @@ pub fn child_leak(child: ProcessInfo, orphaned: bool) -> Leak {
         cmdline: child.cmdline,
         state: state_name(child.state).to_owned(),
         orphaned,
+        age_ms: crate::snapshot::age_ms(child.start_time),
         sites: Vec::new(),
     }
 }
@@ -218,8 +232,11 @@ mod tests {
         let mut reads = 0;
         let delta = settle(Duration::from_secs(5), || {
             reads += 1;
-            let threads =
-                if reads < 3 { vec![ThreadEntry { tid: 9, name: "exiting".into(), state: 'S' }] } else { vec![] };
+            let threads = if reads < 3 {
+                vec![ThreadEntry { tid: 9, name: "exiting".into(), state: 'S', start_time: 1 }]
+            } else {
+                vec![]
+            };
             Ok(Delta { threads, ..Delta::default() })
         })
         .unwrap();

@@ -56,7 +56,8 @@ pub enum Leak {
         /// `anon_inode:[eventfd]` as the kernel names it.
         target: String,
         /// A readable description: "regular file", "tcp 127.0.0.1:4000 ->
-        /// 127.0.0.1:51234 (established)", "pipe", "eventfd", ...
+        /// 127.0.0.1:51234 (established)", "pipe, read end; other end held by
+        /// child `cat`", "eventfd", ...
         detail: String,
         /// Where it was created: filled in when the leaking test is re-run
         /// to explain it (harness and attribute mode); empty otherwise.
@@ -97,6 +98,9 @@ pub enum Leak {
         /// True when the process was not a direct child of the test process
         /// (a grandchild orphaned by the test's own child, a daemon).
         orphaned: bool,
+        /// How long it had been running when the test ended, in milliseconds.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        age_ms: Option<u64>,
         /// Where it was created: filled in when the leaking test is re-run
         /// to explain it (harness and attribute mode); empty otherwise.
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -186,9 +190,10 @@ impl Leak {
                     format!("thread \"{name}\" (tid {tid}, {state})")
                 }
             }
-            Leak::Child { pid, cmdline, state, orphaned, .. } => {
+            Leak::Child { pid, cmdline, state, orphaned, age_ms, .. } => {
                 let orphan = if *orphaned { ", orphaned grandchild" } else { "" };
-                format!("child `{cmdline}` (pid {pid}, {state}{orphan})")
+                let age = age_ms.map(|ms| format!(", started {:.1}s before", ms as f64 / 1000.0)).unwrap_or_default();
+                format!("child `{cmdline}` (pid {pid}, {state}{orphan}{age})")
             }
             Leak::Heap { bytes, blocks, .. } => {
                 format!("heap: {bytes} bytes in {blocks} {}", if *blocks == 1 { "block" } else { "blocks" })

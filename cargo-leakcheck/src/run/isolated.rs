@@ -181,14 +181,15 @@ fn run_once(
         }
     });
 
-    let baseline = Baseline {
+    let mut baseline = Baseline {
         fds: [(0, key_of_path("/dev/null")), (1, key_of(&stdout)), (2, key_of(&stderr))]
             .into_iter()
             .filter_map(|(fd, key)| Some((fd, key?)))
             .collect(),
-        threads: [pid].into(),
+        threads: Default::default(),
         children: Default::default(),
     };
+    baseline.add_thread(pid, pid);
     let mut stdout = Capture::new(stdout.into());
     let mut stderr = Capture::new(stderr.into());
     let mut exit_view: Option<ExitView> = None;
@@ -382,7 +383,7 @@ fn serve_exit_call(
     let is_test_process = call.tid == pid || snapshot::tgid_of(call.tid).is_ok_and(|tgid| tgid == pid);
     if is_test_process && exit_view.is_none() {
         let mut baseline = baseline.clone();
-        baseline.threads.insert(call.tid);
+        baseline.add_thread(pid, call.tid);
         let mut children = Vec::new();
         let read = || {
             let snapshot = snapshot::take(pid)?;

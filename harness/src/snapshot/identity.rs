@@ -12,13 +12,13 @@ use procfs::process::Process;
 
 /// Describes fd `fd` of process `pid`, whose link target is `target`:
 /// "regular file", "directory", "tcp 127.0.0.1:4000 (listening)",
-/// "unix stream /run/x.sock", "pipe", "eventfd", ...
+/// "unix stream /run/x.sock", "pipe, read end; ...", "eventfd", ...
 pub fn describe_fd(pid: i32, fd: i32, target: &str) -> String {
     if let Some(inode) = bracketed(target, "socket:") {
         return inode.parse().ok().and_then(|inode| describe_socket(pid, inode)).unwrap_or_else(|| "socket".into());
     }
     if target.starts_with("pipe:") {
-        return "pipe".into();
+        return describe_pipe(pid, fd, target);
     }
     if let Some(kind) = target.strip_prefix("anon_inode:") {
         return kind.trim_start_matches('[').trim_end_matches(']').to_owned();
@@ -34,6 +34,47 @@ pub fn describe_fd(pid: i32, fd: i32, target: &str) -> String {
         Ok(_) => "regular file".into(),
         Err(_) => "file".into(),
     }
+}
+
+/// "pipe, read end; other end held by child `cat`": which end `fd` is (its
+/// fdinfo flags), and who holds the other end, looked for in the process
+/// and its children (a pipe's two ends share one inode, so one target).
+fn describe_pipe(pid: i32, fd: i32, target: &str) -> String {
+    let flags = fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}")).ok().and_then(|info| {
+        let octal = info.lines().find_map(|line| line.strip_prefix("flags:"))?;
+        u32::from_str_radix(octal.trim(), 8).ok()
+    });
+    let end = match flags.map(|flags| flags & libc::O_ACCMODE as u32) {
+        Some(mode) if mode == libc::O_WRONLY as u32 => "write end",
+        Some(_) => "read end",
+        None => return "pipe".into(),
+    };
+    let holds = |holder: i32, except: Option<i32>| {
+        fs::read_dir(format!("/proc/{holder}/fd")).into_iter().flatten().flatten().any(|entry| {
+            let number = entry.file_name().to_str().and_then(|name| name.parse::<i32>().ok());
+            number != except && fs::read_link(entry.path()).is_ok_and(|link| link.as_os_str() == target)
+        })
+    };
+    let other_end = if holds(pid, Some(fd)) {
+        "other end open in this process too".to_owned()
+    } else {
+        let children = fs::read_dir(format!("/proc/{pid}/task"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|task| fs::read_to_string(task.path().join("children")).ok())
+            .flat_map(|children| {
+                children.split_whitespace().filter_map(|pid| pid.parse::<i32>().ok()).collect::<Vec<_>>()
+            });
+        match children.into_iter().find(|&child| holds(child, None)) {
+            Some(child) => {
+                let command = super::process_info(child).map(|info| info.cmdline).unwrap_or_default();
+                format!("other end held by child `{command}`")
+            }
+            None => "other end not held by this process or its children".to_owned(),
+        }
+    };
+    format!("pipe, {end}; {other_end}")
 }
 
 /// `socket:[123]` -> `123` for prefix `socket:`.
@@ -122,8 +163,32 @@ mod tests {
     }
 
     #[test]
+    fn a_pipe_says_which_end_it_is_and_who_holds_the_other() {
+        let (reader, writer) = std::io::pipe().unwrap();
+        let (pid, target) = own(reader.as_raw_fd());
+        assert_eq!(describe_fd(pid, reader.as_raw_fd(), &target), "pipe, read end; other end open in this process too");
+        // Other tests of this binary fork too, and a child of theirs may hold
+        // a copy of our pipe for a moment between fork and exec: poll.
+        let settles_to = |expected: &str| {
+            (0..100).any(|_| {
+                let matches = describe_fd(pid, reader.as_raw_fd(), &target) == expected;
+                if !matches {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                matches
+            })
+        };
+        let mut child = std::process::Command::new("sleep").arg("5").stdin(writer).spawn().unwrap();
+        let held_by_child = settles_to("pipe, read end; other end held by child `sleep 5`");
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert!(held_by_child);
+        assert!(settles_to("pipe, read end; other end not held by this process or its children"));
+    }
+
+    #[test]
     fn pipes_and_anon_inodes_are_named() {
-        assert_eq!(describe_fd(1, 0, "pipe:[1234]"), "pipe");
+        assert_eq!(describe_fd(i32::MAX, 0, "pipe:[1234]"), "pipe", "no fdinfo: no end");
         assert_eq!(describe_fd(1, 0, "anon_inode:[eventfd]"), "eventfd");
         assert_eq!(describe_fd(1, 0, "anon_inode:inotify"), "inotify");
     }

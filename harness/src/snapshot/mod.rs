@@ -12,7 +12,7 @@ mod proc;
 #[cfg(target_os = "linux")]
 pub use identity::describe_fd;
 #[cfg(target_os = "linux")]
-pub use proc::{fd_target, key_of_path, process_info, take, tgid_of, wchan};
+pub use proc::{age_ms, fd_target, key_of_path, process_info, take, tgid_of, thread_start_time, wchan};
 
 /// What an fd refers to, cheaply comparable: the device and inode of the
 /// open file (for a socket or pipe, its inode in sockfs or pipefs).
@@ -46,6 +46,9 @@ pub struct ThreadEntry {
     pub name: String,
     /// The state letter of `/proc/<pid>/task/<tid>/stat` (`R`, `S`, `D`, `Z`, ...).
     pub state: char,
+    /// Start time since boot in clock ticks: with the tid, an identity that
+    /// survives tid reuse.
+    pub start_time: u64,
 }
 
 impl ThreadEntry {

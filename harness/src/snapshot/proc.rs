@@ -47,7 +47,8 @@ pub fn take(pid: i32) -> io::Result<Snapshot> {
         let task = entry.path();
         let Ok(stat) = fs::read_to_string(task.join("stat")) else { continue };
         let Some(parsed) = parse_stat(&stat) else { continue };
-        let thread = ThreadEntry { tid, name: parsed.comm.to_owned(), state: parsed.state };
+        let thread =
+            ThreadEntry { tid, name: parsed.comm.to_owned(), state: parsed.state, start_time: parsed.start_time };
         if let Ok(children) = fs::read_to_string(task.join("children")) {
             child_pids.extend(children.split_ascii_whitespace().filter_map(|pid| pid.parse::<i32>().ok()));
         }
@@ -75,6 +76,27 @@ fn key_of_own_fd(fd: i32) -> Option<FdKey> {
 pub fn key_of_path(path: &str) -> Option<FdKey> {
     use std::os::unix::fs::MetadataExt;
     fs::metadata(path).ok().map(|meta| FdKey { dev: meta.dev(), ino: meta.ino() })
+}
+
+/// Start time (clock ticks since boot) of thread `tid` of `pid`; 0 if gone.
+pub fn thread_start_time(pid: i32, tid: i32) -> u64 {
+    fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat"))
+        .ok()
+        .and_then(|stat| parse_stat(&stat).map(|parsed| parsed.start_time))
+        .unwrap_or(0)
+}
+
+/// How long ago (milliseconds) something started `start_time` clock ticks
+/// after boot, from `/proc/uptime`.
+pub fn age_ms(start_time: u64) -> Option<u64> {
+    let uptime = fs::read_to_string("/proc/uptime").ok()?;
+    let uptime_s: f64 = uptime.split_whitespace().next()?.parse().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let ticks_per_s = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    (ticks_per_s > 0).then(|| {
+        let started_s = start_time as f64 / ticks_per_s as f64;
+        ((uptime_s - started_s).max(0.0) * 1000.0) as u64
+    })
 }
 
 /// The kernel function thread `tid` of `pid` waits in, if it waits.
