@@ -18,6 +18,36 @@ fn heap(record: &leakcheck::TestRecord) -> Vec<(u64, u64)> {
         .collect()
 }
 
+/// `tests/<file>:<line>` of every line of the fixture's `tests/<file>` that
+/// carries the comment `// site: <test>`: where the test creates what it leaks.
+fn marked_sites(file: &str, test: &str) -> Vec<String> {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/harnessed/tests").join(file);
+    let source = std::fs::read_to_string(&path).unwrap();
+    let marker = format!("// site: {test}");
+    source
+        .lines()
+        .enumerate()
+        .filter(|(_, line)| line.trim_end().ends_with(&marker))
+        .map(|(index, _)| format!("tests/{file}:{}", index + 1))
+        .collect()
+}
+
+/// Checks that each leak of `kind` in `test` names its marked sites (and
+/// that a marked test has at least one such leak).
+fn assert_sites(report: &leakcheck::Report, binary: &str, file: &str, test: &str, kind: &str) {
+    let expected = marked_sites(file, test);
+    assert!(!expected.is_empty(), "no `// site: {test}` in {file}");
+    let record = record(report, binary, test);
+    let leaks: Vec<&Leak> = record.leaks.iter().filter(|leak| leak.kind() == kind).collect();
+    assert!(!leaks.is_empty(), "{record:#?}");
+    for leak in leaks {
+        let found: Vec<&str> = leak.sites().iter().map(|site| site.location.as_str()).collect();
+        for line in &expected {
+            assert!(found.contains(&line.as_str()), "{test}: {kind} site {line} expected, got {found:?}");
+        }
+    }
+}
+
 #[test]
 fn harness_binaries_report_heap_leaks_with_bytes_and_blocks() {
     let _serial = serial();
@@ -82,6 +112,30 @@ fn harness_binaries_report_heap_leaks_with_bytes_and_blocks() {
     assert_outcome(allowed, Outcome::Passed);
     assert!(allowed.allowed.iter().any(|a| a.reason == "a process-wide helper, started once"), "{allowed:#?}");
 
+    // Creation sites, from the explain re-run of each leaking test.
+    for (test, kind) in [
+        ("heap::box_leak", "heap"),
+        ("heap::forgotten_vec", "heap"),
+        ("heap::rc_cycle", "heap"),
+        ("resources::forgotten_file", "fd"),
+        ("resources::detached_thread", "thread"),
+        ("resources::running_child", "child"),
+        ("resources::leaked_listener", "fd"),
+        ("resources::pipe_from_child", "fd"),
+        ("resources::zombie_child", "child"),
+        ("asynchronous::tokio_test_leaking_a_thread", "thread"),
+    ] {
+        assert_sites(&report, binary, "harness.rs", test, kind);
+    }
+    let detached = &record(&report, binary, "resources::detached_thread").leaks[0];
+    assert_eq!(detached.sites()[0].role, leakcheck::record::SiteRole::Running, "{detached:#?}");
+    assert!(orphan.leaks[0].sites().is_empty(), "a grandchild was not made by the test: {orphan:#?}");
+    // Every tokio fd was opened by Runtime::new in the test's own line.
+    let runtime_line = marked_sites("harness.rs", "resources::forgotten_tokio_runtime");
+    for leak in runtime.leaks.iter().filter(|leak| leak.kind() == "fd") {
+        assert_eq!(leak.sites()[0].location, runtime_line[0], "{leak:#?}");
+    }
+
     let aborted = record(&report, binary, "outcomes::aborts");
     assert_outcome(aborted, Outcome::Failed);
     assert!(aborted.message.as_deref().unwrap_or_default().contains("SIGABRT"), "{aborted:#?}");
@@ -113,6 +167,10 @@ fn the_attribute_checks_heap_and_honours_allow_rules_under_cargo_leakcheck() {
     let detached = record(&report, binary, "attribute_detached_thread");
     assert_outcome(detached, Outcome::Leaked);
     assert_eq!(threads(detached), ["attr-flusher"]);
+    // The explain re-run (LEAKCHECK_EXPLAIN=record) found where.
+    assert_sites(&report, binary, "attribute.rs", "attribute_box_leak", "heap");
+    assert_sites(&report, binary, "attribute.rs", "attribute_detached_thread", "thread");
+    assert_sites(&report, binary, "attribute.rs", "attribute_one_time_initialisation", "fd");
     let allowed = record(&report, binary, "attribute_allowed_thread");
     assert_outcome(allowed, Outcome::Passed);
     assert!(allowed.leaks.is_empty(), "{allowed:#?}");
