@@ -337,3 +337,31 @@ fn repeat_mode_passes_one_time_initialisation_and_still_fails_per_run_leaks() {
         assert_outcome(record(report, "harnessed::harness", "heap::box_leak"), Outcome::Leaked);
     }
 }
+
+#[test]
+fn the_human_report_says_where_each_leak_was_made() {
+    let _serial = serial();
+    let human = |args: &[&str]| {
+        let run = run_to_end(leakcheck(&[&["-p", "harnessed", "--test", "harness"], args].concat()));
+        assert_eq!(run.code, Some(100), "stderr:\n{}", run.stderr);
+        format!("{}{}", run.stdout, run.stderr)
+    };
+    let file_line = &marked_sites("harness.rs", "resources::forgotten_file")[0];
+    let out = human(&["resources::forgotten_file"]);
+    // Under the leak's line, and in the table's "where" column.
+    assert!(out.contains(&format!("created at {file_line} in harness::resources::forgotten_file")), "{out}");
+    assert!(out.contains("where"), "{out}");
+
+    let box_line = &marked_sites("harness.rs", "heap::box_leak")[0];
+    let out = human(&["heap::box_leak"]);
+    assert!(
+        out.contains(&format!("4096 bytes in 1 block allocated at {box_line} in harness::heap::box_leak")),
+        "{out}"
+    );
+    assert!(out.contains(&format!("{box_line} (4096 B)")), "{out}");
+
+    // --no-explain: no re-run, no sites.
+    let out = human(&["--no-explain", "heap::box_leak"]);
+    assert!(!out.contains(&format!("allocated at {box_line}")), "{out}");
+    assert!(out.contains("note: no creation site"), "{out}");
+}

@@ -95,9 +95,9 @@ pub(crate) fn progress_line(record: &TestRecord) -> String {
 /// Heap sites shown per leak (the JSON report has up to five).
 const SITES_SHOWN: usize = 3;
 
-const NO_SITE_NOTE: &str = "where \"-\": no site was recorded. Sites come from re-running a leaking test with \
-leakcheck's code inside it: #[leakcheck::test] or leakcheck::main!() (x86_64 Linux for fds and children). A plain \
-#[test] has none, nor a process orphaned by the test's child.";
+const NO_SITE_NOTE: &str = "note: no creation site for some leaks (\"-\" or no \"where\" column). Sites come from \
+re-running a leaking test with leakcheck's code inside it: #[leakcheck::test] or leakcheck::main!() (fds and \
+children on x86_64 Linux). A plain #[test] has none, nor a process orphaned by the test's child.";
 
 /// The "where" cell: the sites of a leak, one per line, or "-".
 fn where_column(leak: &leakcheck::Leak) -> String {
@@ -135,14 +135,21 @@ pub(crate) fn final_report(records: &[TestRecord], summary: &Summary) -> String 
     if !leaking.is_empty() {
         let mut table = Table::new();
         table.load_style(UTF8_FULL_CONDENSED).set_content_arrangement(ContentArrangement::Dynamic);
-        table.set_header(["test", "kind", "what leaked", "where"]);
+        // The "where" column only when some leak has a site (never in
+        // zero-config runs, where it would be all dashes).
+        let any_site = leaking.iter().flat_map(|record| &record.leaks).any(|leak| !leak.sites().is_empty());
+        let mut header = vec!["test", "kind", "what leaked"];
+        header.extend(any_site.then_some("where"));
+        table.set_header(header);
         for record in leaking {
             let test = format!("{} {}", record.binary, record.name);
             for leak in record.leaks.iter().take(SHOWN_PER_TEST) {
-                table.add_row([test.clone(), leak.kind().to_owned(), leak.describe(), where_column(leak)]);
+                let mut row = vec![test.clone(), leak.kind().to_owned(), leak.describe()];
+                row.extend(any_site.then(|| where_column(leak)));
+                table.add_row(row);
             }
             if let Some(rest) = more_leaks(record) {
-                table.add_row([test, String::new(), rest, String::new()]);
+                table.add_row([test, String::new(), rest]);
             }
         }
         let _ = writeln!(out, "\nLeaks:\n{table}");
