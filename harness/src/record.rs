@@ -211,6 +211,13 @@ pub struct Site {
     pub location: String,
     /// Its function, without the hash suffix.
     pub function: String,
+    /// The innermost frame's source file as the debug info names it
+    /// (absolute for most builds) and its line: for editors and annotations.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
+    /// See [`Site::file`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub line: Option<u32>,
     /// The frames of the code under test, innermost first: `function (file:line)`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub frames: Vec<String>,

@@ -53,6 +53,9 @@ fn description(record: &TestRecord) -> String {
     }
     for leak in &record.leaks {
         text.push_str(&format!("leaked {}\n", leak.describe()));
+        for site in leak.sites() {
+            text.push_str(&format!("  {}\n", site.describe()));
+        }
     }
     if let Some(output) = &record.output {
         text.push_str("\n--- output ---\n");

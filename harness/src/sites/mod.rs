@@ -170,9 +170,9 @@ fn merge_same_location(mut sites: Vec<Site>, site: Site) -> Vec<Site> {
 fn site_of(ips: &[usize], allocation: bool) -> Option<Site> {
     let executable = executable_ranges();
     let mut made_by_leakcheck = false;
-    // (function, file:line) pairs.
-    let mut own: Vec<(String, String)> = Vec::new();
-    let mut dependency: Vec<(String, String)> = Vec::new();
+    // (function, file:line, (full path, line)).
+    let mut own: Vec<Frame> = Vec::new();
+    let mut dependency: Vec<Frame> = Vec::new();
     // Shared libraries (libc, ...) are never the code under test.
     for &ip in ips.iter().filter(|&&ip| executable.iter().any(|(start, end)| (*start..*end).contains(&ip))) {
         // A return address points after its call; the call is one byte back.
@@ -183,7 +183,7 @@ fn site_of(ips: &[usize], allocation: bool) -> Option<Site> {
             // The attribute's generated body function carries the test's name.
             let function = format!("{name:#}").replace("__leakcheck_body_", "");
             let file = file.to_string_lossy();
-            let frame = (function, format!("{}:{line}", shorten(&file)));
+            let frame = (function, format!("{}:{line}", shorten(&file)), (file.clone().into_owned(), line));
             match origin(&frame.0, &file) {
                 Origin::CodeUnderTest => own.push(frame),
                 Origin::Dependency => dependency.push(frame),
@@ -204,16 +204,21 @@ fn site_of(ips: &[usize], allocation: bool) -> Option<Site> {
     let mut frames = if own.is_empty() { dependency } else { own };
     frames.truncate(FRAMES_PER_SITE);
     frames.dedup();
-    let (function, location) = frames.first().cloned()?;
+    let (function, location, (file, line)) = frames.first().cloned()?;
     Some(Site {
         location,
         function,
-        frames: frames.iter().map(|(function, location)| format!("{function} ({location})")).collect(),
+        file: Some(file),
+        line: Some(line),
+        frames: frames.iter().map(|(function, location, _)| format!("{function} ({location})")).collect(),
         role: SiteRole::Created,
         bytes: None,
         blocks: None,
     })
 }
+
+/// A resolved frame: function, `file:line` for display, full path and line.
+type Frame = (String, String, (String, u32));
 
 /// Address ranges of the test executable's own mappings (Rust code is
 /// linked in statically; shared libraries are elsewhere).
@@ -338,6 +343,8 @@ mod tests {
         let site = |at: &str| Site {
             location: at.into(),
             function: "f".into(),
+            file: None,
+            line: None,
             frames: vec![],
             role: SiteRole::Created,
             bytes: None,
