@@ -34,6 +34,9 @@ use crate::guard::{combine_runs, Finding, Guard};
 use crate::isolation::mark_forked_child;
 use crate::record::{AllowedLeak, Outcome, TestRecord};
 
+/// Time limit of an explain re-run when no timeout is configured.
+const EXPLAIN_LIMIT: Duration = Duration::from_secs(60);
+
 /// Bytes of a test's output kept (the tail).
 const KEEP_OUTPUT: usize = 1 << 20;
 
@@ -99,6 +102,8 @@ struct Running {
     output: Option<File>,
     output_bytes: Vec<u8>,
     started: Instant,
+    /// Killed past this (the configured timeout; explain re-runs always have one).
+    limit: Option<Duration>,
     timed_out: bool,
     /// For an explain re-run: the first run's record, which gets its sites.
     explaining: Option<TestRecord>,
@@ -294,6 +299,8 @@ impl ForkServer {
             output,
             output_bytes: Vec::new(),
             started: Instant::now(),
+            // An explain re-run must never hold the run up, timeout or not.
+            limit: if explain { Some(self.timeout.unwrap_or(EXPLAIN_LIMIT)) } else { self.timeout },
             timed_out: false,
             explaining: None,
         })
@@ -307,21 +314,18 @@ impl ForkServer {
                 poll_fds.push(libc::pollfd { fd: file.as_raw_fd(), events: libc::POLLIN, revents: 0 });
             }
         }
-        let wait_ms = match self.timeout {
-            Some(limit) => running
-                .iter()
-                .map(|child| limit.saturating_sub(child.started.elapsed()).as_millis())
-                .min()
-                .unwrap_or(0)
-                .min(1000) as i32,
-            None => 1000,
-        };
+        let wait_ms = running
+            .iter()
+            .filter_map(|child| child.limit.map(|limit| limit.saturating_sub(child.started.elapsed()).as_millis()))
+            .min()
+            .unwrap_or(1000)
+            .min(1000) as i32;
         // SAFETY: poll on a valid array of pollfd structs we own.
         unsafe { libc::poll(poll_fds.as_mut_ptr(), poll_fds.len() as libc::nfds_t, wait_ms.max(1)) };
         for child in running.iter_mut() {
             read_available(&mut child.record, &mut child.record_bytes, usize::MAX);
             read_available(&mut child.output, &mut child.output_bytes, KEEP_OUTPUT);
-            if let Some(limit) = self.timeout {
+            if let Some(limit) = child.limit {
                 if child.record.is_some() && child.started.elapsed() >= limit {
                     // SAFETY: kills the child's own process group.
                     unsafe { libc::kill(-child.pid, libc::SIGKILL) };

@@ -192,7 +192,7 @@ impl Leak {
             }
             Leak::Child { pid, cmdline, state, orphaned, age_ms, .. } => {
                 let orphan = if *orphaned { ", orphaned grandchild" } else { "" };
-                let age = age_ms.map(|ms| format!(", started {:.1}s before", ms as f64 / 1000.0)).unwrap_or_default();
+                let age = age_ms.map(|ms| format!(", {:.1}s old", ms as f64 / 1000.0)).unwrap_or_default();
                 format!("child `{cmdline}` (pid {pid}, {state}{orphan}{age})")
             }
             Leak::Heap { bytes, blocks, .. } => {
