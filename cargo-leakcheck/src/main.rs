@@ -11,6 +11,7 @@ mod cli;
 mod config;
 mod errors;
 mod list;
+mod mentions;
 mod plan;
 mod policy;
 mod process;

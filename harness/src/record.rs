@@ -243,6 +243,9 @@ pub enum SiteRole {
     /// What a leaked thread runs at the check: for a thread the test
     /// spawned, the closure it was given, in the test's source.
     Running,
+    /// Zero-config tests (no stack recorded): the line of the test's own
+    /// function that names what leaked (its file, thread name, program).
+    Mentioned,
 }
 
 impl Site {
@@ -260,6 +263,9 @@ impl Site {
                 )
             }
             (SiteRole::Running, ..) => format!("running {} at {}", self.function, self.location),
+            (SiteRole::Mentioned, ..) => {
+                format!("named at {} in {} (no stack: the test's line naming it)", self.location, self.function)
+            }
             (SiteRole::Allocated, ..) => format!("allocated at {} in {}", self.location, self.function),
             (SiteRole::Created, ..) => format!("created at {} in {}", self.location, self.function),
         }

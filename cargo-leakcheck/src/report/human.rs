@@ -95,9 +95,10 @@ pub(crate) fn progress_line(record: &TestRecord) -> String {
 /// Heap sites shown per leak (the JSON report has up to five).
 const SITES_SHOWN: usize = 3;
 
-const NO_SITE_NOTE: &str = "note: no creation site for some leaks (\"-\" or no \"where\" column). Sites come from \
-re-running a leaking test with leakcheck's code inside it: #[leakcheck::test] or leakcheck::main!() (fds and \
-children on x86_64 Linux). A plain #[test] has none, nor a process orphaned by the test's child.";
+const NO_SITE_NOTE: &str = "note: no creation site for some leaks (\"-\"). Stacks come from re-running a leaking \
+test with leakcheck's code inside it: #[leakcheck::test] or leakcheck::main!() (fds and children on x86_64 Linux). \
+For a plain #[test], \"named at\" is the line of the test that names the file, thread or program; a leak with \
+nothing to name (an eventfd, an unnamed thread, a grandchild) has no site.";
 
 /// The "where" cell: the sites of a leak, one per line, or "-".
 fn where_column(leak: &leakcheck::Leak) -> String {
@@ -108,6 +109,7 @@ fn where_column(leak: &leakcheck::Leak) -> String {
         .map(|site| match (site.bytes, site.role) {
             (Some(bytes), _) => format!("{} ({bytes} B)", site.location),
             (None, leakcheck::record::SiteRole::Running) => format!("running {}", site.location),
+            (None, leakcheck::record::SiteRole::Mentioned) => format!("named at {}", site.location),
             (None, _) => site.location.clone(),
         })
         .collect();

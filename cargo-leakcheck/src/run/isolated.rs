@@ -113,6 +113,11 @@ pub(crate) fn run_test(
             leakcheck::sites::attach(&mut record.leaks, &explained.leaks);
         }
     }
+    // A plain #[test] has no stacks; the line of its body naming a leak is
+    // the next best thing.
+    if context.explain && !record.leaks.is_empty() {
+        crate::mentions::attach(&mut record, &case.binary.cwd);
+    }
     Ok(Some(record))
 }
 
