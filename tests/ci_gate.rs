@@ -192,13 +192,17 @@ fn junit_reports_parse_back_with_leaks_in_the_failure() {
 fn github_annotations_name_each_failing_test() {
     let _serial = serial();
     let mut command = leakcheck(&["-p", "leaky", "--no-fail-fast", "fd::forgotten_file"]);
-    command.env("GITHUB_ACTIONS", "true");
+    let repository = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..").canonicalize().unwrap();
+    command.env("GITHUB_ACTIONS", "true").env("GITHUB_WORKSPACE", &repository);
     let run = run_to_end(command);
     let annotation = run.stdout.lines().find(|line| line.starts_with("::error ")).expect("an annotation");
-    assert!(
-        annotation.starts_with("::error title=leaky%3A%3Aleaks fd%3A%3Aforgotten_file leaked::leaked fd 3 -> "),
-        "{annotation}"
+    // On the line of the test that names the file, relative to the repository.
+    let source = std::fs::read_to_string(repository.join("fixtures/leaky/tests/leaks.rs")).unwrap();
+    let line = source.lines().position(|line| line.contains("File::create")).unwrap() + 1;
+    let expected = format!(
+        "::error file=fixtures/leaky/tests/leaks.rs,line={line},title=leaky%3A%3Aleaks fd%3A%3Aforgotten_file leaked::leaked fd 3 -> "
     );
+    assert!(annotation.starts_with(&expected), "{annotation}");
     let mut command = leakcheck(&["-p", "leaky", "--no-fail-fast", "fd::forgotten_file"]);
     command.env_remove("GITHUB_ACTIONS");
     assert!(!run_to_end(command).stdout.contains("::error"));
