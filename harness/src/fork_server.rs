@@ -32,6 +32,7 @@ use libtest_mimic::{Arguments, Trial};
 use crate::__private::{ShouldPanic, TestDef, TESTS};
 use crate::guard::{combine_runs, Finding, Guard};
 use crate::isolation::mark_forked_child;
+use crate::options::Options;
 use crate::record::{AllowedLeak, Outcome, TestRecord};
 
 /// Time limit of an explain re-run when no timeout is configured.
@@ -105,6 +106,8 @@ struct Running {
     /// Killed past this (the configured timeout; explain re-runs always have one).
     limit: Option<Duration>,
     timed_out: bool,
+    /// An explain re-run (see [`ForkServer::explain`]).
+    explain: bool,
     /// For an explain re-run: the first run's record, which gets its sites.
     explaining: Option<TestRecord>,
 }
@@ -302,6 +305,7 @@ impl ForkServer {
             // An explain re-run must never hold the run up, timeout or not.
             limit: if explain { Some(self.timeout.unwrap_or(EXPLAIN_LIMIT)) } else { self.timeout },
             timed_out: false,
+            explain,
             explaining: None,
         })
     }
@@ -345,7 +349,8 @@ impl ForkServer {
         // 0 to the group says cheaply whether there are any.
         // SAFETY: kill with signal 0 only checks for existence.
         let orphans = if unsafe { libc::kill(-child.pid, 0) } == 0 {
-            settle_group(child.pid, child.def.options.grace())
+            let grace = if child.explain { Duration::ZERO } else { child.def.options.grace() };
+            settle_group(child.pid, grace)
         } else {
             Vec::new()
         };
@@ -410,6 +415,9 @@ impl ForkServer {
 fn run_in_child(def: &'static TestDef, explain: bool) -> TestRecord {
     let name = def.full_name();
     let runs = if explain { def.options.repeat_runs().min(1) } else { def.options.repeat_runs() };
+    // An explain re-run does not settle: the first run already told lasting
+    // leaks from passing ones, and only lasting ones are matched.
+    let options = if explain { Options { grace_ms: Some(0), ..def.options } } else { def.options };
     // Repeat mode: a first, unmeasured run does the one-time initialisation.
     if runs > 0 {
         if let (Err(message), _) = run_on_fresh_thread(def, &name) {
@@ -428,9 +436,9 @@ fn run_in_child(def: &'static TestDef, explain: bool) -> TestRecord {
         let mut finding = guard.and_then(|guard| {
             // See Guard::finish_after_panic.
             if panicked {
-                guard.finish_after_panic(&def.options)
+                guard.finish_after_panic(&options)
             } else {
-                guard.finish(&def.options)
+                guard.finish(&options)
             }
         });
         if let (Some(recorder), Ok(finding)) = (recorder, &mut finding) {
