@@ -151,7 +151,7 @@ impl ForkServer {
                     ignored += 1;
                     continue;
                 }
-                match self.fork_test(def, &running, false) {
+                match self.fork_test(def, &running, None) {
                     Ok(child) => running.push(child),
                     Err(error) => {
                         let record = failed_record(def, format!("leakcheck could not fork for this test: {error}"));
@@ -180,7 +180,8 @@ impl ForkServer {
                     }
                     None if self.explain && !record.leaks.is_empty() && record.outcome != Outcome::TimedOut => {
                         let def = record_def(&record);
-                        match def.map(|def| self.fork_test(def, &running, true)) {
+                        let heap = record.leaks.iter().any(|leak| matches!(leak, crate::Leak::Heap { .. }));
+                        match def.map(|def| self.fork_test(def, &running, Some(heap))) {
                             Some(Ok(mut rerun)) => {
                                 rerun.explaining = Some(record);
                                 running.push(rerun);
@@ -222,9 +223,11 @@ impl ForkServer {
         }
     }
 
-    /// Forks a child that runs `def`; with `explain`, a re-run of a test
-    /// that leaked, recording creation sites, its output discarded.
-    fn fork_test(&self, def: &'static TestDef, running: &[Running], explain: bool) -> io::Result<Running> {
+    /// Forks a child that runs `def`; with `explain: Some(heap)`, a re-run
+    /// of a test that leaked, recording creation sites (and heap blocks when
+    /// `heap`), its output discarded.
+    fn fork_test(&self, def: &'static TestDef, running: &[Running], explain: Option<bool>) -> io::Result<Running> {
+        let (heap, explain) = (explain == Some(true), explain.is_some());
         let (record_read, record_write) = pipe()?;
         let output = if self.capture || explain { Some(pipe()?) } else { None };
         let _ = io::stdout().flush();
@@ -275,7 +278,7 @@ impl ForkServer {
                 // SAFETY: no other thread exists in this child yet.
                 unsafe { std::env::set_var("LEAKCHECK_TEST_ID", format!("{marker}/{}", def.full_name())) };
             }
-            let record = run_in_child(def, explain);
+            let record = run_in_child(def, explain, heap);
             let mut record_write = File::from(record_write);
             let _ = record_write.write_all(&serde_json::to_vec(&record).unwrap_or_default());
             drop(record_write);
@@ -411,8 +414,9 @@ impl ForkServer {
 /// Runs one test in the forked child: on a fresh thread named after it,
 /// between a baseline and a check.
 ///
-/// With `explain`, one measured run records where its leaks were created.
-fn run_in_child(def: &'static TestDef, explain: bool) -> TestRecord {
+/// With `explain`, one measured run records where its leaks were created
+/// (heap blocks too with `heap`).
+fn run_in_child(def: &'static TestDef, explain: bool, heap: bool) -> TestRecord {
     let name = def.full_name();
     let runs = if explain { def.options.repeat_runs().min(1) } else { def.options.repeat_runs() };
     // An explain re-run does not settle: the first run already told lasting
@@ -430,7 +434,7 @@ fn run_in_child(def: &'static TestDef, explain: bool) -> TestRecord {
     let mut findings = Vec::new();
     let mut body = Ok(());
     for _ in 0..runs.max(1) {
-        let recorder = explain.then(crate::sites::Recorder::start);
+        let recorder = explain.then(|| crate::sites::Recorder::start(heap));
         let guard = Guard::start_for_thread(&name);
         let (result, panicked) = run_on_fresh_thread(def, &name);
         let mut finding = guard.and_then(|guard| {

@@ -115,13 +115,14 @@ pub fn run_test(options: &Options, body: fn() -> Result<(), String>) {
     let mut outcome = Ok(Ok(()));
     // cargo leakcheck's explain re-run: one measured run, recording sites.
     let explain = crate::sites::explain_mode();
-    let record_now = explain == Explain::ThisRun;
+    let record_now = matches!(explain, Explain::ThisRun { .. });
+    let record_heap = matches!(explain, Explain::ThisRun { heap: true });
     let runs = if record_now { runs.min(1) } else { runs };
     // cargo leakcheck's first run already settled; the re-run does not.
     let settled = Options { grace_ms: Some(0), ..*options };
     let options = if record_now { &settled } else { options };
     for _ in 0..runs.max(1) {
-        let recorder = record_now.then(crate::sites::Recorder::start);
+        let recorder = record_now.then(|| crate::sites::Recorder::start(record_heap));
         let guard = match Guard::start() {
             Ok(guard) => guard,
             Err(error) => {
@@ -153,7 +154,8 @@ pub fn run_test(options: &Options, body: fn() -> Result<(), String>) {
     // LEAKCHECK_EXPLAIN=1 (under nextest or cargo test): the verdict stands;
     // a leaking test runs once more, recording, to find its sites.
     if explain == Explain::AfterALeak && matches!(outcome, Ok(Ok(()))) && !finding.judgement.leaks.is_empty() {
-        let recorder = crate::sites::Recorder::start();
+        let heap = finding.judgement.leaks.iter().any(|leak| matches!(leak, crate::Leak::Heap { .. }));
+        let recorder = crate::sites::Recorder::start(heap);
         if let Ok(guard) = Guard::start() {
             let rerun = run_on_fresh_thread(body);
             let panicked = rerun.is_err();

@@ -105,11 +105,12 @@ pub(crate) fn run_test(
     case: &TestCase,
     args: &[String],
 ) -> io::Result<Option<TestRecord>> {
-    let Some((mut record, checked_in_process)) = run_once(context, waker, case, args, false)? else {
+    let Some((mut record, checked_in_process)) = run_once(context, waker, case, args, None)? else {
         return Ok(None);
     };
     if context.explain && checked_in_process && !record.leaks.is_empty() && record.outcome != Outcome::TimedOut {
-        if let Ok(Some((explained, _))) = run_once(context, waker, case, args, true) {
+        let heap = record.leaks.iter().any(|leak| matches!(leak, Leak::Heap { .. }));
+        if let Ok(Some((explained, _))) = run_once(context, waker, case, args, Some(heap)) {
             leakcheck::sites::attach(&mut record.leaks, &explained.leaks);
         }
     }
@@ -122,13 +123,13 @@ pub(crate) fn run_test(
 }
 
 /// One run of `case`; with it, whether a `#[leakcheck::test]` checked it
-/// from inside.
+/// from inside. `explain: Some(heap)` makes it an explain re-run.
 fn run_once(
     context: &RunContext,
     waker: &Waker,
     case: &TestCase,
     args: &[String],
-    explain: bool,
+    explain: Option<bool>,
 ) -> io::Result<Option<(TestRecord, bool)>> {
     waker.drain();
     let binary = &case.binary;
@@ -144,7 +145,7 @@ fn run_once(
         .env(MARKER_VAR, &marker)
         .env("LEAKCHECK_RECORD_FILE", &record_file)
         .envs(context.repeat.map(|runs| ("LEAKCHECK_REPEAT", runs.to_string())))
-        .envs(explain.then_some((leakcheck::sites::EXPLAIN_ENV, "record")))
+        .envs(explain.map(|heap| (leakcheck::sites::EXPLAIN_ENV, if heap { "record-heap" } else { "record" })))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

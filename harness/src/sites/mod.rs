@@ -29,8 +29,9 @@ const EXPLAINED_LEAKS: usize = 32;
 /// - `1` (by hand, under nextest or cargo test): a `#[leakcheck::test]`
 ///   that leaked runs once more in its process, recording, and its report
 ///   shows the sites;
-/// - `record` (set by `cargo leakcheck` for its explain re-run of such a
-///   test): the test's one run records;
+/// - `record`, `record-heap` (set by `cargo leakcheck` for its explain
+///   re-run of such a test): the test's one run records (heap blocks too
+///   with `record-heap`, when the first run leaked heap);
 /// - `0`: `leakcheck::main!()` does not re-run leaking tests to explain
 ///   them (by default it does, in a fresh child).
 pub const EXPLAIN_ENV: &str = "LEAKCHECK_EXPLAIN";
@@ -40,8 +41,11 @@ pub const EXPLAIN_ENV: &str = "LEAKCHECK_EXPLAIN";
 pub enum Explain {
     /// Nothing.
     Off,
-    /// Record in this run.
-    ThisRun,
+    /// Record in this run (heap blocks too when `heap`).
+    ThisRun {
+        /// Record heap blocks (the first run leaked heap).
+        heap: bool,
+    },
     /// Run once more, recording, after a run that leaked.
     AfterALeak,
 }
@@ -49,7 +53,8 @@ pub enum Explain {
 /// [`EXPLAIN_ENV`]'s request to a `#[leakcheck::test]`.
 pub(crate) fn explain_mode() -> Explain {
     match std::env::var(EXPLAIN_ENV).as_deref() {
-        Ok("record") => Explain::ThisRun,
+        Ok("record") => Explain::ThisRun { heap: false },
+        Ok("record-heap") => Explain::ThisRun { heap: true },
         Ok("1") => Explain::AfterALeak,
         _ => Explain::Off,
     }
@@ -69,14 +74,16 @@ impl std::fmt::Debug for Recorder {
 }
 
 impl Recorder {
-    /// Starts recording fd, thread and process creation, and heap blocks.
-    pub(crate) fn start() -> Recorder {
+    /// Starts recording fd, thread and process creation, and with `heap`
+    /// heap blocks (only when the first run leaked heap: dhat's report
+    /// resolves every frame it saw, which can cost a fraction of a second).
+    pub(crate) fn start(heap: bool) -> Recorder {
         #[cfg(all(target_os = "linux", target_arch = "x86_64", target_env = "gnu"))]
         let syscalls = trap::start();
         #[cfg(not(all(target_os = "linux", target_arch = "x86_64", target_env = "gnu")))]
         let syscalls =
             Err("creation sites of fds, threads and children are recorded on x86_64 Linux (glibc) only".into());
-        Recorder { heap: heap::HeapRecorder::start(), syscalls }
+        Recorder { heap: if heap { heap::HeapRecorder::start() } else { None }, syscalls }
     }
 
     /// Stops recording and gives each leak of `leaks` the sites found for it.
