@@ -26,13 +26,18 @@ pub(crate) fn attach(record: &mut TestRecord, package_dir: &Path) {
     let module = record.name.rsplit("::").nth(1).map(str::to_owned);
     let mut bodies: Option<Vec<Body>> = None;
     for leak in record.leaks.iter_mut().filter(|leak| leak.sites().is_empty()) {
-        let Some(needle) = needle(leak) else { continue };
+        let needles = needles(leak);
+        if needles.is_empty() {
+            continue;
+        }
         let bodies = bodies.get_or_insert_with(|| test_bodies(package_dir, &function, module.as_deref()));
-        let found = bodies.iter().find_map(|body| {
-            let line = body.lines.iter().position(|line| line.contains(&needle))?;
-            Some((body, body.first_line + line))
+        let found = needles.iter().find_map(|needle| {
+            bodies.iter().find_map(|body| {
+                let line = body.lines.iter().position(|line| line.contains(needle.as_str()))?;
+                Some((body, body.first_line + line, needle))
+            })
         });
-        if let Some((body, line)) = found {
+        if let Some((body, line, needle)) = found {
             let relative = body.file.strip_prefix(package_dir).unwrap_or(&body.file);
             *leak.sites_mut() = vec![Site {
                 location: format!("{}:{line}", relative.display()),
@@ -48,32 +53,46 @@ pub(crate) fn attach(record: &mut TestRecord, package_dir: &Path) {
     }
 }
 
-/// What to look for in the test's source to find where `leak` was made.
-fn needle(leak: &Leak) -> Option<String> {
+/// What to look for in the test's source to find where `leak` was made,
+/// the most telling first.
+fn needles(leak: &Leak) -> Vec<String> {
     match leak {
         Leak::Fd { target, .. } if target.starts_with('/') && !target.ends_with(" (deleted)") => {
             // A file: its name without the digits a temporary name carries.
             let name = target.rsplit('/').next().unwrap_or(target);
             let longest = name.split(|c: char| c.is_ascii_digit()).max_by_key(|part| part.len()).unwrap_or(name);
             if longest.len() >= 6 {
-                Some(longest.to_owned())
+                vec![longest.to_owned()]
             } else {
-                Some(format!("\"{target}\""))
+                vec![format!("\"{target}\"")]
             }
         }
+        Leak::Fd { target, .. } if target.ends_with(" (deleted)") => vec!["tempfile".to_owned()],
         Leak::Fd { detail, .. } if detail.starts_with("tcp listening") || detail.starts_with("udp bound") => {
-            Some("bind(".to_owned())
+            vec!["bind(".to_owned()]
         }
-        Leak::Fd { detail, .. } if detail.starts_with("pipe") => Some("piped()".to_owned()),
+        Leak::Fd { detail, .. } if detail.starts_with("tcp ") => vec!["connect(".to_owned(), "accept(".to_owned()],
+        Leak::Fd { detail, .. } if detail.starts_with("unix ") => {
+            // A named socket by its path's file name, else the type.
+            let path = detail.split_whitespace().nth(2).filter(|word| word.starts_with('/'));
+            let name = path.and_then(|path| path.rsplit('/').next()).filter(|name| name.len() >= 4);
+            name.map(str::to_owned).into_iter().chain(["UnixStream".to_owned(), "UnixListener".to_owned()]).collect()
+        }
+        Leak::Fd { detail, .. } if detail.starts_with("pipe") => vec!["piped()".to_owned(), "pipe(".to_owned()],
         // The kernel keeps 15 bytes of a thread's name.
-        Leak::Thread { name, unnamed: false, .. } if name.len() >= 15 => Some(format!("\"{name}")),
-        Leak::Thread { name, unnamed: false, .. } if !name.is_empty() => Some(format!("\"{name}\"")),
+        Leak::Thread { name, unnamed: false, .. } if name.len() >= 15 => vec![format!("\"{name}")],
+        Leak::Thread { name, unnamed: false, .. } if !name.is_empty() => vec![format!("\"{name}\"")],
         Leak::Child { cmdline, orphaned: false, .. } => {
-            let program = cmdline.split_whitespace().next()?.trim_start_matches('[').trim_end_matches(']');
+            let Some(program) = cmdline.split_whitespace().next() else { return Vec::new() };
+            let program = program.trim_start_matches('[').trim_end_matches(']');
             let program = program.rsplit('/').next().unwrap_or(program);
-            (!program.is_empty()).then(|| format!("\"{program}\""))
+            if program.is_empty() {
+                Vec::new()
+            } else {
+                vec![format!("\"{program}\"")]
+            }
         }
-        _ => None,
+        _ => Vec::new(),
     }
 }
 
