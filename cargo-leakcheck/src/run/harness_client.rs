@@ -88,6 +88,10 @@ pub(crate) fn run_harness(
             records_open = read_records(&mut records, &mut pending, |mut record| {
                 record.binary = binary.id.clone();
                 blame_orphans(&mut record, &marker);
+                // Leaks the harness's explain re-run found no stack for.
+                if context.explain && !record.leaks.is_empty() {
+                    crate::mentions::attach(&mut record, &binary.cwd);
+                }
                 if let Some(&index) = wanted.get(record.name.as_str()) {
                     on_record(&mut record);
                     received[index] = Some(record);
