@@ -170,7 +170,7 @@ impl ForkServer {
                     continue;
                 }
                 let mut child = running.swap_remove(index);
-                let explaining = child.explaining.take();
+                let (def, explaining) = (child.def, child.explaining.take());
                 let record = self.finish(child);
                 let record = match explaining {
                     // An explain re-run ended: its sites go to the first run's leaks.
@@ -179,15 +179,14 @@ impl ForkServer {
                         first
                     }
                     None if self.explain && !record.leaks.is_empty() && record.outcome != Outcome::TimedOut => {
-                        let def = record_def(&record);
                         let heap = record.leaks.iter().any(|leak| matches!(leak, crate::Leak::Heap { .. }));
-                        match def.map(|def| self.fork_test(def, &running, Some(heap))) {
-                            Some(Ok(mut rerun)) => {
+                        match self.fork_test(def, &running, Some(heap)) {
+                            Ok(mut rerun) => {
                                 rerun.explaining = Some(record);
                                 running.push(rerun);
                                 continue;
                             }
-                            _ => record,
+                            Err(_) => record,
                         }
                     }
                     None => record,
@@ -550,11 +549,6 @@ fn payload_text(payload: &(dyn std::any::Any + Send)) -> String {
         .map(|text| (*text).to_owned())
         .or_else(|| payload.downcast_ref::<String>().cloned())
         .unwrap_or_else(|| "Box<dyn Any>".to_owned())
-}
-
-/// The test a record is about.
-fn record_def(record: &TestRecord) -> Option<&'static TestDef> {
-    TESTS.iter().find(|def| def.full_name() == record.name)
 }
 
 fn failed_record(def: &TestDef, message: String) -> TestRecord {
