@@ -95,6 +95,7 @@ fn try_main(args: &LeakcheckArgs, supervisor: &'static Supervisor) -> Result<u8,
         policy,
         repeat,
         explain: !args.no_explain,
+        fork_per_test: args.fork_per_test,
     };
     supervisor.begin_test_phase().map_err(|source| RunError::Setup { what: "become a child subreaper", source })?;
     if args.no_probe {

@@ -170,6 +170,10 @@ pub(crate) struct LeakcheckArgs {
     #[arg(long, help_heading = "Run Options")]
     pub(crate) no_explain: bool,
 
+    /// leakcheck::main!() targets: fork a fresh process for every test (by default a child whose test passed clean runs the next one)
+    #[arg(long, help_heading = "Run Options")]
+    pub(crate) fork_per_test: bool,
+
     /// Do not use the exit probe: check only the processes a test leaves running
     #[arg(long, env = "LEAKCHECK_NO_PROBE", value_parser = clap::builder::BoolishValueParser::new(), action = clap::ArgAction::SetTrue, help_heading = "Run Options")]
     pub(crate) no_probe: bool,

@@ -42,6 +42,7 @@ pub(crate) fn wrap(args: &WrapArgs, supervisor: &'static Supervisor) -> Result<u
         policy: Policy::default(),
         repeat: None,
         explain: true,
+        fork_per_test: false,
     };
     supervisor.begin_test_phase().map_err(|source| RunError::Setup { what: "become a child subreaper", source })?;
     let waker = Waker::new().map_err(|source| RunError::Setup { what: "create a pipe", source })?;

@@ -86,6 +86,8 @@ extern "C" fn kill_children_and_die(signal: libc::c_int) {
 
 struct ForkServer {
     jobs: usize,
+    /// A child whose test passed clean runs the next one (see [`crate::reuse`]).
+    reuse: bool,
     capture: bool,
     /// Re-run a leaking test to record where its leaks were created
     /// (default; `LEAKCHECK_EXPLAIN=0` turns it off).
@@ -94,10 +96,16 @@ struct ForkServer {
     records: Option<File>,
 }
 
+/// A forked child: it runs one test, or, reused, one test after another.
 struct Running {
-    def: &'static TestDef,
+    /// The test it runs now; `None` while a reused child waits for its next
+    /// test, or after it was told to exit.
+    def: Option<&'static TestDef>,
     pid: i32,
     slot: usize,
+    /// Where the next test's index goes (4 bytes, little-endian); dropped
+    /// to tell a waiting child to exit. `None` for a child that is not reused.
+    command: Option<File>,
     record: Option<File>,
     record_bytes: Vec<u8>,
     output: Option<File>,
@@ -124,7 +132,14 @@ impl ForkServer {
                 (unsafe { libc::fcntl(fd, libc::F_GETFD) } >= 0).then(|| unsafe { File::from_raw_fd(fd) })
             });
         let explain = std::env::var_os(crate::sites::EXPLAIN_ENV).is_none_or(|value| value != "0");
-        ForkServer { jobs: jobs.clamp(1, RUNNING_GROUPS.len()), capture: !args.nocapture, explain, timeout, records }
+        ForkServer {
+            jobs: jobs.clamp(1, RUNNING_GROUPS.len()),
+            reuse: crate::reuse::enabled(),
+            capture: !args.nocapture,
+            explain,
+            timeout,
+            records,
+        }
     }
 
     fn run(mut self, plan: Vec<(&'static TestDef, bool)>, filtered_out: usize) -> ExitCode {
@@ -139,23 +154,37 @@ impl ForkServer {
         }
         let count = plan.len();
         println!("\nrunning {count} {}", if count == 1 { "test" } else { "tests" });
-        let mut queue = plan.into_iter();
-        let mut running: Vec<Running> = Vec::new();
-        let (mut passed, mut ignored) = (0, 0);
-        let mut failures: Vec<TestRecord> = Vec::new();
-        loop {
-            while running.len() < self.jobs {
-                let Some((def, is_ignored)) = queue.next() else { break };
+        let tests: Vec<&'static TestDef> = plan.iter().map(|(def, _)| *def).collect();
+        let mut queue = plan.into_iter().enumerate();
+        let mut ignored = 0;
+        // The next test to run, printing the ignored ones on the way.
+        let mut next_test = || {
+            queue.find_map(|(index, (def, is_ignored))| {
                 if is_ignored {
                     println!("test {} ... ignored", def.full_name());
                     ignored += 1;
-                    continue;
                 }
-                match self.fork_test(def, &running, None) {
+                (!is_ignored).then_some(index)
+            })
+        };
+        let mut running: Vec<Running> = Vec::new();
+        let mut tally = Tally::default();
+        loop {
+            // A reused child waiting for work takes the next test, or exits.
+            for child in running.iter_mut().filter(|child| child.def.is_none() && child.command.is_some()) {
+                match next_test() {
+                    Some(index) => child.assign(index, tests[index], self.timeout),
+                    None => child.command = None,
+                }
+            }
+            while running.len() < self.jobs {
+                let Some(index) = next_test() else { break };
+                match self.fork_test(tests[index], &tests, &running, None) {
                     Ok(child) => running.push(child),
                     Err(error) => {
-                        let record = failed_record(def, format!("leakcheck could not fork for this test: {error}"));
-                        failures.push(record);
+                        let record =
+                            failed_record(tests[index], format!("leakcheck could not fork for this test: {error}"));
+                        tally.failures.push(record);
                     }
                 }
             }
@@ -165,13 +194,24 @@ impl ForkServer {
             self.wait_for_io(&mut running);
             let mut index = 0;
             while index < running.len() {
+                if let Some(record) = running[index].take_reused_record() {
+                    // Passed clean; the child waits for its next test.
+                    self.report(record, &mut tally);
+                    index += 1;
+                    continue;
+                }
                 if running[index].record.is_some() && !running[index].timed_out {
                     index += 1;
                     continue;
                 }
                 let mut child = running.swap_remove(index);
-                let (def, explaining) = (child.def, child.explaining.take());
-                let record = self.finish(child);
+                let explaining = child.explaining.take();
+                let Some(def) = child.def else {
+                    // A reused child that was told to exit, gone.
+                    self.reap_idle(child);
+                    continue;
+                };
+                let record = self.finish(child, def);
                 let record = match explaining {
                     // An explain re-run ended: its sites go to the first run's leaks.
                     Some(mut first) => {
@@ -180,7 +220,7 @@ impl ForkServer {
                     }
                     None if self.explain && !record.leaks.is_empty() && record.outcome != Outcome::TimedOut => {
                         let heap = record.leaks.iter().any(|leak| matches!(leak, crate::Leak::Heap { .. }));
-                        match self.fork_test(def, &running, Some(heap)) {
+                        match self.fork_test(def, &tests, &running, Some(heap)) {
                             Ok(mut rerun) => {
                                 rerun.explaining = Some(record);
                                 running.push(rerun);
@@ -191,23 +231,10 @@ impl ForkServer {
                     }
                     None => record,
                 };
-                println!(
-                    "test {} ... {}",
-                    record.name,
-                    if record.outcome == Outcome::Passed { "ok" } else { "FAILED" }
-                );
-                if let Some(records) = &mut self.records {
-                    if let Ok(line) = serde_json::to_string(&record) {
-                        let _ = writeln!(records, "{line}");
-                    }
-                }
-                if record.outcome == Outcome::Passed {
-                    passed += 1;
-                } else {
-                    failures.push(record);
-                }
+                self.report(record, &mut tally);
             }
         }
+        let Tally { passed, failures } = tally;
         print_failures(&failures);
         let result = if failures.is_empty() { "ok" } else { "FAILED" };
         println!(
@@ -222,12 +249,36 @@ impl ForkServer {
         }
     }
 
-    /// Forks a child that runs `def`; with `explain: Some(heap)`, a re-run
+    /// Prints the verdict of `record`, passes it on to `cargo leakcheck` and counts it.
+    fn report(&mut self, record: TestRecord, tally: &mut Tally) {
+        println!("test {} ... {}", record.name, if record.outcome == Outcome::Passed { "ok" } else { "FAILED" });
+        if let Some(records) = &mut self.records {
+            if let Ok(line) = serde_json::to_string(&record) {
+                let _ = writeln!(records, "{line}");
+            }
+        }
+        if record.outcome == Outcome::Passed {
+            tally.passed += 1;
+        } else {
+            tally.failures.push(record);
+        }
+    }
+
+    /// Forks a child that runs `def` (and, if it passes clean and reuse is
+    /// on, whichever of `tests` it is sent next); with `explain: Some(heap)`, a re-run
     /// of a test that leaked, recording creation sites (and heap blocks when
     /// `heap`), its output discarded.
-    fn fork_test(&self, def: &'static TestDef, running: &[Running], explain: Option<bool>) -> io::Result<Running> {
+    fn fork_test(
+        &self,
+        def: &'static TestDef,
+        tests: &[&'static TestDef],
+        running: &[Running],
+        explain: Option<bool>,
+    ) -> io::Result<Running> {
         let (heap, explain) = (explain == Some(true), explain.is_some());
+        let reuse = self.reuse && !explain;
         let (record_read, record_write) = pipe()?;
+        let command = if reuse { Some(pipe()?) } else { None };
         let output = if self.capture || explain { Some(pipe()?) } else { None };
         let _ = io::stdout().flush();
         let _ = io::stderr().flush();
@@ -251,6 +302,14 @@ impl ForkServer {
             for slot in &RUNNING_GROUPS {
                 slot.store(0, Ordering::Relaxed);
             }
+            // Siblings' command pipes must end when the parent drops them: a
+            // copy held here would keep a waiting sibling from seeing EOF.
+            for sibling in running {
+                if let Some(command) = &sibling.command {
+                    // SAFETY: the child never returns, so the parent's File is never dropped here.
+                    unsafe { libc::close(command.as_raw_fd()) };
+                }
+            }
             drop(record_read);
             if let Some(records) = &self.records {
                 // SAFETY: the child never returns, so the parent's File is
@@ -269,36 +328,30 @@ impl ForkServer {
                 }
             }
             mark_forked_child();
-            // Under cargo leakcheck, name this test in the marker every
-            // process it starts inherits, so an orphan it leaves (invisible
-            // from in here) can still be blamed on it. Single-threaded here,
-            // so changing the environment is sound.
-            if let Ok(marker) = std::env::var("LEAKCHECK_TEST_ID") {
-                // SAFETY: no other thread exists in this child yet.
-                unsafe { std::env::set_var("LEAKCHECK_TEST_ID", format!("{marker}/{}", def.full_name())) };
-            }
-            let record = run_in_child(def, explain, heap);
-            let mut record_write = File::from(record_write);
-            let _ = record_write.write_all(&serde_json::to_vec(&record).unwrap_or_default());
-            drop(record_write);
-            let _ = io::stdout().flush();
-            // SAFETY: ends the child without running the parent's atexit
-            // handlers or destructors, which belong to the parent.
-            unsafe { libc::_exit(0) };
+            let commands = command.map(|(read, write)| {
+                drop(write);
+                File::from(read)
+            });
+            serve_tests(def, tests, commands, File::from(record_write), explain, heap);
         }
         // SAFETY: makes the child its own group leader from our side too, so
         // a kill of the group right after fork cannot miss it.
         unsafe { libc::setpgid(pid, pid) };
         RUNNING_GROUPS[slot].store(pid, Ordering::Relaxed);
         drop(record_write);
+        let command = command.map(|(read, write)| {
+            drop(read);
+            File::from(write)
+        });
         let output = output.map(|(read, write)| {
             drop(write);
             File::from(read)
         });
         Ok(Running {
-            def,
+            def: Some(def),
             pid,
             slot,
+            command,
             record: Some(File::from(record_read)),
             record_bytes: Vec::new(),
             output,
@@ -322,6 +375,7 @@ impl ForkServer {
         }
         let wait_ms = running
             .iter()
+            .filter(|child| child.def.is_some())
             .filter_map(|child| child.limit.map(|limit| limit.saturating_sub(child.started.elapsed()).as_millis()))
             .min()
             .unwrap_or(1000)
@@ -332,7 +386,8 @@ impl ForkServer {
             read_available(&mut child.record, &mut child.record_bytes, usize::MAX);
             read_available(&mut child.output, &mut child.output_bytes, KEEP_OUTPUT);
             if let Some(limit) = child.limit {
-                if child.record.is_some() && child.started.elapsed() >= limit {
+                let testing = child.def.is_some() && !child.has_reused_record();
+                if testing && child.record.is_some() && child.started.elapsed() >= limit {
                     // SAFETY: kills the child's own process group.
                     unsafe { libc::kill(-child.pid, libc::SIGKILL) };
                     child.timed_out = true;
@@ -341,8 +396,20 @@ impl ForkServer {
         }
     }
 
-    /// Reaps a child whose record pipe ended and turns it into a record.
-    fn finish(&self, mut child: Running) -> TestRecord {
+    /// Reaps a reused child that was told to exit, and whatever its group holds.
+    fn reap_idle(&self, child: Running) {
+        let mut status = 0;
+        // SAFETY: waits for our own child, then kills its own process group.
+        unsafe {
+            libc::waitpid(child.pid, &mut status, 0);
+            libc::kill(-child.pid, libc::SIGKILL);
+        }
+        RUNNING_GROUPS[child.slot].store(0, Ordering::Relaxed);
+    }
+
+    /// Reaps a child whose record pipe ended and turns it into the record of
+    /// `def`, the test it ran last.
+    fn finish(&self, mut child: Running, def: &'static TestDef) -> TestRecord {
         let mut status = 0;
         // SAFETY: waits for our own child.
         unsafe { libc::waitpid(child.pid, &mut status, 0) };
@@ -351,7 +418,7 @@ impl ForkServer {
         // 0 to the group says cheaply whether there are any.
         // SAFETY: kill with signal 0 only checks for existence.
         let orphans = if unsafe { libc::kill(-child.pid, 0) } == 0 {
-            let grace = if child.explain { Duration::ZERO } else { child.def.options.grace() };
+            let grace = if child.explain { Duration::ZERO } else { def.options.grace() };
             settle_group(child.pid, grace)
         } else {
             Vec::new()
@@ -362,7 +429,9 @@ impl ForkServer {
         RUNNING_GROUPS[child.slot].store(0, Ordering::Relaxed);
         drain(&mut child.output, &mut child.output_bytes, Duration::from_millis(200));
         let output = String::from_utf8_lossy(&child.output_bytes).into_owned();
-        let mut record = match serde_json::from_slice::<TestRecord>(&child.record_bytes) {
+        // The record line starts with the child's '-' (it exits after it).
+        let line = child.record_bytes.get(1..).unwrap_or_default();
+        let mut record = match serde_json::from_slice::<TestRecord>(line) {
             Ok(record) if !child.timed_out => record,
             _ => {
                 let message = if child.timed_out {
@@ -378,7 +447,7 @@ impl ForkServer {
                         libc::WEXITSTATUS(status)
                     )
                 };
-                let mut record = failed_record(child.def, message);
+                let mut record = failed_record(def, message);
                 if child.timed_out {
                     record.outcome = Outcome::TimedOut;
                 }
@@ -410,25 +479,127 @@ impl ForkServer {
     }
 }
 
+/// Passed and failed tests so far.
+#[derive(Default)]
+struct Tally {
+    passed: usize,
+    failures: Vec<TestRecord>,
+}
+
+impl Running {
+    /// Sends a waiting child test `index` of the plan.
+    fn assign(&mut self, index: usize, def: &'static TestDef, timeout: Option<Duration>) {
+        self.def = Some(def);
+        self.started = Instant::now();
+        self.limit = timeout;
+        self.record_bytes.clear();
+        self.output_bytes.clear();
+        if let Some(command) = &mut self.command {
+            // A child that died meanwhile shows as the end of its record
+            // pipe, and this test as the one it did not finish.
+            let _ = command.write_all(&(index as u32).to_le_bytes());
+        }
+    }
+
+    /// Whether the child sent the whole record of a test after which it
+    /// waits for the next: a line starting with '+'.
+    fn has_reused_record(&self) -> bool {
+        self.def.is_some() && self.record_bytes.first() == Some(&b'+') && self.record_bytes.last() == Some(&b'\n')
+    }
+
+    /// The record of such a test, now that the child waits for its next.
+    fn take_reused_record(&mut self) -> Option<TestRecord> {
+        if !self.has_reused_record() || self.timed_out {
+            return None;
+        }
+        let def = self.def.take()?;
+        let mut record = serde_json::from_slice::<TestRecord>(&self.record_bytes[1..])
+            .unwrap_or_else(|error| failed_record(def, format!("leakcheck could not read the test's record: {error}")));
+        record.duration_ms = self.started.elapsed().as_millis() as u64;
+        // Passed, so its output is not kept; all of it is in by now (the
+        // child wrote it before the record).
+        self.record_bytes.clear();
+        self.output_bytes.clear();
+        Some(record)
+    }
+}
+
+/// The forked child's work: runs `first`, then, while each test passes
+/// clean and `commands` (reuse on) sends more, the tests of `tests` it is
+/// sent. Each record goes to `records` as one line, starting with '+' if
+/// the child then waits for another test, '-' if it exits. Never returns.
+fn serve_tests(
+    first: &'static TestDef,
+    tests: &[&'static TestDef],
+    mut commands: Option<File>,
+    mut records: File,
+    explain: bool,
+    heap: bool,
+) -> ! {
+    let marker = std::env::var("LEAKCHECK_TEST_ID").ok();
+    let mut def = first;
+    loop {
+        // Under cargo leakcheck, name this test in the marker every process
+        // it starts inherits, so an orphan it leaves (invisible from in
+        // here) can still be blamed on it. Single-threaded here (no test
+        // thread runs between tests), so changing the environment is sound.
+        if let Some(marker) = &marker {
+            // SAFETY: no other thread exists in this child between tests.
+            unsafe { std::env::set_var("LEAKCHECK_TEST_ID", format!("{marker}/{}", def.full_name())) };
+        }
+        let before = commands.is_some().then(crate::reuse::ProcessState::read);
+        let (record, panicked) = run_in_child(def, explain, heap);
+        let reused = before.is_some_and(|before| {
+            !panicked
+                && crate::reuse::record_is_clean(&record)
+                && crate::reuse::ProcessState::read().allows_reuse_since(&before)
+        });
+        // The test's output first, so the parent has all of it when the record comes.
+        let _ = io::stdout().flush();
+        let mut line = vec![if reused { b'+' } else { b'-' }];
+        let _ = serde_json::to_writer(&mut line, &record);
+        line.push(b'\n');
+        let _ = records.write_all(&line);
+        let next = commands.as_mut().filter(|_| reused).and_then(|commands| {
+            let mut index = [0u8; 4];
+            commands.read_exact(&mut index).ok()?;
+            tests.get(u32::from_le_bytes(index) as usize).copied()
+        });
+        match next {
+            Some(test) => def = test,
+            None => break,
+        }
+    }
+    drop(records);
+    // SAFETY: ends the child without running the parent's atexit handlers
+    // or destructors, which belong to the parent.
+    unsafe { libc::_exit(0) }
+}
+
 /// Runs one test in the forked child: on a fresh thread named after it,
-/// between a baseline and a check.
+/// between a baseline and a check. Returns its record and whether it
+/// panicked.
 ///
 /// With `explain`, one measured run records where its leaks were created
 /// (heap blocks too with `heap`).
-fn run_in_child(def: &'static TestDef, explain: bool, heap: bool) -> TestRecord {
+fn run_in_child(def: &'static TestDef, explain: bool, heap: bool) -> (TestRecord, bool) {
     let name = def.full_name();
     let runs = if explain { def.options.repeat_runs().min(1) } else { def.options.repeat_runs() };
     // An explain re-run does not settle: the first run already told lasting
     // leaks from passing ones, and only lasting ones are matched.
     let options = if explain { Options { grace_ms: Some(0), ..def.options } } else { def.options };
     // Repeat mode: a first, unmeasured run does the one-time initialisation.
+    let mut panicked_once = false;
     if runs > 0 {
-        if let (Err(message), _) = run_on_fresh_thread(def, &name) {
-            return TestRecord {
+        let (result, panicked) = run_on_fresh_thread(def, &name);
+        if let Err(message) = result {
+            let record = TestRecord {
                 message: Some(format!("warm-up run: {message}")),
                 ..TestRecord::new("", name, Outcome::Failed)
             };
+            return (record, panicked);
         }
+        panicked_once |= panicked;
     }
     let mut findings = Vec::new();
     let mut body = Ok(());
@@ -436,6 +607,7 @@ fn run_in_child(def: &'static TestDef, explain: bool, heap: bool) -> TestRecord 
         let recorder = explain.then(|| crate::sites::Recorder::start(heap));
         let guard = Guard::start_for_thread(&name);
         let (result, panicked) = run_on_fresh_thread(def, &name);
+        panicked_once |= panicked;
         let mut finding = guard.and_then(|guard| {
             // See Guard::finish_after_panic.
             if panicked {
@@ -473,7 +645,7 @@ fn run_in_child(def: &'static TestDef, explain: bool, heap: bool) -> TestRecord 
         Ok(()) => (Outcome::Leaked, None),
         Err(message) => (Outcome::Failed, Some(message)),
     };
-    TestRecord {
+    let record = TestRecord {
         message,
         leaks,
         allowed,
@@ -481,7 +653,8 @@ fn run_in_child(def: &'static TestDef, explain: bool, heap: bool) -> TestRecord 
         unchecked: finding.unchecked,
         closed_fds: finding.closed_fds,
         ..TestRecord::new("", name, outcome)
-    }
+    };
+    (record, panicked_once)
 }
 
 /// Runs the test once on a fresh thread named `name` (joined, so its

@@ -67,6 +67,8 @@ mod guard;
 mod isolation;
 pub mod options;
 pub mod record;
+#[cfg(target_os = "linux")]
+mod reuse;
 pub mod sites;
 pub mod snapshot;
 
@@ -77,6 +79,8 @@ pub mod __private;
 
 #[cfg(target_os = "linux")]
 pub use alloc::{heap_usage, Alloc, HeapUsage};
+#[cfg(target_os = "linux")]
+pub use reuse::FORK_PER_TEST_ENV;
 #[cfg(target_os = "linux")]
 pub use guard::{check, Finding, Guard};
 #[cfg(target_os = "linux")]

@@ -49,6 +49,7 @@ pub(crate) fn run_harness(
         .env("LEAKCHECK_TIMEOUT_MS", context.timeout.as_millis().to_string())
         .env(leakcheck::sites::EXPLAIN_ENV, if context.explain { "auto" } else { "0" })
         .envs(context.repeat.map(|runs| ("LEAKCHECK_REPEAT", runs.to_string())))
+        .envs(context.fork_per_test.then_some((leakcheck::FORK_PER_TEST_ENV, "1")))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

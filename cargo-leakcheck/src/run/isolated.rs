@@ -46,6 +46,8 @@ pub(crate) struct RunContext {
     /// Re-run leaking tests that have leakcheck's code inside to record
     /// where their leaks were created (off with `--no-explain`).
     pub(crate) explain: bool,
+    /// `--fork-per-test`: harness targets never reuse a child for another test.
+    pub(crate) fork_per_test: bool,
 }
 
 /// A worker's wake-up pipe: the reaper writes to it when the worker's test exits.
