@@ -290,10 +290,60 @@ fn harness_and_attribute_run_unchanged_under_nextest() {
             "harnessed::harness resources::pipe_from_child",
             "harnessed::harness resources::running_child",
             "harnessed::harness resources::zombie_child",
+            "harnessed::reuse a3_leaks_an_fd",
         ],
         "{stderr}"
     );
-    assert!(stderr.contains("35 tests run: 14 passed, 21 failed, 1 skipped"), "{stderr}");
+    assert!(stderr.contains("43 tests run: 21 passed, 22 failed, 1 skipped"), "{stderr}");
+}
+
+/// Runs the `reuse` fixture target with one job (tests in name order) and
+/// returns the pid each test ran in.
+fn pids_of_reuse_tests(extra: &[&str]) -> std::collections::BTreeMap<String, u32> {
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("reuse-pids-{}", extra.len()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut args = vec!["-p", "harnessed", "--test", "reuse", "--no-fail-fast", "-j", "1", "--message-format", "json"];
+    args.extend(extra);
+    let mut command = leakcheck(&args);
+    command.env("LEAKCHECK_FIXTURE_PID_DIR", &dir);
+    let run = run_to_end(command);
+    assert_eq!(run.code, Some(100), "stderr:\n{}", run.stderr);
+    let report = run.report();
+    let failing: Vec<&str> =
+        report.tests.iter().filter(|test| test.outcome != Outcome::Passed).map(|test| test.name.as_str()).collect();
+    assert_eq!(failing, ["a3_leaks_an_fd"], "{report:#?}");
+    assert_eq!(fds(record(&report, "harnessed::reuse", "a3_leaks_an_fd")), [("/dev/null", "character device")]);
+    std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|entry| {
+            let entry = entry.unwrap();
+            let pid = std::fs::read_to_string(entry.path()).unwrap().parse().unwrap();
+            (entry.file_name().into_string().unwrap(), pid)
+        })
+        .collect()
+}
+
+#[test]
+fn a_child_runs_the_next_test_only_after_a_clean_one() {
+    let _serial = serial();
+    let pids = pids_of_reuse_tests(&[]);
+    let pid = |test: &str| pids[test];
+    assert_eq!(pids.len(), 8, "{pids:?}");
+    // Clean tests share a child; the leaking test ran in it too, and ended it.
+    assert_eq!(pid("a1_clean"), pid("a2_clean"));
+    assert_eq!(pid("a2_clean"), pid("a3_leaks_an_fd"));
+    assert_ne!(pid("a3_leaks_an_fd"), pid("a4_sets_an_environment_variable"));
+    // A changed environment ends the child (a5 also asserts it sees none of it).
+    assert_ne!(pid("a4_sets_an_environment_variable"), pid("a5_sees_a_pristine_environment"));
+    // So does a reaped child process (an orphan it left is only seen after).
+    assert_eq!(pid("a5_sees_a_pristine_environment"), pid("a6_runs_a_child_process_to_the_end"));
+    assert_ne!(pid("a6_runs_a_child_process_to_the_end"), pid("a7_clean"));
+    assert_eq!(pid("a7_clean"), pid("a8_clean"));
+
+    let fresh = pids_of_reuse_tests(&["--fork-per-test"]);
+    let distinct: std::collections::BTreeSet<u32> = fresh.values().copied().collect();
+    assert_eq!((fresh.len(), distinct.len()), (8, 8), "--fork-per-test: a process per test, {fresh:?}");
 }
 
 #[test]

@@ -543,9 +543,13 @@ fn serve_tests(
         // it starts inherits, so an orphan it leaves (invisible from in
         // here) can still be blamed on it. Single-threaded here (no test
         // thread runs between tests), so changing the environment is sound.
+        // An explain re-run's processes are not the first run's: its own
+        // marker keeps an orphan of it (killed with its group, but maybe not
+        // yet gone) from being blamed on the test twice.
         if let Some(marker) = &marker {
+            let suffix = if explain { "/explain" } else { "" };
             // SAFETY: no other thread exists in this child between tests.
-            unsafe { std::env::set_var("LEAKCHECK_TEST_ID", format!("{marker}/{}", def.full_name())) };
+            unsafe { std::env::set_var("LEAKCHECK_TEST_ID", format!("{marker}/{}{suffix}", def.full_name())) };
         }
         let before = commands.is_some().then(crate::reuse::ProcessState::read);
         let (record, panicked) = run_in_child(def, explain, heap);

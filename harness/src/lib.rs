@@ -80,13 +80,13 @@ pub mod __private;
 #[cfg(target_os = "linux")]
 pub use alloc::{heap_usage, Alloc, HeapUsage};
 #[cfg(target_os = "linux")]
-pub use reuse::FORK_PER_TEST_ENV;
-#[cfg(target_os = "linux")]
 pub use guard::{check, Finding, Guard};
 #[cfg(target_os = "linux")]
 pub use isolation::{isolation, Isolation};
 pub use leakcheck_macros::test;
 pub use record::{Leak, Outcome, Report, Summary, TestRecord};
+#[cfg(target_os = "linux")]
+pub use reuse::FORK_PER_TEST_ENV;
 
 /// The `main` of a `harness = false` test target: runs every
 /// `#[leakcheck::test]` of the target, each in a forked child, and installs

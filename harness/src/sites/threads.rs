@@ -67,22 +67,49 @@ pub(super) fn stack_of(tid: i32) -> Option<Vec<usize>> {
         .then(|| IPS[..TAKEN.load(Ordering::SeqCst)].iter().map(|ip| ip.load(Ordering::Relaxed)).collect())
 }
 
-extern "C" fn on_signal(_signal: libc::c_int, _info: *mut libc::siginfo_t, _context: *mut std::ffi::c_void) {
+extern "C" fn on_signal(_signal: libc::c_int, _info: *mut libc::siginfo_t, context: *mut std::ffi::c_void) {
     // SAFETY: gettid has no preconditions.
     let me = unsafe { libc::gettid() };
     if me != REQUESTED_TID.load(Ordering::SeqCst) || ANSWERED.load(Ordering::SeqCst) {
         return;
     }
+    // Every recorded ip is resolved as a return address (ip - 1, the call
+    // instruction). The interrupted frame's ip is the exact instruction
+    // instead, where ip - 1 may belong to the line or function before: it
+    // is stored as ip + 1.
+    // SAFETY: the kernel passes an SA_SIGINFO handler its ucontext.
+    let interrupted = unsafe { interrupted_ip(context) };
     let mut depth = 0;
     // SAFETY: walks this thread's own stack without the usual lock (the
     // interrupted code may hold it); nothing allocates.
     unsafe {
         backtrace::trace_unsynchronized(|frame| {
-            IPS[depth].store(frame.ip() as usize, Ordering::Relaxed);
+            let ip = frame.ip() as usize;
+            IPS[depth].store(if Some(ip) == interrupted { ip + 1 } else { ip }, Ordering::Relaxed);
             depth += 1;
             depth < DEPTH
         });
     }
     TAKEN.store(depth, Ordering::SeqCst);
     ANSWERED.store(true, Ordering::SeqCst);
+}
+
+/// The instruction the signal interrupted, from the handler's ucontext.
+///
+/// # Safety
+/// `context` is the third argument of an SA_SIGINFO handler.
+#[cfg(all(target_arch = "x86_64", target_env = "gnu"))]
+unsafe fn interrupted_ip(context: *mut std::ffi::c_void) -> Option<usize> {
+    let context = context.cast::<libc::ucontext_t>();
+    // SAFETY: per the function's contract, a valid ucontext.
+    (!context.is_null()).then(|| unsafe { (*context).uc_mcontext.gregs[libc::REG_RIP as usize] as usize })
+}
+
+/// Elsewhere unknown: the interrupted frame resolves like the others.
+///
+/// # Safety
+/// None needed.
+#[cfg(not(all(target_arch = "x86_64", target_env = "gnu")))]
+unsafe fn interrupted_ip(_context: *mut std::ffi::c_void) -> Option<usize> {
+    None
 }
