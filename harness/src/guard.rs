@@ -103,7 +103,8 @@ impl Guard {
         // Leaks the options allow will not go away by waiting: stop then.
         let pid = self.pid;
         let all_allowed = |delta: &Delta| options.judge(delta.clone().into_leaks(pid)).leaks.is_empty();
-        let delta = settle_until(grace, || Ok(Delta::between(&self.baseline, snapshot::take(pid)?)), all_allowed)?;
+        let take = || snapshot::take_since(pid, Some(&self.baseline));
+        let delta = settle_until(grace, || Ok(Delta::between(&self.baseline, take()?)), all_allowed)?;
         let closed_fds = delta.closed.clone();
         let mut found = delta.into_leaks(self.pid);
         if let Some(name) = &self.test_thread {

@@ -12,7 +12,7 @@ mod proc;
 #[cfg(target_os = "linux")]
 pub use identity::describe_fd;
 #[cfg(target_os = "linux")]
-pub use proc::{age_ms, fd_target, key_of_path, process_info, take, tgid_of, thread_start_time, wchan};
+pub use proc::{age_ms, fd_target, key_of_path, process_info, take, take_since, tgid_of, thread_start_time, wchan};
 
 /// What an fd refers to, cheaply comparable: the device and inode of the
 /// open file (for a socket or pipe, its inode in sockfs or pipefs).
