@@ -7,6 +7,7 @@
 use std::fs;
 use std::io;
 use std::path::Path;
+use std::sync::atomic::{AtomicI32, AtomicUsize, Ordering};
 
 use super::{FdEntry, FdKey, ProcessInfo, Snapshot, ThreadEntry};
 use crate::diff::Baseline;
@@ -31,22 +32,32 @@ pub fn take(pid: i32) -> io::Result<Snapshot> {
 pub fn take_since(pid: i32, baseline: Option<&Baseline>) -> io::Result<Snapshot> {
     let base = format!("/proc/{pid}");
     let own = pid == std::process::id() as i32;
-    let fds = match own.then(own_fds).flatten() {
+    let fds = match own.then(|| own_fds(baseline)).flatten() {
         Some(fds) => fds,
         None => fds_from_directory(&base, own)?,
     };
     let mut threads = Vec::new();
     let mut task_dirs = Vec::new();
-    for entry in fs::read_dir(format!("{base}/task"))? {
-        let entry = entry?;
-        let Some(tid) = entry.file_name().to_str().and_then(|name| name.parse::<i32>().ok()) else { continue };
-        task_dirs.push(entry.path());
+    // A single-threaded process (the usual case at a check) is only the
+    // calling thread: the task count (the task directory's link count, 2 +
+    // threads) saves listing the directory.
+    let tids: Vec<i32> = if own && task_count(&base) == Some(1) {
+        // SAFETY: gettid has no preconditions.
+        vec![unsafe { libc::gettid() }]
+    } else {
+        let entries = fs::read_dir(format!("{base}/task"))?;
+        let names = entries.map(|entry| entry.map(|entry| entry.file_name()));
+        names.filter_map(|name| name.ok()?.to_str()?.parse::<i32>().ok()).collect()
+    };
+    for tid in tids {
+        let task = Path::new(&base).join("task").join(tid.to_string());
+        task_dirs.push(task.clone());
         let known = baseline.and_then(|baseline| baseline.threads.range((tid, 0)..=(tid, u64::MAX)).next());
         if let Some(&(_, start_time)) = known {
             threads.push(ThreadEntry { tid, name: String::new(), state: 'S', start_time });
             continue;
         }
-        let Ok(stat) = fs::read_to_string(entry.path().join("stat")) else { continue };
+        let Ok(stat) = fs::read_to_string(task.join("stat")) else { continue };
         let Some(parsed) = parse_stat(&stat) else { continue };
         let thread =
             ThreadEntry { tid, name: parsed.comm.to_owned(), state: parsed.state, start_time: parsed.start_time };
@@ -92,24 +103,78 @@ fn fds_from_directory(base: &str, own: bool) -> io::Result<Vec<FdEntry>> {
 /// This process's fds without listing `/proc/self/fd`. Listing it costs the
 /// kernel a dentry per fd (about 0.45 us each here, 32 us at 64 fds);
 /// instead, `stat` of the directory gives the number of open fds (its size,
-/// since Linux 6.2), and `fstat` on 0, 1, 2, ... finds them (0.27 us per
-/// open fd, 0.1 us per free number), stopping once all are found. `None`
-/// (list the directory instead) on an older kernel, when the fds are so
-/// sparse that probing would cost more than listing, or when the count
-/// changed meanwhile (another thread opening or closing fds).
-fn own_fds() -> Option<Vec<FdEntry>> {
+/// since Linux 6.2), and `fstat` finds them (0.27 us per open fd, 0.1 us per
+/// free number): first at the numbers where fds were last time (`baseline`'s,
+/// else the previous snapshot's), then at the lowest numbers, where the
+/// kernel puts new ones, stopping once all are found. `None` (list the
+/// directory instead) on an older kernel, when they are so scattered that
+/// probing would cost more than listing, or when the count changed meanwhile
+/// (another thread opening or closing fds).
+fn own_fds(baseline: Option<&Baseline>) -> Option<Vec<FdEntry>> {
     let count = open_fd_count()?;
-    // Probing a free number costs a fifth of listing an fd.
-    let give_up = count.saturating_mul(4).saturating_add(64);
+    let mut hints = [0i32; REMEMBERED_FDS];
+    let hints: &[i32] = match baseline {
+        Some(baseline) => {
+            let numbers = baseline.fds.keys().take(REMEMBERED_FDS);
+            let taken = numbers.zip(hints.iter_mut()).map(|(&fd, hint)| *hint = fd).count();
+            &hints[..taken]
+        }
+        None => {
+            let taken = LAST_FDS_LEN.load(Ordering::Relaxed).min(REMEMBERED_FDS);
+            for (hint, last) in hints.iter_mut().zip(&LAST_FDS[..taken]) {
+                *hint = last.load(Ordering::Relaxed);
+            }
+            &hints[..taken]
+        }
+    };
     let mut fds = Vec::with_capacity(count);
-    let mut fd = 0;
-    while fds.len() < count && (fd as usize) < give_up {
+    for &fd in hints {
+        if fds.len() == count {
+            break;
+        }
         if let Some(key) = key_of_own_fd(fd) {
             fds.push(FdEntry { fd, key, target: String::new() });
         }
+    }
+    // Probing a free number costs a fifth of listing an fd.
+    let mut probes_left = count.saturating_mul(4).saturating_add(64);
+    let mut fd = 0;
+    while fds.len() < count && probes_left > 0 {
+        if hints.binary_search(&fd).is_err() {
+            probes_left -= 1;
+            if let Some(key) = key_of_own_fd(fd) {
+                fds.push(FdEntry { fd, key, target: String::new() });
+            }
+        }
         fd += 1;
     }
-    (fds.len() == count && open_fd_count() == Some(count)).then_some(fds)
+    if fds.len() != count || open_fd_count() != Some(count) {
+        return None;
+    }
+    fds.sort_unstable_by_key(|entry| entry.fd);
+    for (last, entry) in LAST_FDS.iter().zip(&fds) {
+        last.store(entry.fd, Ordering::Relaxed);
+    }
+    LAST_FDS_LEN.store(fds.len().min(REMEMBERED_FDS), Ordering::Relaxed);
+    Some(fds)
+}
+
+/// How many fd numbers are remembered between snapshots as where to look
+/// first; in atomics, not on the heap, whose every byte a check counts.
+const REMEMBERED_FDS: usize = 256;
+static LAST_FDS: [AtomicI32; REMEMBERED_FDS] = [const { AtomicI32::new(0) }; REMEMBERED_FDS];
+static LAST_FDS_LEN: AtomicUsize = AtomicUsize::new(0);
+
+/// The number of threads of the process at `base` (`/proc/<pid>`): the link
+/// count of its task directory is 2 + threads.
+fn task_count(base: &str) -> Option<u64> {
+    let path = std::ffi::CString::new(format!("{base}/task")).ok()?;
+    // SAFETY: stat of a valid C path into a zeroed buffer we own.
+    let links = unsafe {
+        let mut stat: libc::stat = std::mem::zeroed();
+        (libc::stat(path.as_ptr(), &mut stat) == 0).then_some(stat.st_nlink)?
+    };
+    links.checked_sub(2)
 }
 
 /// The number of open fds of this process: the size of `/proc/self/fd`
@@ -132,7 +197,8 @@ fn has_no_children() -> bool {
     unsafe {
         let mut info: libc::siginfo_t = std::mem::zeroed();
         let options = libc::WEXITED | libc::WSTOPPED | libc::WCONTINUED | libc::WNOHANG | libc::WNOWAIT | libc::__WALL;
-        libc::waitid(libc::P_ALL, 0, &mut info, options) == -1 && io::Error::last_os_error().raw_os_error() == Some(libc::ECHILD)
+        libc::waitid(libc::P_ALL, 0, &mut info, options) == -1
+            && io::Error::last_os_error().raw_os_error() == Some(libc::ECHILD)
     }
 }
 
@@ -283,6 +349,24 @@ mod tests {
         worker.join().unwrap().unwrap_err();
         drop(file);
         fs::remove_file(path()).unwrap();
+    }
+
+    #[test]
+    fn an_fd_far_above_the_others_is_found_with_or_without_a_baseline() {
+        use std::os::fd::AsRawFd;
+        let pid = std::process::id() as i32;
+        let baseline = Baseline::of(&take(pid).unwrap());
+        let file = fs::File::open("/dev/null").unwrap();
+        // SAFETY: dup2 onto a number this test owns (nothing else in this
+        // binary uses fds that high, and 1000 is under the usual limit of 1024); closed below.
+        let high = unsafe { libc::dup2(file.as_raw_fd(), 1000) };
+        assert_eq!(high, 1000);
+        let seen = |snapshot: Snapshot| snapshot.fds.iter().any(|entry| entry.fd == 1000);
+        let (plain, since) = (seen(take(pid).unwrap()), seen(take_since(pid, Some(&baseline)).unwrap()));
+        // SAFETY: closes the fd dup2 made above.
+        unsafe { libc::close(high) };
+        assert!(plain && since, "take: {plain}, take_since: {since}");
+        assert!(!seen(take(pid).unwrap()), "closed again");
     }
 
     fn path() -> std::path::PathBuf {
