@@ -6,12 +6,14 @@
 //! are never given back (their counts stay part of the total after the
 //! thread ends); once all are claimed, later threads share a few overflow
 //! slots updated with atomic adds. A reading sums every slot: an allocation
-//! made on one thread and freed on another moves two slots in opposite
-//! directions, and the sum is exact.
+//! made on one thread and freed on another counts as allocated in one slot
+//! and freed in the other, and the sum is exact. Only a thread without a
+//! slot of its own looks at anything else (see `Route`), which keeps the
+//! hot path to one thread-local read, one branch and the counts.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 /// The counting allocator. `leakcheck::main!()` installs it; a default-harness
 /// test target installs it with one line:
@@ -26,14 +28,25 @@ pub struct Alloc;
 const OWNED_SLOTS: usize = 256;
 const SHARED_SLOTS: usize = 16;
 
+/// One thread's counts. Allocations and frees go to separate counters,
+/// never decremented: in a loop that allocates and frees, an update then
+/// does not wait for the previous one to the same counter (alloc + free
+/// micro-benchmark: 1.33x `System` with live counters, 1.27x with these).
 #[repr(align(128))]
 struct Slot {
-    bytes: AtomicI64,
-    blocks: AtomicI64,
+    allocated_bytes: AtomicU64,
+    allocated_blocks: AtomicU64,
+    freed_bytes: AtomicU64,
+    freed_blocks: AtomicU64,
 }
 
 #[expect(clippy::declare_interior_mutable_const, reason = "used only to initialise the static arrays")]
-const EMPTY_SLOT: Slot = Slot { bytes: AtomicI64::new(0), blocks: AtomicI64::new(0) };
+const EMPTY_SLOT: Slot = Slot {
+    allocated_bytes: AtomicU64::new(0),
+    allocated_blocks: AtomicU64::new(0),
+    freed_bytes: AtomicU64::new(0),
+    freed_blocks: AtomicU64::new(0),
+};
 /// One per thread, written only by that thread.
 static OWNED: [Slot; OWNED_SLOTS] = [EMPTY_SLOT; OWNED_SLOTS];
 /// For threads that came after every owned slot was taken.
@@ -45,22 +58,21 @@ static INSTALLED: AtomicBool = AtomicBool::new(false);
 static THROUGH_DHAT: AtomicBool = AtomicBool::new(false);
 
 /// Routes allocations through dhat's recorder (a dhat profiler must be
-/// running) or back to `System`. Blocks may be freed by either: dhat ignores
-/// blocks it did not see allocated, and both end in `System`.
+/// running) or back to `System`.
+///
+/// Only threads without an owned slot look at the route (see [`Route`]), so
+/// turning it on also takes the calling thread's slot away; threads started
+/// later claim none while it is on. A thread that already had a slot and
+/// is not the caller keeps bypassing dhat: call it while the calling thread
+/// is the only one that allocates (the explain re-run's child before it
+/// starts the test thread; the test's own thread in-process). Blocks may be
+/// freed by either way: dhat ignores blocks it did not see allocated, and
+/// both end in `System`.
 pub(crate) fn route_through_dhat(on: bool) {
     THROUGH_DHAT.store(on, Ordering::SeqCst);
-}
-
-/// Calls `$method` of the allocator under the counting: `System`, or
-/// dhat's recorder over it (a plain branch, no dynamic dispatch).
-macro_rules! inner {
-    ($method:ident($($arg:expr),*)) => {
-        if THROUGH_DHAT.load(Ordering::Relaxed) {
-            dhat::Alloc.$method($($arg),*)
-        } else {
-            System.$method($($arg),*)
-        }
-    };
+    if on {
+        let _ = THIS_THREAD_SLOT.try_with(|cell| cell.set(UNCLAIMED));
+    }
 }
 
 const UNCLAIMED: usize = usize::MAX;
@@ -71,32 +83,108 @@ thread_local! {
     static THIS_THREAD_SLOT: Cell<usize> = const { Cell::new(UNCLAIMED) };
 }
 
+/// The hot path's one question: this thread's own slot, if it has one. No
+/// slot (not claimed yet, all claimed, routed through dhat, or the thread
+/// is being torn down) sends the call to the cold path.
 #[inline]
-fn count(bytes: i64, blocks: i64) {
-    let index = THIS_THREAD_SLOT
-        .try_with(|cell| {
-            let mut index = cell.get();
-            if index == UNCLAIMED {
-                index = NEXT_SLOT.fetch_add(1, Ordering::Relaxed);
-                INSTALLED.store(true, Ordering::Relaxed);
-                cell.set(index);
-            }
-            index
-        })
-        .unwrap_or(OWNED_SLOTS); // during thread teardown: a shared slot
-    match OWNED.get(index) {
-        // Only this thread writes this slot, so load + store cannot lose an
-        // update; readers may see a value a moment old, never a torn one.
-        Some(slot) => {
-            slot.bytes.store(slot.bytes.load(Ordering::Relaxed) + bytes, Ordering::Relaxed);
-            slot.blocks.store(slot.blocks.load(Ordering::Relaxed) + blocks, Ordering::Relaxed);
+fn owned_slot() -> Option<&'static Slot> {
+    OWNED.get(THIS_THREAD_SLOT.try_with(Cell::get).unwrap_or(UNCLAIMED))
+}
+
+impl Slot {
+    /// Only the owning thread writes its slot, so load + store cannot lose
+    /// an update; readers may see a value a moment old, never a torn one.
+    #[inline]
+    fn allocated_owned(&self, bytes: u64, blocks: u64) {
+        add_owned(&self.allocated_bytes, bytes);
+        add_owned(&self.allocated_blocks, blocks);
+    }
+
+    #[inline]
+    fn freed_owned(&self, bytes: u64, blocks: u64) {
+        add_owned(&self.freed_bytes, bytes);
+        add_owned(&self.freed_blocks, blocks);
+    }
+}
+
+#[inline]
+fn add_owned(counter: &AtomicU64, amount: u64) {
+    counter.store(counter.load(Ordering::Relaxed).wrapping_add(amount), Ordering::Relaxed);
+}
+
+/// How a call without an owned slot is served and counted.
+enum Route {
+    /// Just claimed a slot: `System`, counted there.
+    Owned(&'static Slot),
+    /// Every owned slot is taken (or the thread is being torn down):
+    /// `System`, counted with atomic adds in a shared slot.
+    Shared(&'static Slot),
+    /// An explain re-run: dhat's recorder, counted in a shared slot.
+    Dhat(&'static Slot),
+}
+
+impl Route {
+    #[cold]
+    #[inline(never)]
+    fn now() -> Route {
+        if THROUGH_DHAT.load(Ordering::Relaxed) {
+            return Route::Dhat(&SHARED[0]);
         }
-        None => {
-            let slot = &SHARED[index % SHARED_SLOTS];
-            slot.bytes.fetch_add(bytes, Ordering::Relaxed);
-            slot.blocks.fetch_add(blocks, Ordering::Relaxed);
+        let index = THIS_THREAD_SLOT
+            .try_with(|cell| {
+                if cell.get() == UNCLAIMED {
+                    cell.set(NEXT_SLOT.fetch_add(1, Ordering::Relaxed));
+                    INSTALLED.store(true, Ordering::Relaxed);
+                }
+                cell.get()
+            })
+            .unwrap_or(OWNED_SLOTS);
+        match OWNED.get(index) {
+            Some(slot) => Route::Owned(slot),
+            None => Route::Shared(&SHARED[index % SHARED_SLOTS]),
         }
     }
+
+    fn allocated(&self, bytes: u64, blocks: u64) {
+        match self {
+            Route::Owned(slot) => slot.allocated_owned(bytes, blocks),
+            Route::Shared(slot) | Route::Dhat(slot) => {
+                slot.allocated_bytes.fetch_add(bytes, Ordering::Relaxed);
+                slot.allocated_blocks.fetch_add(blocks, Ordering::Relaxed);
+            }
+        }
+    }
+
+    fn freed(&self, bytes: u64, blocks: u64) {
+        match self {
+            Route::Owned(slot) => slot.freed_owned(bytes, blocks),
+            Route::Shared(slot) | Route::Dhat(slot) => {
+                slot.freed_bytes.fetch_add(bytes, Ordering::Relaxed);
+                slot.freed_blocks.fetch_add(blocks, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// A block moved from `old` to `new` bytes.
+    fn resized(&self, old: usize, new: usize) {
+        if new >= old {
+            self.allocated((new - old) as u64, 0);
+        } else {
+            self.freed((old - new) as u64, 0);
+        }
+    }
+}
+
+/// Calls `$method` of the allocator `$route` says: dhat's recorder or
+/// `System` (a plain branch, no dynamic dispatch).
+macro_rules! through {
+    ($route:expr, $method:ident($($arg:expr),*)) => {
+        if matches!($route, Route::Dhat(_)) {
+            dhat::Alloc.$method($($arg),*)
+        } else {
+            System.$method($($arg),*)
+        }
+    };
 }
 
 // SAFETY: every method forwards to `System` (directly or through dhat's
@@ -105,37 +193,55 @@ fn count(bytes: i64, blocks: i64) {
 unsafe impl GlobalAlloc for Alloc {
     #[inline]
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        let Some(slot) = owned_slot() else {
+            let route = Route::now();
+            // SAFETY: forwarded contract.
+            let ptr = unsafe { through!(route, alloc(layout)) };
+            if !ptr.is_null() {
+                route.allocated(layout.size() as u64, 1);
+            }
+            return ptr;
+        };
         // SAFETY: forwarded contract.
-        let ptr = unsafe { inner!(alloc(layout)) };
+        let ptr = unsafe { System.alloc(layout) };
         if !ptr.is_null() {
-            count(layout.size() as i64, 1);
+            slot.allocated_owned(layout.size() as u64, 1);
         }
         ptr
     }
 
     #[inline]
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        let route = owned_slot().map_or_else(Route::now, Route::Owned);
         // SAFETY: forwarded contract.
-        let ptr = unsafe { inner!(alloc_zeroed(layout)) };
+        let ptr = unsafe { through!(route, alloc_zeroed(layout)) };
         if !ptr.is_null() {
-            count(layout.size() as i64, 1);
+            route.allocated(layout.size() as u64, 1);
         }
         ptr
     }
 
     #[inline]
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        let Some(slot) = owned_slot() else {
+            let route = Route::now();
+            // SAFETY: forwarded contract.
+            unsafe { through!(route, dealloc(ptr, layout)) };
+            route.freed(layout.size() as u64, 1);
+            return;
+        };
         // SAFETY: forwarded contract.
-        unsafe { inner!(dealloc(ptr, layout)) };
-        count(-(layout.size() as i64), -1);
+        unsafe { System.dealloc(ptr, layout) };
+        slot.freed_owned(layout.size() as u64, 1);
     }
 
     #[inline]
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        let route = owned_slot().map_or_else(Route::now, Route::Owned);
         // SAFETY: forwarded contract.
-        let new = unsafe { inner!(realloc(ptr, layout, new_size)) };
+        let new = unsafe { through!(route, realloc(ptr, layout, new_size)) };
         if !new.is_null() {
-            count(new_size as i64 - layout.size() as i64, 0);
+            route.resized(layout.size(), new_size);
         }
         new
     }
@@ -157,12 +263,18 @@ pub fn heap_usage() -> Option<HeapUsage> {
         return None;
     }
     let claimed = NEXT_SLOT.load(Ordering::Relaxed).min(OWNED_SLOTS);
-    let mut usage = HeapUsage { bytes: 0, blocks: 0 };
+    let (mut bytes, mut blocks) = (0u64, 0u64);
+    // Wrapping: what one slot allocated another may have freed, so only
+    // the sum is meaningful (and it is never negative).
     for slot in OWNED[..claimed].iter().chain(&SHARED) {
-        usage.bytes += slot.bytes.load(Ordering::Relaxed);
-        usage.blocks += slot.blocks.load(Ordering::Relaxed);
+        bytes = bytes
+            .wrapping_add(slot.allocated_bytes.load(Ordering::Relaxed))
+            .wrapping_sub(slot.freed_bytes.load(Ordering::Relaxed));
+        blocks = blocks
+            .wrapping_add(slot.allocated_blocks.load(Ordering::Relaxed))
+            .wrapping_sub(slot.freed_blocks.load(Ordering::Relaxed));
     }
-    Some(usage)
+    Some(HeapUsage { bytes: bytes as i64, blocks: blocks as i64 })
 }
 
 #[cfg(test)]
