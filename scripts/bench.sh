@@ -3,8 +3,9 @@
 # #[leakcheck::test] in a leakcheck::main!() target, builds both once, then
 # times `cargo test` and `cargo nextest run` (plain tests), `cargo leakcheck`
 # (zero-config, one process per test) and `cargo leakcheck` on the harness
-# target (fork per test, heap checked), alternating, ROUNDS times each
-# (default 3), and prints medians and ratios.
+# target (heap checked; a forked child runs clean tests one after another,
+# and once more with --fork-per-test: a fresh fork per test), alternating,
+# ROUNDS times each (default 3), and prints medians and ratios.
 #
 #   scripts/bench.sh [N=1000] [ROUNDS=3]
 set -euo pipefail
@@ -73,7 +74,7 @@ time_one() { # prints seconds; runs in $dir
 median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 
 declare -A times
-contenders=("cargo test" "cargo nextest run" "cargo leakcheck" "cargo leakcheck, harness")
+contenders=("cargo test" "cargo nextest run" "cargo leakcheck" "cargo leakcheck, harness" "harness, --fork-per-test")
 for round in $(seq "$rounds"); do
   times["cargo test"]+="$(time_one cargo test -q) "
   if cargo nextest --version >/dev/null 2>&1; then
@@ -81,6 +82,7 @@ for round in $(seq "$rounds"); do
   fi
   times["cargo leakcheck"]+="$(time_one "$tool" leakcheck --no-fail-fast) "
   times["cargo leakcheck, harness"]+="$(dir=$harness_suite time_one "$tool" leakcheck --no-fail-fast) "
+  times["harness, --fork-per-test"]+="$(dir=$harness_suite time_one "$tool" leakcheck --no-fail-fast --fork-per-test) "
 done
 
 printf '%d trivial tests, %d rounds, median wall time (this machine: %s cores)\n' "$n" "$rounds" "$(nproc)"
@@ -93,6 +95,8 @@ done
 if [ -n "${medians["cargo nextest run"]:-}" ]; then
   printf '  ratio nextest / leakcheck harness: %.1f (goal: at least 6)\n' \
     "$(awk -v a="${medians["cargo nextest run"]}" -v b="${medians["cargo leakcheck, harness"]}" 'BEGIN { print a / b }')"
+  printf '  ratio nextest / leakcheck harness --fork-per-test: %.1f\n' \
+    "$(awk -v a="${medians["cargo nextest run"]}" -v b="${medians["harness, --fork-per-test"]}" 'BEGIN { print a / b }')"
   printf '  ratio leakcheck / nextest: %.2f (goal: at most 1.0)\n' \
     "$(awk -v a="${medians["cargo leakcheck"]}" -v b="${medians["cargo nextest run"]}" 'BEGIN { print a / b }')"
 fi
@@ -150,22 +154,59 @@ printf '  ratio counting / system: %.2f\n' "$(awk -v a="$m_counting" -v b="$m_pl
 printf '\nMicro-benchmarks (cargo bench -p leakcheck --bench micro):\n'
 (cd "$root" && cargo bench -q -p leakcheck --bench micro 2>/dev/null) | sed 's/^/  /'
 
+# 10,000 tests: the same two suites, ten times larger.
 big=$root/target/bench-suite/trivial-10000
+big_harness=$root/target/bench-suite/harness-10000
 if [ ! -f "$big/tests/trivial.rs" ]; then
   mkdir -p "$big/tests" "$big/src"
-  sed 's/trivial-1000/trivial-10000/; s/name = "trivial-[0-9]*"/name = "trivial-10000"/' "$suite/Cargo.toml" > "$big/Cargo.toml"
+  sed 's/name = "trivial-[0-9]*"/name = "trivial-10000"/' "$suite/Cargo.toml" > "$big/Cargo.toml"
   echo "" > "$big/src/lib.rs"
   for i in $(seq 10000); do
     printf '#[test]\nfn trivial_%05d() {\n    assert_eq!(%d + 1, %d);\n}\n' "$i" "$i" "$((i + 1))"
   done > "$big/tests/trivial.rs"
 fi
+if [ ! -f "$big_harness/tests/trivial.rs" ]; then
+  mkdir -p "$big_harness/tests" "$big_harness/src"
+  sed 's/name = "harness-[0-9]*"/name = "harness-10000"/' "$harness_suite/Cargo.toml" > "$big_harness/Cargo.toml"
+  echo "" > "$big_harness/src/lib.rs"
+  {
+    for i in $(seq 10000); do
+      printf '#[leakcheck::test]\nfn trivial_%05d() {\n    assert_eq!(%d + 1, %d);\n}\n' "$i" "$i" "$((i + 1))"
+    done
+    echo 'leakcheck::main!();'
+  } > "$big_harness/tests/trivial.rs"
+fi
 (cd "$big" && CARGO_TARGET_DIR=$big/target cargo test -q --no-run 2>/dev/null)
-printf '\n10,000 trivial tests, cargo leakcheck (zero-config), one run:\n'
-start=$(date +%s.%N)
-(cd "$big" && CARGO_TARGET_DIR=$big/target LEAKCHECK_REPORT_PEAK_RSS=1 \
-  "$tool" leakcheck --no-fail-fast >/dev/null 2>/tmp/leakcheck-bench-10k.txt) || true
-end=$(date +%s.%N)
-printf '  wall %.3f s; %s\n' "$(awk -v a="$start" -v b="$end" 'BEGIN { print b - a }')" \
-  "$(grep 'peak RSS' /tmp/leakcheck-bench-10k.txt)"
-printf '  (1,000 tests took %.3f s: linear would be %.1f s)\n' "${medians["cargo leakcheck"]}" \
-  "$(awk -v a="${medians["cargo leakcheck"]}" 'BEGIN { print a * 10 }')"
+(cd "$big_harness" && CARGO_TARGET_DIR=$big/target cargo test -q --no-run 2>/dev/null)
+
+# One run of `cargo leakcheck` in $dir; prints "wall W s; peak RSS ...; own CPU time ...".
+usage_run() {
+  local start end
+  start=$(date +%s.%N)
+  (cd "$dir" && LEAKCHECK_REPORT_OWN_USAGE=1 "$tool" leakcheck --no-fail-fast >/dev/null 2>/tmp/leakcheck-bench-usage.txt) || true
+  end=$(date +%s.%N)
+  printf 'wall %.3f s; %s' "$(awk -v a="$start" -v b="$end" 'BEGIN { print b - a }')" \
+    "$(grep 'peak RSS' /tmp/leakcheck-bench-usage.txt | sed 's/^cargo-leakcheck //')"
+}
+printf '\n1,000 and 10,000 trivial tests, one run each (own CPU: cargo-leakcheck itself, not cargo or the tests):\n'
+printf '  zero-config, 1,000:   %s\n' "$(CARGO_TARGET_DIR=$suite/target dir=$suite usage_run)"
+printf '  zero-config, 10,000:  %s\n' "$(CARGO_TARGET_DIR=$big/target dir=$big usage_run)"
+printf '  harness, 1,000:       %s\n' "$(CARGO_TARGET_DIR=$suite/target dir=$harness_suite usage_run)"
+printf '  harness, 10,000:      %s\n' "$(CARGO_TARGET_DIR=$big/target dir=$big_harness usage_run)"
+if cargo nextest --version >/dev/null 2>&1; then
+  printf '  cargo nextest run, 10,000: wall %.3f s\n' "$(CARGO_TARGET_DIR=$big/target dir=$big time_one cargo nextest run --no-fail-fast)"
+fi
+binary_of() { # the test executable of the suite in $1, built into $2
+  (cd "$1" && CARGO_TARGET_DIR=$2 cargo test -q --no-run --message-format=json 2>/dev/null) |
+    grep -o '"executable":"[^"]*"' | cut -d'"' -f4 | grep '/trivial-' | head -1
+}
+one_test_ms() { # ms for one `--exact` run of a libtest binary: its per-process start-up
+  local binary=$1 name=$2 start end
+  start=$(date +%s%N)
+  for _ in $(seq 20); do "$binary" --exact "$name" >/dev/null 2>&1; done
+  end=$(date +%s%N)
+  awk -v a="$start" -v b="$end" 'BEGIN { printf "%.2f", (b - a) / 20 / 1e6 }'
+}
+printf '  one test process of the plain binary (libtest builds and filters its whole list): %s ms with 1,000 tests, %s ms with 10,000\n' \
+  "$(one_test_ms "$(binary_of "$suite" "$suite/target")" trivial_0001)" \
+  "$(one_test_ms "$(binary_of "$big" "$big/target")" trivial_00001)"

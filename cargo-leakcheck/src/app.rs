@@ -32,13 +32,8 @@ pub(crate) fn main() -> u8 {
         cli::Invocation::Run(args) => try_main(args, supervisor),
         cli::Invocation::Wrap(args) => crate::wrap::wrap(args, supervisor),
     };
-    if std::env::var_os("LEAKCHECK_REPORT_PEAK_RSS").is_some() {
-        // For the benchmark script: this process's own peak memory (a
-        // rusage of the tree would include cargo and the tests).
-        let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-        if let Some(line) = status.lines().find(|line| line.starts_with("VmHWM:")) {
-            eprintln!("cargo-leakcheck peak RSS: {}", line.trim_start_matches("VmHWM:").trim());
-        }
+    if std::env::var_os("LEAKCHECK_REPORT_OWN_USAGE").is_some() {
+        report_own_usage();
     }
     match result {
         Ok(code) => code,
@@ -239,4 +234,22 @@ impl Drop for Scratch {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
     }
+}
+
+/// For the benchmark script: this process's own peak memory and CPU time
+/// (a rusage of the tree would include cargo and the tests).
+fn report_own_usage() {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let peak = status.lines().find_map(|line| line.strip_prefix("VmHWM:")).unwrap_or("?").trim().to_owned();
+    // SAFETY: getrusage writes into a zeroed struct we own.
+    let usage = unsafe {
+        let mut usage: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_SELF, &mut usage);
+        usage
+    };
+    let seconds = |time: libc::timeval| time.tv_sec as f64 + time.tv_usec as f64 / 1e6;
+    eprintln!(
+        "cargo-leakcheck peak RSS: {peak}; own CPU time: {:.3} s",
+        seconds(usage.ru_utime) + seconds(usage.ru_stime)
+    );
 }
