@@ -20,8 +20,8 @@
 //!   process) it cannot attribute what it sees, so it says so once and runs
 //!   the tests unchecked; it never reports a leak it cannot attribute.
 //! - **`leakcheck::main!()`** in a `harness = false` test target checks every
-//!   `#[leakcheck::test]` of the target, each in a forked child, heap
-//!   included:
+//!   `#[leakcheck::test]` of the target in forked children (a child whose
+//!   test left nothing behind runs the next one), heap included:
 //!
 //!   ```toml
 //!   [[test]]
@@ -89,7 +89,7 @@ pub use record::{Leak, Outcome, Report, Summary, TestRecord};
 pub use reuse::FORK_PER_TEST_ENV;
 
 /// The `main` of a `harness = false` test target: runs every
-/// `#[leakcheck::test]` of the target, each in a forked child, and installs
+/// `#[leakcheck::test]` of the target in forked children, and installs
 /// the counting allocator [`Alloc`]. A target with its own
 /// `#[global_allocator]` writes `leakcheck::main!(custom_allocator);` (the
 /// heap is then not measured).
