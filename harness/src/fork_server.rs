@@ -58,6 +58,7 @@ pub fn harness_main() -> ExitCode {
         let _listed = libtest_mimic::run(&args, trials);
         return ExitCode::SUCCESS;
     }
+    count_panics();
     let mut plan = Vec::new();
     let mut filtered_out = 0;
     for (def, trial) in defs.into_iter().zip(&trials) {
@@ -68,6 +69,23 @@ pub fn harness_main() -> ExitCode {
         }
     }
     ForkServer::new(&args).run(plan, filtered_out)
+}
+
+/// Panics so far in this process, on any thread (see [`count_panics`]).
+static PANICS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Counts every panic before the usual hook prints it. A panic on any
+/// thread of a test (one it spawned and joined, say) may fill std's
+/// process-wide backtrace and symbol caches (41 MB with `RUST_BACKTRACE=1`,
+/// seen in tempfile's tests), memory that is not the test's to free: after
+/// one, the heap is not judged. A test that sets its own hook replaces this
+/// one, and its panics then go uncounted.
+fn count_panics() {
+    let usual = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        PANICS.fetch_add(1, Ordering::Relaxed);
+        usual(info);
+    }));
 }
 
 /// Pids (= process groups) of running children, for the signal handler.
@@ -614,7 +632,9 @@ fn run_in_child(def: &'static TestDef, explain: bool, heap: bool) -> (TestRecord
     for _ in 0..runs.max(1) {
         let recorder = explain.then(|| crate::sites::Recorder::start(heap));
         let guard = Guard::start_for_thread(&name);
+        let panics = PANICS.load(Ordering::Relaxed);
         let (result, panicked) = run_on_fresh_thread(def, &name);
+        let panicked = panicked || PANICS.load(Ordering::Relaxed) != panics;
         panicked_once |= panicked;
         let mut finding = guard.and_then(|guard| {
             // See Guard::finish_after_panic.
