@@ -305,6 +305,19 @@ pub fn attach(leaks: &mut [Leak], explained: &[Leak]) {
             *leak.sites_mut() = explained[index].sites().to_vec();
         }
     }
+    // A thread names itself once it runs, and the re-run's check does not
+    // wait (grace 0): a thread of the re-run still carrying its creator's
+    // name may be the named thread of the first run that has none yet.
+    for leak in leaks.iter_mut().take(EXPLAINED_LEAKS) {
+        if !matches!(leak, Leak::Thread { .. }) || !leak.sites().is_empty() {
+            continue;
+        }
+        let not_yet_named = |candidate: &Leak| matches!(candidate, Leak::Thread { unnamed: true, .. });
+        if let Some(index) = (0..explained.len()).find(|&index| !taken[index] && not_yet_named(&explained[index])) {
+            taken[index] = true;
+            *leak.sites_mut() = explained[index].sites().to_vec();
+        }
+    }
 }
 
 fn same_resource(a: &Leak, b: &Leak) -> bool {
@@ -376,5 +389,18 @@ mod tests {
         attach(&mut first, &explained);
         assert_eq!(first[0].sites(), &[site("src/lib.rs:3")]);
         assert_eq!(first[1].sites(), &[site("src/lib.rs:9")]);
+
+        // Checked before it named itself: still its creator's name.
+        let not_yet_named = Leak::Thread {
+            tid: 300,
+            name: "my_test".into(),
+            state: "running".into(),
+            unnamed: true,
+            waiting_in: None,
+            sites: vec![site("tests/t.rs:5")],
+        };
+        let mut first = vec![thread(100, vec![])];
+        attach(&mut first, &[not_yet_named]);
+        assert_eq!(first[0].sites(), &[site("tests/t.rs:5")]);
     }
 }
