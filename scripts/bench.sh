@@ -13,6 +13,12 @@ cd "$(dirname "$0")/.."
 n=${1:-1000}
 rounds=${2:-3}
 root=$PWD
+test_fns() { # $1 test attribute, $2 count: that many trivial tests, numbered to the count's width
+  local width=${#2} i
+  for i in $(seq "$2"); do
+    printf '#[%s]\nfn trivial_%0*d() {\n    assert_eq!(%d + 1, %d);\n}\n' "$1" "$width" "$i" "$i" "$((i + 1))"
+  done
+}
 suite=$root/target/bench-suite/trivial-$n
 mkdir -p "$suite/tests"
 cat > "$suite/Cargo.toml" <<TOML
@@ -25,11 +31,7 @@ publish = false
 [workspace]
 TOML
 mkdir -p "$suite/src" && echo "" > "$suite/src/lib.rs"
-{
-  for i in $(seq "$n"); do
-    printf '#[test]\nfn trivial_%04d() {\n    assert_eq!(%d + 1, %d);\n}\n' "$i" "$i" "$((i + 1))"
-  done
-} > "$suite/tests/trivial.rs"
+test_fns test "$n" > "$suite/tests/trivial.rs"
 
 # The same tests as #[leakcheck::test] in a leakcheck::main!() target.
 harness_suite=$root/target/bench-suite/harness-$n
@@ -51,12 +53,7 @@ name = "trivial"
 harness = false
 TOML
 echo "" > "$harness_suite/src/lib.rs"
-{
-  for i in $(seq "$n"); do
-    printf '#[leakcheck::test]\nfn trivial_%04d() {\n    assert_eq!(%d + 1, %d);\n}\n' "$i" "$i" "$((i + 1))"
-  done
-  echo 'leakcheck::main!();'
-} > "$harness_suite/tests/trivial.rs"
+{ test_fns leakcheck::test "$n"; echo 'leakcheck::main!();'; } > "$harness_suite/tests/trivial.rs"
 
 cargo build -q --release -p cargo-leakcheck
 tool=$root/target/release/cargo-leakcheck
@@ -161,20 +158,13 @@ if [ ! -f "$big/tests/trivial.rs" ]; then
   mkdir -p "$big/tests" "$big/src"
   sed 's/name = "trivial-[0-9]*"/name = "trivial-10000"/' "$suite/Cargo.toml" > "$big/Cargo.toml"
   echo "" > "$big/src/lib.rs"
-  for i in $(seq 10000); do
-    printf '#[test]\nfn trivial_%05d() {\n    assert_eq!(%d + 1, %d);\n}\n' "$i" "$i" "$((i + 1))"
-  done > "$big/tests/trivial.rs"
+  test_fns test 10000 > "$big/tests/trivial.rs"
 fi
 if [ ! -f "$big_harness/tests/trivial.rs" ]; then
   mkdir -p "$big_harness/tests" "$big_harness/src"
   sed 's/name = "harness-[0-9]*"/name = "harness-10000"/' "$harness_suite/Cargo.toml" > "$big_harness/Cargo.toml"
   echo "" > "$big_harness/src/lib.rs"
-  {
-    for i in $(seq 10000); do
-      printf '#[leakcheck::test]\nfn trivial_%05d() {\n    assert_eq!(%d + 1, %d);\n}\n' "$i" "$i" "$((i + 1))"
-    done
-    echo 'leakcheck::main!();'
-  } > "$big_harness/tests/trivial.rs"
+  { test_fns leakcheck::test 10000; echo 'leakcheck::main!();'; } > "$big_harness/tests/trivial.rs"
 fi
 (cd "$big" && CARGO_TARGET_DIR=$big/target cargo test -q --no-run 2>/dev/null)
 (cd "$big_harness" && CARGO_TARGET_DIR=$big/target cargo test -q --no-run 2>/dev/null)

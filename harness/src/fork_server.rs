@@ -514,8 +514,6 @@ impl Running {
         self.def = Some(def);
         self.started = Instant::now();
         self.limit = timeout;
-        self.record_bytes.clear();
-        self.output_bytes.clear();
         if let Some(command) = &mut self.command {
             // A child that died meanwhile shows as the end of its record
             // pipe, and this test as the one it did not finish.
