@@ -1,15 +1,16 @@
-//! The stages in order: metadata, build, list, run, report.
+//! The stages in order: metadata, build, list, run, report. [`try_main`]
+//! reads as that pipeline; each stage is a function below it or a module of
+//! its own.
 
-use std::io::Write;
+use leakcheck::{Outcome, Summary};
 
-use leakcheck::Summary;
-
+use crate::cargo::{self, TestBinary};
 use crate::cli::{self, LeakcheckArgs, MessageFormat};
 use crate::errors::{exit_code, RunError};
-use crate::list::{self, Selection};
+use crate::list::{self, Selection, TestCase};
 use crate::plan::{self, Plan};
-use crate::run::{self, ExitFilter, RunContext, Supervisor};
-use crate::{baseline, cargo, report};
+use crate::report::{self, print_stdout, Finished, Outputs};
+use crate::run::{self, ExitFilter, RunContext, RunResult, Supervisor};
 
 /// Runs the command and returns the exit code; errors are printed once, here.
 pub(crate) fn main() -> u8 {
@@ -50,13 +51,43 @@ pub(crate) fn main() -> u8 {
     }
 }
 
+/// The pipeline: ask cargo, build, list, run, report.
 fn try_main(args: &LeakcheckArgs, supervisor: &'static Supervisor) -> Result<u8, RunError> {
-    let metadata = cargo::metadata(args)?;
-    cargo::check_packages(args, &metadata)?;
+    let build = args.cargo_selection();
+    let metadata = cargo::metadata(&build)?;
+    cargo::check_packages(&build, &metadata)?;
     let plan = plan::make(args, metadata.workspace_root.as_std_path())?;
-    let binaries = cargo::build_tests(args, &metadata, supervisor)?;
+    let binaries = cargo::build_tests(&build, &metadata, supervisor)?;
     let selection = Selection::new(args.filter.as_deref(), &args.test_args);
-    let mut cases = list::list_tests(binaries, &selection, args.verbose)?;
+    let cases = select_tests(args, binaries, &selection)?;
+    if args.list {
+        print_listing(&cases);
+        return Ok(exit_code::SUCCESS);
+    }
+    // Private (0700, random name, created exclusively), removed on drop.
+    let scratch = tempfile::Builder::new()
+        .prefix("cargo-leakcheck-")
+        .tempdir()
+        .map_err(|source| RunError::Setup { what: "create its scratch directory", source })?;
+    let (context, settings) = run_context(args, plan, &selection, supervisor, scratch.path());
+    supervisor.begin_test_phase().map_err(|source| RunError::Setup { what: "become a child subreaper", source })?;
+    announce(args, &settings, &cases);
+    let result = run_tests(args, &context, &cases, &selection, &settings);
+    report_strays(supervisor);
+    let interrupted = supervisor.interrupted();
+    let summary = Summary::from_records(&result.records, result.not_run, result.duration_ms, interrupted.is_some());
+    let finished = Finished { records: &result.records, summary, duration_ms: result.duration_ms, policy: &context.policy };
+    outputs(args).write(finished)?;
+    if let Some(signal) = interrupted {
+        eprintln!("error: interrupted by {signal}; running tests and their processes were killed");
+        return Ok(exit_code::INTERRUPTED);
+    }
+    Ok(if run_failed(args, &result) { exit_code::TESTS_FAILED } else { exit_code::SUCCESS })
+}
+
+/// Lists the built binaries' tests, applies the filters and the partition.
+fn select_tests(args: &LeakcheckArgs, binaries: Vec<TestBinary>, selection: &Selection) -> Result<Vec<TestCase>, RunError> {
+    let mut cases = list::list_tests(binaries, selection, args.verbose)?;
     if cases.is_empty() {
         return Err(match selection.describe_filter() {
             Some(filter) => RunError::NothingMatched { filter },
@@ -64,61 +95,92 @@ fn try_main(args: &LeakcheckArgs, supervisor: &'static Supervisor) -> Result<u8,
         });
     }
     if let Some(partition) = args.partition {
-        cases = partition.select(cases);
+        cases = partition.select(cases, |case| format!("{} {}", case.binary.id, case.name));
     }
-    if args.list {
-        let listing: String = cases
-            .iter()
-            .map(|case| format!("{} {}{}\n", case.binary.id, case.name, if case.ignored { " (ignored)" } else { "" }))
-            .collect();
-        print_stdout(&listing);
-        return Ok(exit_code::SUCCESS);
-    }
+    Ok(cases)
+}
 
-    let filter = (!args.no_probe).then(ExitFilter::new);
-    let scratch =
-        Scratch::create().map_err(|source| RunError::Setup { what: "create its scratch directory", source })?;
+/// `--list`: one line per selected test.
+fn print_listing(cases: &[TestCase]) {
+    let listing: String = cases
+        .iter()
+        .map(|case| format!("{} {}{}\n", case.binary.id, case.name, if case.ignored { " (ignored)" } else { "" }))
+        .collect();
+    print_stdout(&listing);
+}
+
+/// What the scheduler needs beyond the context.
+#[derive(Debug)]
+struct Settings {
+    jobs: usize,
+    fail_fast: bool,
+    repeat: Option<u32>,
+    config: Option<std::path::PathBuf>,
+}
+
+/// The plan, turned into what every test run reads.
+fn run_context(
+    args: &LeakcheckArgs,
+    plan: Plan,
+    selection: &Selection,
+    supervisor: &'static Supervisor,
+    scratch: &std::path::Path,
+) -> (RunContext, Settings) {
     let Plan { grace, timeout, jobs, fail_fast, repeat, policy, config } = plan;
     let context = RunContext {
         supervisor,
-        filter,
+        filter: (!args.no_probe).then(ExitFilter::new),
         grace,
         timeout,
         test_args: selection.ignored_mode.iter().cloned().collect(),
         probe_refused: Default::default(),
-        scratch: scratch.path().to_owned(),
+        scratch: scratch.to_owned(),
         policy,
         repeat,
         explain: !args.no_explain,
         fork_per_test: args.fork_per_test,
     };
-    supervisor.begin_test_phase().map_err(|source| RunError::Setup { what: "become a child subreaper", source })?;
+    (context, Settings { jobs, fail_fast, repeat, config })
+}
+
+/// The notes and the "Starting" line before the first test.
+fn announce(args: &LeakcheckArgs, settings: &Settings, cases: &[TestCase]) {
     if args.no_probe {
         eprintln!(
             "warning: the exit probe is off (--no-probe): only processes left running are checked, not fds or threads"
         );
     }
-    if let Some(runs) = repeat {
+    if let Some(runs) = settings.repeat {
         eprintln!(
             "        Note --repeat {runs} applies to #[leakcheck::test] and leakcheck::main!() tests; \
              other tests run once (there is no code of ours in them to repeat them)"
         );
     }
-    if let Some(config) = &config {
+    if let Some(config) = &settings.config {
         eprintln!("      Config {} (profile {})", config.display(), args.profile);
     }
     let runnable = cases.iter().filter(|case| !case.ignored).count();
-    let binaries = binary_count(&cases);
+    let binaries = binary_count(cases);
     eprintln!(
-        "    Starting {runnable} {} across {binaries} {} ({} ignored), {jobs} at a time",
+        "    Starting {runnable} {} across {binaries} {} ({} ignored), {} at a time",
         plural(runnable, "test", "tests"),
         plural(binaries, "binary", "binaries"),
-        cases.len() - runnable
+        cases.len() - runnable,
+        settings.jobs
     );
+}
 
+/// Runs every test, printing a progress line as each one ends.
+fn run_tests(
+    args: &LeakcheckArgs,
+    context: &RunContext,
+    cases: &[TestCase],
+    selection: &Selection,
+    settings: &Settings,
+) -> RunResult {
     let progress = report::Progress::start(cases.len(), args.message_format == MessageFormat::Human);
     let mut warned = false;
-    let result = run::run_all(&context, &cases, &selection.list_args, jobs, fail_fast, |record| {
+    let result = run::run_all(context, cases, &selection.list_args, settings.jobs, settings.fail_fast, |record| {
         if let (Some(error), false) = (context.probe_refused.get(), warned) {
             warned = true;
             progress.suspend(|| {
@@ -128,63 +190,46 @@ fn try_main(args: &LeakcheckArgs, supervisor: &'static Supervisor) -> Result<u8,
             });
         }
         let line = report::progress_line(record);
-        progress.suspend(|| print_progress(args.message_format, &line));
+        progress.suspend(|| match args.message_format {
+            MessageFormat::Human => print_stdout(&format!("{line}\n")),
+            MessageFormat::Json => anstream::eprintln!("{line}"),
+        });
         progress.advance();
     });
     progress.finish();
+    result
+}
 
+/// Processes left by some test that could not be told which one: killed.
+fn report_strays(supervisor: &Supervisor) {
     for stray in supervisor.end_test_phase() {
         eprintln!(
             "warning: killed `{}` (pid {}): a process left by some test that could not be told which one",
             stray.cmdline, stray.pid
         );
     }
-    let interrupted = supervisor.interrupted();
-    let summary = Summary::from_records(&result.records, result.not_run, result.duration_ms, interrupted.is_some());
-    let failed = result.records.iter().any(|record| match record.outcome {
-        // A run that writes a baseline accepts today's leaks.
-        leakcheck::Outcome::Leaked => args.write_baseline.is_none(),
-        outcome => outcome.is_failure(),
-    });
-    let human = report::final_report(&result.records, &summary);
-    let notes = report::policy_notes(&context.policy, &result.records);
-    let json = report::json_report(result.records.clone(), summary);
-    match args.message_format {
-        MessageFormat::Human => print_stdout(&format!("{notes}{human}")),
-        MessageFormat::Json => {
-            anstream::eprint!("{notes}{human}");
-            print_stdout(&format!("{json}\n"));
-        }
-    }
-    if std::env::var("GITHUB_ACTIONS").is_ok_and(|value| value == "true") {
-        let annotations = report::annotations(&result.records);
-        match args.message_format {
-            MessageFormat::Human => print_stdout(&annotations),
-            MessageFormat::Json => eprint!("{annotations}"),
-        }
-    }
-    let write = |path: &std::path::PathBuf, contents: &str| {
-        report::write_atomically(path, contents.as_bytes())
-            .map_err(|source| RunError::WriteReport { path: path.clone(), source })
-    };
-    if let Some(path) = &args.report_json {
-        write(path, &format!("{json}\n"))?;
-    }
-    if let Some(path) = &args.junit {
-        write(path, &report::junit_report(&result.records, result.duration_ms))?;
-    }
-    if let Some(path) = &args.write_baseline {
-        write(path, &baseline::render(&result.records))?;
-        eprintln!("    Baseline {} written", path.display());
-    }
-    if let Some(signal) = interrupted {
-        eprintln!("error: interrupted by {signal}; running tests and their processes were killed");
-        return Ok(exit_code::INTERRUPTED);
-    }
-    Ok(if failed { exit_code::TESTS_FAILED } else { exit_code::SUCCESS })
 }
 
-fn binary_count(cases: &[list::TestCase]) -> usize {
+fn outputs(args: &LeakcheckArgs) -> Outputs {
+    Outputs {
+        json_on_stdout: args.message_format == MessageFormat::Json,
+        report_json: args.report_json.clone(),
+        junit: args.junit.clone(),
+        write_baseline: args.write_baseline.clone(),
+        github_annotations: std::env::var("GITHUB_ACTIONS").is_ok_and(|value| value == "true"),
+    }
+}
+
+/// Whether the run ends with [`exit_code::TESTS_FAILED`].
+fn run_failed(args: &LeakcheckArgs, result: &RunResult) -> bool {
+    result.records.iter().any(|record| match record.outcome {
+        // A run that writes a baseline accepts today's leaks.
+        Outcome::Leaked => args.write_baseline.is_none(),
+        outcome => outcome.is_failure(),
+    })
+}
+
+fn binary_count(cases: &[TestCase]) -> usize {
     let mut ids: Vec<&str> = cases.iter().map(|case| case.binary.id.as_str()).collect();
     ids.dedup();
     ids.len()
@@ -195,44 +240,6 @@ fn plural<'a>(count: usize, one: &'a str, many: &'a str) -> &'a str {
         one
     } else {
         many
-    }
-}
-
-fn print_progress(format: MessageFormat, line: &str) {
-    match format {
-        MessageFormat::Human => print_stdout(&format!("{line}\n")),
-        MessageFormat::Json => anstream::eprintln!("{line}"),
-    }
-}
-
-/// Writes to stdout (colours stripped where they do not belong); a closed
-/// stdout (`| head`) is not an error worth a panic.
-fn print_stdout(text: &str) {
-    let mut stdout = anstream::stdout().lock();
-    if stdout.write_all(text.as_bytes()).and_then(|()| stdout.flush()).is_err() {
-        // The reader went away; the exit code still tells the result.
-    }
-}
-
-/// A private temporary directory, removed when the run ends.
-#[derive(Debug)]
-struct Scratch(std::path::PathBuf);
-
-impl Scratch {
-    fn create() -> std::io::Result<Scratch> {
-        let path = std::env::temp_dir().join(format!("cargo-leakcheck-{}", std::process::id()));
-        std::fs::create_dir_all(&path)?;
-        Ok(Scratch(path))
-    }
-
-    fn path(&self) -> &std::path::Path {
-        &self.0
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 

@@ -18,6 +18,8 @@ use std::sync::Mutex;
 
 use leakcheck::{Leak, Outcome, TestRecord};
 
+use crate::errors::BaselineError;
+
 const HEADER: &str = "# cargo-leakcheck baseline: leaks accepted for now; the gate fails only on others.\n\
 # Regenerate with `cargo leakcheck --write-baseline PATH`. Columns: binary, test, kind, identity (tab-separated).\n";
 
@@ -46,19 +48,6 @@ impl Entry {
 pub(crate) struct Baseline {
     pub(crate) path: PathBuf,
     remaining: Mutex<BTreeMap<Entry, usize>>,
-}
-
-/// A baseline file that could not be read.
-#[derive(Debug, thiserror::Error)]
-pub(crate) enum BaselineError {
-    #[error("could not read the baseline {path}: {source}")]
-    Read {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("{path}:{line}: expected 4 tab-separated columns (binary, test, kind, identity)")]
-    Malformed { path: PathBuf, line: usize },
 }
 
 impl Baseline {

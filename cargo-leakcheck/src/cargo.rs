@@ -8,7 +8,6 @@ use std::process::Stdio;
 
 use cargo_metadata::{Message, Metadata, MetadataCommand, Package, TargetKind};
 
-use crate::cli::LeakcheckArgs;
 use crate::errors::RunError;
 use crate::process;
 use crate::run::Supervisor;
@@ -28,6 +27,28 @@ pub(crate) struct TestBinary {
     pub(crate) harness: bool,
 }
 
+/// What to build, in cargo's own terms: the package, target and feature
+/// selection and the profile, passed to `cargo test --no-run` as given.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct CargoSelection {
+    pub(crate) manifest_path: Option<PathBuf>,
+    pub(crate) packages: Vec<String>,
+    pub(crate) workspace: bool,
+    pub(crate) exclude: Vec<String>,
+    pub(crate) lib: bool,
+    pub(crate) bins: Vec<String>,
+    pub(crate) all_bins: bool,
+    pub(crate) tests: Vec<String>,
+    pub(crate) all_tests: bool,
+    pub(crate) features: Vec<String>,
+    pub(crate) all_features: bool,
+    pub(crate) no_default_features: bool,
+    pub(crate) release: bool,
+    pub(crate) target_dir: Option<PathBuf>,
+    /// Print each cargo command before running it.
+    pub(crate) verbose: bool,
+}
+
 /// Whether `executable` embeds the marker of `leakcheck::main!()`.
 pub(crate) fn is_leakcheck_harness(executable: &std::path::Path) -> bool {
     std::fs::read(executable)
@@ -35,7 +56,7 @@ pub(crate) fn is_leakcheck_harness(executable: &std::path::Path) -> bool {
 }
 
 /// Reads the workspace with `cargo metadata --no-deps`.
-pub(crate) fn metadata(args: &LeakcheckArgs) -> Result<Metadata, RunError> {
+pub(crate) fn metadata(args: &CargoSelection) -> Result<Metadata, RunError> {
     let mut request = MetadataCommand::new();
     request.no_deps();
     if let Some(path) = &args.manifest_path {
@@ -62,7 +83,7 @@ pub(crate) fn metadata(args: &LeakcheckArgs) -> Result<Metadata, RunError> {
 /// Checks that each plain `-p NAME` names a workspace package, so a typo is
 /// a usage error rather than a failed build. Specs cargo reads otherwise
 /// (`name@version`, URLs, globs) are left to cargo.
-pub(crate) fn check_packages(args: &LeakcheckArgs, metadata: &Metadata) -> Result<(), RunError> {
+pub(crate) fn check_packages(args: &CargoSelection, metadata: &Metadata) -> Result<(), RunError> {
     let members: Vec<&str> = metadata.workspace_packages().iter().map(|package| package.name.as_str()).collect();
     for spec in args.packages.iter().chain(&args.exclude) {
         let plain = !spec.contains(['@', ':', '/', '*', '?', '[']);
@@ -76,7 +97,7 @@ pub(crate) fn check_packages(args: &LeakcheckArgs, metadata: &Metadata) -> Resul
 /// Builds the selected test targets and returns their executables, sorted by id.
 /// cargo's own diagnostics go straight to our stderr.
 pub(crate) fn build_tests(
-    args: &LeakcheckArgs,
+    args: &CargoSelection,
     metadata: &Metadata,
     supervisor: &Supervisor,
 ) -> Result<Vec<TestBinary>, RunError> {

@@ -5,6 +5,10 @@ use std::time::Duration;
 
 use clap::{Args, Parser, ValueEnum};
 
+use crate::cargo::CargoSelection;
+use crate::duration::parse_duration;
+use crate::partition::Partition;
+
 const AFTER_HELP: &str = "\
 How it works:
   Builds the tests like `cargo test --no-run`, lists every test of every test
@@ -137,8 +141,8 @@ pub(crate) struct LeakcheckArgs {
 
     /// Run only shard K of N: `hash:K/N` (by a hash of the test's name: stable
     /// as tests are added) or `slice:K/N` (every Nth test in list order)
-    #[arg(long, value_name = "PARTITION", value_parser = crate::list::Partition::parse, help_heading = "Run Options")]
-    pub(crate) partition: Option<crate::list::Partition>,
+    #[arg(long, value_name = "PARTITION", value_parser = Partition::parse, help_heading = "Run Options")]
+    pub(crate) partition: Option<Partition>,
 
     /// Print the tests this run would take (after filters and --partition), and run none
     #[arg(long, help_heading = "Run Options")]
@@ -204,20 +208,27 @@ pub(crate) enum MessageFormat {
     Json,
 }
 
-/// Parses `120s`, `500ms`, `2m`, `1.5s` or a bare number of seconds.
-pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let split = text.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let value: f64 = number.parse().map_err(|_| format!("`{text}` is not a duration (examples: 90s, 500ms, 2m)"))?;
-    let seconds = match unit.trim() {
-        "" | "s" => value,
-        "ms" => value / 1000.0,
-        "m" | "min" => value * 60.0,
-        "h" => value * 3600.0,
-        other => return Err(format!("unknown unit `{other}` in `{text}` (use ms, s, m or h)")),
-    };
-    Duration::try_from_secs_f64(seconds).map_err(|_| format!("`{text}` is out of range"))
+impl LeakcheckArgs {
+    /// The part of the command line cargo itself is given.
+    pub(crate) fn cargo_selection(&self) -> CargoSelection {
+        CargoSelection {
+            manifest_path: self.manifest_path.clone(),
+            packages: self.packages.clone(),
+            workspace: self.workspace,
+            exclude: self.exclude.clone(),
+            lib: self.lib,
+            bins: self.bins.clone(),
+            all_bins: self.all_bins,
+            tests: self.tests.clone(),
+            all_tests: self.all_tests,
+            features: self.features.clone(),
+            all_features: self.all_features,
+            no_default_features: self.no_default_features,
+            release: self.release,
+            target_dir: self.target_dir.clone(),
+            verbose: self.verbose,
+        }
+    }
 }
 
 /// `cargo leakcheck wrap`: one test command under the exit probe and the
@@ -291,14 +302,5 @@ mod tests {
     #[test]
     fn the_command_line_is_consistent() {
         CargoCli::command().debug_assert();
-    }
-
-    #[test]
-    fn durations_parse_with_units() {
-        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
-        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
-        assert_eq!(parse_duration("1.5"), Ok(Duration::from_millis(1500)));
-        assert!(parse_duration("soon").is_err());
-        assert!(parse_duration("5 parsecs").is_err());
     }
 }

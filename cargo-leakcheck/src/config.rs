@@ -29,7 +29,8 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::cli::parse_duration;
+use crate::duration::parse_duration;
+use crate::errors::ConfigError;
 
 /// What a leak of one kind does to its test.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -150,21 +151,6 @@ pub(crate) struct Profile {
     /// fd, thread, child, heap.
     pub(crate) kinds: [Option<Severity>; 4],
     pub(crate) allow: Vec<AllowRule>,
-}
-
-/// A config file that could not be used.
-#[derive(Debug, thiserror::Error)]
-pub(crate) enum ConfigError {
-    #[error("could not read {path}: {source}")]
-    Read {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("{path}:{line}:{column}: {message}")]
-    Invalid { path: PathBuf, line: usize, column: usize, message: String },
-    #[error("{path}: no profile `{name}` (profiles: {known})")]
-    UnknownProfile { path: PathBuf, name: String, known: String },
 }
 
 /// Where the config is: `--config PATH`, else `.config/leakcheck.toml` in

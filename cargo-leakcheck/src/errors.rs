@@ -19,6 +19,34 @@ pub(crate) mod exit_code {
     pub(crate) const INTERRUPTED: u8 = 130;
 }
 
+/// A config file that could not be used.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ConfigError {
+    #[error("could not read {path}: {source}")]
+    Read {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}:{line}:{column}: {message}")]
+    Invalid { path: std::path::PathBuf, line: usize, column: usize, message: String },
+    #[error("{path}: no profile `{name}` (profiles: {known})")]
+    UnknownProfile { path: std::path::PathBuf, name: String, known: String },
+}
+
+/// A baseline file that could not be read.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum BaselineError {
+    #[error("could not read the baseline {path}: {source}")]
+    Read {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}:{line}: expected 4 tab-separated columns (binary, test, kind, identity)")]
+    Malformed { path: std::path::PathBuf, line: usize },
+}
+
 /// Why a run could not complete.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum RunError {
@@ -52,9 +80,9 @@ pub(crate) enum RunError {
         source: std::io::Error,
     },
     #[error(transparent)]
-    Config(#[from] crate::config::ConfigError),
+    Config(#[from] ConfigError),
     #[error(transparent)]
-    Baseline(#[from] crate::baseline::BaselineError),
+    Baseline(#[from] BaselineError),
     #[error("{0}")]
     UsageMessage(String),
     #[error("cargo-leakcheck could not {what}")]

@@ -28,8 +28,10 @@ pub(crate) fn wrap(args: &WrapArgs, supervisor: &'static Supervisor) -> Result<u
         harness: false,
     };
     let case = TestCase { binary: Arc::new(binary), name, ignored: false, serial: 0 };
-    let scratch = std::env::temp_dir().join(format!("cargo-leakcheck-wrap-{}", std::process::id()));
-    std::fs::create_dir_all(&scratch)
+    // Private (0700, random name, created exclusively), removed on drop.
+    let scratch = tempfile::Builder::new()
+        .prefix("cargo-leakcheck-wrap-")
+        .tempdir()
         .map_err(|source| RunError::Setup { what: "create its scratch directory", source })?;
     let context = RunContext {
         supervisor,
@@ -38,7 +40,7 @@ pub(crate) fn wrap(args: &WrapArgs, supervisor: &'static Supervisor) -> Result<u
         timeout: args.timeout.unwrap_or(DEFAULT_TIMEOUT),
         test_args: Vec::new(),
         probe_refused: Default::default(),
-        scratch: scratch.clone(),
+        scratch: scratch.path().to_owned(),
         policy: Policy::default(),
         repeat: None,
         explain: true,
@@ -50,7 +52,7 @@ pub(crate) fn wrap(args: &WrapArgs, supervisor: &'static Supervisor) -> Result<u
     for stray in supervisor.end_test_phase() {
         eprintln!("warning: killed `{}` (pid {}): left running by the test", stray.cmdline, stray.pid);
     }
-    let _ = std::fs::remove_dir_all(&scratch);
+    drop(scratch);
     let record = record.map_err(|source| RunError::Setup { what: "run the test", source })?;
     let Some(record) = record else {
         return Ok(exit_code::INTERRUPTED);
