@@ -76,7 +76,8 @@ fn try_main(args: &LeakcheckArgs, supervisor: &'static Supervisor) -> Result<u8,
     report_strays(supervisor);
     let interrupted = supervisor.interrupted();
     let summary = Summary::from_records(&result.records, result.not_run, result.duration_ms, interrupted.is_some());
-    let finished = Finished { records: &result.records, summary, duration_ms: result.duration_ms, policy: &context.policy };
+    let finished =
+        Finished { records: &result.records, summary, duration_ms: result.duration_ms, policy: &context.policy };
     outputs(args).write(finished)?;
     if let Some(signal) = interrupted {
         eprintln!("error: interrupted by {signal}; running tests and their processes were killed");
@@ -86,7 +87,11 @@ fn try_main(args: &LeakcheckArgs, supervisor: &'static Supervisor) -> Result<u8,
 }
 
 /// Lists the built binaries' tests, applies the filters and the partition.
-fn select_tests(args: &LeakcheckArgs, binaries: Vec<TestBinary>, selection: &Selection) -> Result<Vec<TestCase>, RunError> {
+fn select_tests(
+    args: &LeakcheckArgs,
+    binaries: Vec<TestBinary>,
+    selection: &Selection,
+) -> Result<Vec<TestCase>, RunError> {
     let mut cases = list::list_tests(binaries, selection, args.verbose)?;
     if cases.is_empty() {
         return Err(match selection.describe_filter() {
@@ -126,7 +131,7 @@ fn run_context(
     supervisor: &'static Supervisor,
     scratch: &std::path::Path,
 ) -> (RunContext, Settings) {
-    let Plan { grace, timeout, jobs, fail_fast, repeat, policy, config } = plan;
+    let Plan { grace, timeout, jobs, fail_fast, repeat, policy, detect_singletons, config } = plan;
     let context = RunContext {
         supervisor,
         filter: (!args.no_probe).then(ExitFilter::new),
@@ -139,6 +144,8 @@ fn run_context(
         repeat,
         explain: !args.no_explain,
         fork_per_test: args.fork_per_test,
+        detect_singletons,
+        lasting: Default::default(),
     };
     (context, Settings { jobs, fail_fast, repeat, config })
 }

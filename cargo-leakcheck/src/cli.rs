@@ -178,6 +178,12 @@ pub(crate) struct LeakcheckArgs {
     #[arg(long, help_heading = "Run Options")]
     pub(crate) fork_per_test: bool,
 
+    /// Do not tell process-wide singletons (tokio's signal socket pair, a
+    /// global thread pool, a self-pipe) from per-test leaks: every test that
+    /// touches one fails for it
+    #[arg(long, help_heading = "Run Options")]
+    pub(crate) fail_singletons: bool,
+
     /// Do not use the exit probe: check only the processes a test leaves running
     #[arg(long, env = "LEAKCHECK_NO_PROBE", value_parser = clap::builder::BoolishValueParser::new(), action = clap::ArgAction::SetTrue, help_heading = "Run Options")]
     pub(crate) no_probe: bool,

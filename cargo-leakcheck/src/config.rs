@@ -94,8 +94,27 @@ struct ProfileFile {
     fail_fast: Option<bool>,
     repeat: Option<u32>,
     kinds: Option<KindsFile>,
+    singletons: Option<SingletonsFile>,
     #[serde(default)]
     allow: Vec<Spanned<AllowFile>>,
+}
+
+/// What a process-wide singleton does to the tests that touch it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum SingletonRule {
+    /// Detected, reported once, not a leak of any test (the default).
+    Pass,
+    /// Not told apart: a leak of every test that touches it.
+    Fail,
+}
+
+#[derive(Debug, Default, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SingletonsFile {
+    fd: Option<SingletonRule>,
+    thread: Option<SingletonRule>,
+    child: Option<SingletonRule>,
 }
 
 #[derive(Debug, Default, Clone, Copy, Deserialize)]
@@ -150,6 +169,8 @@ pub(crate) struct Profile {
     pub(crate) repeat: Option<u32>,
     /// fd, thread, child, heap.
     pub(crate) kinds: [Option<Severity>; 4],
+    /// fd, thread, child: what a singleton of that kind does.
+    pub(crate) singletons: [Option<SingletonRule>; 3],
     pub(crate) allow: Vec<AllowRule>,
 }
 
@@ -203,6 +224,12 @@ fn parse(text: &str, path: &Path, name: &str) -> Result<Profile, ConfigError> {
             pick(|p| p.kinds.and_then(|k| k.child)),
             pick(|p| p.kinds.and_then(|k| k.heap)),
         ],
+        singletons: {
+            let pick = |f: fn(&SingletonsFile) -> Option<SingletonRule>| {
+                chosen.singletons.and_then(|s| f(&s)).or_else(|| base.singletons.and_then(|s| f(&s)))
+            };
+            [pick(|s| s.fd), pick(|s| s.thread), pick(|s| s.child)]
+        },
         allow: Vec::new(),
     };
     if profile.jobs == Some(0) {

@@ -38,7 +38,12 @@ impl Partition {
 
     /// Keeps this shard's share of `items`, each named by `key`.
     pub(crate) fn select<T>(self, items: Vec<T>, key: impl Fn(&T) -> String) -> Vec<T> {
-        items.into_iter().enumerate().filter(|(index, item)| self.takes(*index, &key(item))).map(|(_, item)| item).collect()
+        items
+            .into_iter()
+            .enumerate()
+            .filter(|(index, item)| self.takes(*index, &key(item)))
+            .map(|(_, item)| item)
+            .collect()
     }
 }
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use crate::baseline::Baseline;
 use crate::cli::LeakcheckArgs;
-use crate::config::{self, Profile};
+use crate::config::{self, Profile, SingletonRule};
 use crate::errors::RunError;
 use crate::policy::Policy;
 
@@ -26,6 +26,9 @@ pub(crate) struct Plan {
     /// Repeat mode's measured runs, for tests with leakcheck code in them.
     pub(crate) repeat: Option<u32>,
     pub(crate) policy: Policy,
+    /// fd, thread, child: whether singletons of that kind are detected (and
+    /// pass) rather than failing every test that touches them.
+    pub(crate) detect_singletons: [bool; 3],
     /// The configuration file read, if any.
     pub(crate) config: Option<PathBuf>,
 }
@@ -55,6 +58,9 @@ pub(crate) fn make(args: &LeakcheckArgs, workspace_root: &std::path::Path) -> Re
         jobs,
         fail_fast: !args.no_fail_fast && profile.fail_fast.unwrap_or(true),
         repeat: args.repeat.or(profile.repeat),
+        detect_singletons: profile
+            .singletons
+            .map(|rule| !args.fail_singletons && rule.unwrap_or(SingletonRule::Pass) == SingletonRule::Pass),
         policy: Policy::new(profile.kinds, profile.allow, baseline),
         config,
     })

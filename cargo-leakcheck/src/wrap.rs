@@ -14,7 +14,7 @@ use crate::list::TestCase;
 use crate::plan::{DEFAULT_GRACE, DEFAULT_TIMEOUT};
 use crate::policy::Policy;
 use crate::report;
-use crate::run::{run_test, ExitFilter, RunContext, Supervisor, Waker};
+use crate::run::{run_test, ExitFilter, RunContext, Settle, Supervisor, Waker};
 
 pub(crate) fn wrap(args: &WrapArgs, supervisor: &'static Supervisor) -> Result<u8, RunError> {
     let program = std::path::PathBuf::from(&args.command[0]);
@@ -45,10 +45,14 @@ pub(crate) fn wrap(args: &WrapArgs, supervisor: &'static Supervisor) -> Result<u
         repeat: None,
         explain: true,
         fork_per_test: false,
+        // One test per invocation: nothing to compare it with.
+        detect_singletons: [false; 3],
+        lasting: Default::default(),
     };
     supervisor.begin_test_phase().map_err(|source| RunError::Setup { what: "become a child subreaper", source })?;
     let waker = Waker::new().map_err(|source| RunError::Setup { what: "create a pipe", source })?;
-    let record = run_test(&context, &waker, &case, &args.command[1..]);
+    let record = run_test(&context, &waker, &case, &args.command[1..], Settle::Full)
+        .map(|judged| judged.map(|(record, _)| record));
     for stray in supervisor.end_test_phase() {
         eprintln!("warning: killed `{}` (pid {}): left running by the test", stray.cmdline, stray.pid);
     }

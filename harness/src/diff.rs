@@ -5,39 +5,12 @@
 //! backoff while a delta is non-empty, so a thread that is already exiting is
 //! not called a leak; a clean test returns from the first read and pays nothing.
 
-use std::collections::{BTreeMap, BTreeSet};
 use std::io;
 use std::time::{Duration, Instant};
 
 use crate::record::Leak;
-use crate::snapshot::{state_name, FdEntry, FdKey, ProcessInfo, Snapshot, ThreadEntry};
-
-/// What a process held before the test: anything else at the end is a leak.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Baseline {
-    /// fd number -> what it refers to.
-    pub fds: BTreeMap<i32, FdKey>,
-    /// Thread ids with their start times (a reused tid is another thread).
-    pub threads: BTreeSet<(i32, u64)>,
-    /// Child pids with their start times (a reused pid is another process).
-    pub children: BTreeSet<(i32, u64)>,
-}
-
-impl Baseline {
-    /// Everything in `snapshot` is part of the baseline.
-    pub fn of(snapshot: &Snapshot) -> Baseline {
-        Baseline {
-            fds: snapshot.fds.iter().map(|entry| (entry.fd, entry.key)).collect(),
-            threads: snapshot.threads.iter().map(|thread| (thread.tid, thread.start_time)).collect(),
-            children: snapshot.children.iter().map(|child| (child.pid, child.start_time)).collect(),
-        }
-    }
-
-    /// Counts thread `tid` of process `pid` (as alive now) as part of the baseline.
-    pub fn add_thread(&mut self, pid: i32, tid: i32) {
-        self.threads.insert((tid, crate::snapshot::thread_start_time(pid, tid)));
-    }
-}
+pub use crate::snapshot::Baseline;
+use crate::snapshot::{state_name, FdEntry, ProcessInfo, Snapshot, ThreadEntry};
 
 /// What a snapshot holds beyond its baseline.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -191,6 +164,7 @@ pub fn settle_until(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::snapshot::FdKey;
 
     fn fd(fd: i32, ino: u64, target: &str) -> FdEntry {
         FdEntry { fd, key: FdKey { dev: 1, ino }, target: target.into() }

@@ -68,6 +68,8 @@ mod isolation;
 pub mod options;
 pub mod record;
 #[cfg(target_os = "linux")]
+mod registry;
+#[cfg(target_os = "linux")]
 mod reuse;
 pub mod sites;
 pub mod snapshot;

@@ -5,8 +5,6 @@ use std::sync::Once;
 
 pub use linkme;
 
-pub use crate::fork_server::harness_main;
-
 /// Bytes `leakcheck::main!()` embeds in a harness binary; `cargo leakcheck`
 /// looks for them to know it may run the binary whole and read its records.
 pub const HARNESS_MARKER: [u8; 32] = *b"leakcheck:harness-protocol:v1:\0\0";
@@ -16,47 +14,16 @@ pub use crate::options::{Allow, Kind, Options};
 use crate::record::{AllowedLeak, InProcessReport};
 use crate::sites::Explain;
 
-/// One `#[leakcheck::test]`, registered for `leakcheck::main!()`.
-#[derive(Debug)]
-pub struct TestDef {
-    /// `module_path!()` of the test: the crate name, then modules.
-    pub module_path: &'static str,
-    /// The function's name.
-    pub name: &'static str,
-    /// Runs the test body; `Err` carries a failure message.
-    pub run: fn() -> Result<(), String>,
-    /// `Some(reason)` when `#[ignore]`d (the reason may be empty).
-    pub ignore: Option<&'static str>,
-    /// `#[should_panic]`, with its `expected` text if any.
-    pub should_panic: ShouldPanic,
-    /// The test's options.
-    pub options: Options,
-}
-
-impl TestDef {
-    /// The name libtest would give the test: modules below the crate, then the name.
-    pub fn full_name(&self) -> String {
-        match self.module_path.split_once("::") {
-            Some((_, modules)) => format!("{modules}::{}", self.name),
-            None => self.name.to_owned(),
-        }
-    }
-}
-
-/// `#[should_panic]` of a test.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ShouldPanic {
-    /// Not a should-panic test.
-    No,
-    /// Must panic.
-    Yes,
-    /// Must panic with a message containing this text.
-    WithMessage(&'static str),
-}
+pub use crate::registry::{ShouldPanic, TestDef};
 
 /// Every `#[leakcheck::test]` of the binary.
 #[linkme::distributed_slice]
 pub static TESTS: [TestDef];
+
+/// Entry point of `leakcheck::main!()`: the fork server over [`TESTS`].
+pub fn harness_main() -> std::process::ExitCode {
+    crate::fork_server::harness_main(&TESTS)
+}
 
 /// What a test function may return, as libtest accepts it.
 pub trait IntoTestResult {
@@ -154,17 +121,7 @@ pub fn run_test(options: &Options, body: fn() -> Result<(), String>) {
     // LEAKCHECK_EXPLAIN=1 (under nextest or cargo test): the verdict stands;
     // a leaking test runs once more, recording, to find its sites.
     if explain == Explain::AfterALeak && matches!(outcome, Ok(Ok(()))) && !finding.judgement.leaks.is_empty() {
-        let heap = finding.judgement.leaks.iter().any(|leak| matches!(leak, crate::Leak::Heap { .. }));
-        let recorder = crate::sites::Recorder::start(heap);
-        if let Ok(guard) = Guard::start() {
-            let rerun = run_on_fresh_thread(body);
-            let panicked = rerun.is_err();
-            let rerun = if panicked { guard.finish_after_panic(options) } else { guard.finish(options) };
-            if let Ok(mut rerun) = rerun {
-                recorder.finish(&mut rerun.judgement.leaks);
-                crate::sites::attach(&mut finding.judgement.leaks, &rerun.judgement.leaks);
-            }
-        }
+        explain_after_leak(body, options, &mut finding.judgement.leaks);
     }
     if !warnings.is_empty() {
         eprintln!("warning: leakcheck: leaked in some measured runs only (oscillating):");
@@ -187,12 +144,28 @@ pub fn run_test(options: &Options, body: fn() -> Result<(), String>) {
     });
     let leaks = &finding.judgement.leaks;
     if body_passed && !leaks.is_empty() {
-        panic!("{}", describe_leaks(leaks));
+        panic!("{}", crate::record::describe_leaks(leaks));
     }
     if !leaks.is_empty() {
-        eprintln!("{}", describe_leaks(leaks));
+        eprintln!("{}", crate::record::describe_leaks(leaks));
     }
     finish_outcome(outcome)
+}
+
+/// Runs `body` once more, recording where its leaks are created, and gives
+/// those sites to the first run's `leaks` (whose verdict stands).
+fn explain_after_leak(body: fn() -> Result<(), String>, options: &Options, leaks: &mut [crate::Leak]) {
+    let heap = leaks.iter().any(|leak| matches!(leak, crate::Leak::Heap { .. }));
+    let recorder = crate::sites::Recorder::start(heap);
+    if let Ok(guard) = Guard::start() {
+        let rerun = run_on_fresh_thread(body);
+        let panicked = rerun.is_err();
+        let rerun = if panicked { guard.finish_after_panic(options) } else { guard.finish(options) };
+        if let Ok(mut rerun) = rerun {
+            recorder.finish(&mut rerun.judgement.leaks);
+            crate::sites::attach(leaks, &rerun.judgement.leaks);
+        }
+    }
 }
 
 /// libtest's main thread books a timeout entry for the test (a small
@@ -243,20 +216,6 @@ fn finish_outcome(outcome: std::thread::Result<Result<(), String>>) {
         Ok(result) => finish_body(result),
         Err(panic) => resume_unwind(panic),
     }
-}
-
-/// The message of a test failed by its leaks.
-pub fn describe_leaks(leaks: &[crate::Leak]) -> String {
-    let mut message = String::from("leakcheck: the test left resources behind:");
-    for leak in leaks {
-        message.push_str("\n  - ");
-        message.push_str(&leak.describe());
-        for site in leak.sites().iter().take(3) {
-            message.push_str("\n      ");
-            message.push_str(&site.describe());
-        }
-    }
-    message
 }
 
 /// Under `cargo leakcheck`, hands over the in-process verdict (it knows the

@@ -302,6 +302,12 @@ pub struct TestRecord {
     /// Leaks of kinds configured to warn: reported, not failing the test.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<Leak>,
+    /// Leaks found to be process-wide singletons of the test binary (made
+    /// once per process by a library the test uses, shared by every test
+    /// that touches it, seen by running such tests together): reported,
+    /// not a leak of this test. Zero-config runs only.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub singletons: Vec<Leak>,
     /// fds that were open when the test started and that it closed (it did
     /// not open them: stdin, a harness pipe). Reported, not a failure.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -326,6 +332,7 @@ impl TestRecord {
             unchecked: Vec::new(),
             allowed: Vec::new(),
             warnings: Vec::new(),
+            singletons: Vec::new(),
             closed_fds: Vec::new(),
             output: None,
         }
@@ -457,4 +464,18 @@ pub struct InProcessReport {
     /// fds open before the test that it closed.
     #[serde(default)]
     pub closed_fds: Vec<i32>,
+}
+
+/// The message of a test failed by its leaks.
+pub(crate) fn describe_leaks(leaks: &[Leak]) -> String {
+    let mut message = String::from("leakcheck: the test left resources behind:");
+    for leak in leaks {
+        message.push_str("\n  - ");
+        message.push_str(&leak.describe());
+        for site in leak.sites().iter().take(3) {
+            message.push_str("\n      ");
+            message.push_str(&site.describe());
+        }
+    }
+    message
 }

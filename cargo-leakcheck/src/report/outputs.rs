@@ -65,7 +65,8 @@ impl Outputs {
 }
 
 fn write_file(path: &Path, contents: &str) -> Result<(), RunError> {
-    write_atomically(path, contents.as_bytes()).map_err(|source| RunError::WriteReport { path: path.to_owned(), source })
+    write_atomically(path, contents.as_bytes())
+        .map_err(|source| RunError::WriteReport { path: path.to_owned(), source })
 }
 
 /// Writes `contents` to `path` through a temporary file in the same

@@ -16,9 +16,10 @@ use std::time::Instant;
 
 use leakcheck::{Outcome, TestRecord};
 
-use super::isolated::{wait_for_events, RunContext, Waker, DRAIN_LIMIT, TERMINATE_GRACE};
+use super::context::{wait_for_events, RunContext, Waker, DRAIN_LIMIT, TERMINATE_GRACE};
 use super::output::Capture;
 use super::reaper::{self, ExitStatus, SpawnedTest, MARKER_VAR};
+use crate::cargo::TestBinary;
 use crate::list::TestCase;
 
 /// Runs the harness binary of `cases` (all of one binary, none ignored) and
@@ -37,34 +38,7 @@ pub(crate) fn run_harness(
     let marker = format!("{}:harness:{}", std::process::id(), cases[0].serial);
     let (mut records, records_write) = io::pipe()?;
     let records_fd = records_write.as_raw_fd();
-    let mut command = Command::new(&binary.executable);
-    command
-        .args(list_args)
-        .args(&context.test_args)
-        .arg(format!("--test-threads={jobs}"))
-        .current_dir(&binary.cwd)
-        .envs(binary.env.iter().map(|(key, value)| (key, value)))
-        .env(MARKER_VAR, &marker)
-        .env("LEAKCHECK_RECORDS_FD", records_fd.to_string())
-        .env("LEAKCHECK_TIMEOUT_MS", context.timeout.as_millis().to_string())
-        .env(leakcheck::sites::EXPLAIN_ENV, if context.explain { "auto" } else { "0" })
-        .envs(context.repeat.map(|runs| ("LEAKCHECK_REPEAT", runs.to_string())))
-        .envs(context.fork_per_test.then_some((leakcheck::FORK_PER_TEST_ENV, "1")))
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0);
-    // SAFETY: between fork and exec: empties the signal mask and clears
-    // close-on-exec of the records pipe (fcntl); both async-signal-safe.
-    unsafe {
-        command.pre_exec(move || {
-            reaper::unblock_all_signals();
-            if libc::fcntl(records_fd, libc::F_SETFD, 0) != 0 {
-                return Err(io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    let mut command = harness_command(context, binary, list_args, jobs, &marker, records_fd);
     let started = Instant::now();
     let SpawnedTest { pid, slot, stdout, stderr } =
         context.supervisor.spawn_test(&mut command, &marker, &waker.writer)?;
@@ -129,30 +103,83 @@ pub(crate) fn run_harness(
     if context.supervisor.interrupted().is_some() {
         return Ok(received);
     }
-    let why_missing = match status {
-        ExitStatus::Code(code) => format!("the harness exited with status {code} before reporting this test"),
-        ExitStatus::Signal(signal) => format!("the harness was killed by {signal} before reporting this test"),
-    };
     let output = {
         let mut text = stdout.into_text();
         text.push_str(&stderr.into_text());
         text
     };
-    let elapsed = started.elapsed().as_millis() as u64;
+    let missing = Missing { status, output, elapsed_ms: started.elapsed().as_millis() as u64 };
     Ok(received
         .into_iter()
         .zip(cases)
-        .map(|(record, case)| {
-            Some(record.unwrap_or_else(|| {
-                let mut record = TestRecord::new(binary.id.clone(), case.name.clone(), Outcome::Failed);
-                record.duration_ms = elapsed;
-                record.message = Some(why_missing.clone());
-                record.output = Some(output.clone());
-                on_record(&mut record);
-                record
-            }))
-        })
+        .map(|(record, case)| Some(record.unwrap_or_else(|| missing.record(case, on_record))))
         .collect())
+}
+
+/// Why the harness sent no record for some tests, and what it printed.
+#[derive(Debug)]
+struct Missing {
+    status: ExitStatus,
+    output: String,
+    elapsed_ms: u64,
+}
+
+impl Missing {
+    /// The failed record of a test the harness never reported.
+    fn record(&self, case: &TestCase, on_record: &mut dyn FnMut(&mut TestRecord)) -> TestRecord {
+        let message = match self.status {
+            ExitStatus::Code(code) => format!("the harness exited with status {code} before reporting this test"),
+            ExitStatus::Signal(signal) => format!("the harness was killed by {signal} before reporting this test"),
+        };
+        let mut record = TestRecord::new(case.binary.id.clone(), case.name.clone(), Outcome::Failed);
+        record.duration_ms = self.elapsed_ms;
+        record.message = Some(message);
+        record.output = Some(self.output.clone());
+        on_record(&mut record);
+        record
+    }
+}
+
+/// The harness binary's command line: the user's filters, the jobs, and
+/// the environment that makes it report to us (`LEAKCHECK_RECORDS_FD`,
+/// whose pipe end `records_fd` is kept open across exec).
+fn harness_command(
+    context: &RunContext,
+    binary: &TestBinary,
+    list_args: &[String],
+    jobs: usize,
+    marker: &str,
+    records_fd: i32,
+) -> Command {
+    let mut command = Command::new(&binary.executable);
+    command
+        .args(list_args)
+        .args(&context.test_args)
+        .arg(format!("--test-threads={jobs}"))
+        .current_dir(&binary.cwd)
+        .envs(binary.env.iter().map(|(key, value)| (key, value)))
+        .env(MARKER_VAR, marker)
+        .env("LEAKCHECK_RECORDS_FD", records_fd.to_string())
+        .env("LEAKCHECK_TIMEOUT_MS", context.timeout.as_millis().to_string())
+        .env(leakcheck::sites::EXPLAIN_ENV, if context.explain { "auto" } else { "0" })
+        .envs(context.repeat.map(|runs| ("LEAKCHECK_REPEAT", runs.to_string())))
+        .envs(context.fork_per_test.then_some((leakcheck::FORK_PER_TEST_ENV, "1")))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0);
+    // SAFETY: between fork and exec: empties the signal mask and clears
+    // close-on-exec of the records pipe (fcntl); both async-signal-safe.
+    unsafe {
+        command.pre_exec(move || {
+            reaper::unblock_all_signals();
+            if libc::fcntl(records_fd, libc::F_SETFD, 0) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    command
 }
 
 /// Adds to `record` the processes its test orphaned (re-parented to us,

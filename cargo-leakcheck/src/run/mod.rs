@@ -1,13 +1,26 @@
 //! Running tests: one isolated process per test, judged at its exit.
+//!
+//! `scheduler` hands tests to workers; a plain test goes through `isolated`
+//! (`spawn` -> `watch` -> `judge`), a `leakcheck::main!()` binary through
+//! `harness_client`. `reaper` owns every process, `probe` the seccomp exit
+//! probe, `output` the captured streams, `context` what all of them share.
 
+mod context;
 mod harness_client;
 mod isolated;
+mod judge;
 mod output;
 mod probe;
 mod reaper;
 mod scheduler;
+mod singleton;
+mod spawn;
+mod watch;
 
-pub(crate) use isolated::{run_test, stop_fd_inheritance, RunContext, Waker};
+pub(crate) use context::{RunContext, Waker};
+pub(crate) use isolated::run_test;
 pub(crate) use probe::ExitFilter;
 pub(crate) use reaper::{block_signals, unblock_signals_on_exec, Supervisor};
 pub(crate) use scheduler::{run_all, RunResult};
+pub(crate) use spawn::stop_fd_inheritance;
+pub(crate) use watch::Settle;

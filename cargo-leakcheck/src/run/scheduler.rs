@@ -7,8 +7,11 @@ use std::time::Instant;
 
 use leakcheck::{Outcome, TestRecord};
 
+use super::context::{RunContext, Waker};
 use super::harness_client::run_harness;
-use super::isolated::{libtest_args, run_test, RunContext, Waker};
+use super::isolated::{libtest_args, run_test};
+use super::singleton::{self, Held};
+use super::watch::Settle;
 use crate::list::TestCase;
 
 /// What a run produced.
@@ -37,107 +40,201 @@ pub(crate) fn run_all(
 ) -> RunResult {
     let started = Instant::now();
     let mut slots: Vec<Option<TestRecord>> = vec![None; cases.len()];
-    // Every record passes the configuration's policy before anyone (or the
-    // fail-fast decision) sees it.
-    let mut report = |record: &mut TestRecord| {
-        context.policy.apply(record);
-        on_record(record);
-    };
     let stop = AtomicBool::new(false);
+    let run = Run { context, cases, jobs, fail_fast, stop: &stop };
+    run.harness_binaries(list_args, &mut slots, &mut on_record);
+    run.one_process_each(&mut slots, &mut on_record);
+    let records: Vec<TestRecord> = slots.into_iter().flatten().collect();
+    RunResult { not_run: cases.len() - records.len(), records, duration_ms: started.elapsed().as_millis() as u64 }
+}
 
-    // Harness binaries, one at a time, each with all the parallelism.
-    let waker = Waker::new().expect("a pipe for the harness client");
-    let mut harness_ids: Vec<&str> =
-        cases.iter().filter(|case| case.binary.harness).map(|c| c.binary.id.as_str()).collect();
-    harness_ids.dedup();
-    for id in harness_ids {
-        if stop.load(Ordering::SeqCst) || context.supervisor.interrupted().is_some() {
-            break;
-        }
-        let indices: Vec<usize> = (0..cases.len()).filter(|&index| cases[index].binary.id == id).collect();
-        let mut to_run = Vec::new();
-        for &index in &indices {
-            if cases[index].ignored {
-                let mut record = ignored_record(&cases[index]);
-                report(&mut record);
-                slots[index] = Some(record);
-            } else {
-                to_run.push(index);
-            }
-        }
-        if to_run.is_empty() {
-            continue;
-        }
-        let run_cases: Vec<&TestCase> = to_run.iter().map(|&index| &cases[index]).collect();
-        let records = match run_harness(context, &waker, &run_cases, list_args, jobs, &mut report) {
-            Ok(records) => records,
-            Err(error) => run_cases
-                .iter()
-                .map(|case| {
-                    let mut record = tool_error_record(case, &error);
-                    report(&mut record);
-                    Some(record)
-                })
-                .collect(),
+/// What a worker hands back for one test.
+enum Finished {
+    /// The record, final.
+    Final(usize, TestRecord),
+    /// A record whose leaks may be singletons: judged after the group runs.
+    Held(Held),
+}
+
+/// One scheduling of the selected tests.
+struct Run<'a> {
+    context: &'a RunContext,
+    cases: &'a [TestCase],
+    jobs: usize,
+    fail_fast: bool,
+    /// Set after the first failure under fail-fast: no new test starts.
+    stop: &'a AtomicBool,
+}
+
+impl Run<'_> {
+    fn stopped(&self) -> bool {
+        self.stop.load(Ordering::SeqCst) || self.context.supervisor.interrupted().is_some()
+    }
+
+    /// Harness binaries, one at a time, each with all the parallelism.
+    fn harness_binaries(
+        &self,
+        list_args: &[String],
+        slots: &mut [Option<TestRecord>],
+        on_record: &mut dyn FnMut(&TestRecord),
+    ) {
+        let (context, cases) = (self.context, self.cases);
+        // Every record passes the configuration's policy before anyone (or the
+        // fail-fast decision) sees it.
+        let mut report = |record: &mut TestRecord| {
+            context.policy.apply(record);
+            on_record(record);
         };
-        for (index, record) in to_run.into_iter().zip(records) {
-            if fail_fast && record.as_ref().is_some_and(|record| record.outcome.is_failure()) {
-                stop.store(true, Ordering::SeqCst);
+        let waker = Waker::new().expect("a pipe for the harness client");
+        let mut harness_ids: Vec<&str> =
+            cases.iter().filter(|case| case.binary.harness).map(|c| c.binary.id.as_str()).collect();
+        harness_ids.dedup();
+        for id in harness_ids {
+            if self.stopped() {
+                break;
             }
-            slots[index] = record;
+            let mut to_run = Vec::new();
+            for index in (0..cases.len()).filter(|&index| cases[index].binary.id == id) {
+                if cases[index].ignored {
+                    let mut record = ignored_record(&cases[index]);
+                    report(&mut record);
+                    slots[index] = Some(record);
+                } else {
+                    to_run.push(index);
+                }
+            }
+            if to_run.is_empty() {
+                continue;
+            }
+            let run_cases: Vec<&TestCase> = to_run.iter().map(|&index| &cases[index]).collect();
+            let records = match run_harness(context, &waker, &run_cases, list_args, self.jobs, &mut report) {
+                Ok(records) => records,
+                Err(error) => run_cases
+                    .iter()
+                    .map(|case| {
+                        let mut record = tool_error_record(case, &error);
+                        report(&mut record);
+                        Some(record)
+                    })
+                    .collect(),
+            };
+            for (index, record) in to_run.into_iter().zip(records) {
+                if self.fail_fast && record.as_ref().is_some_and(|record| record.outcome.is_failure()) {
+                    self.stop.store(true, Ordering::SeqCst);
+                }
+                slots[index] = record;
+            }
         }
     }
 
-    // Every other test: one process each, `jobs` workers.
-    let process_cases: Vec<usize> = (0..cases.len()).filter(|&index| !cases[index].binary.harness).collect();
-    let next = AtomicUsize::new(0);
-    let (sender, receiver) = mpsc::channel::<(usize, TestRecord)>();
-    std::thread::scope(|scope| {
-        for worker in 0..jobs.max(1) {
-            let sender = sender.clone();
-            let (next, stop, process_cases) = (&next, &stop, &process_cases);
-            std::thread::Builder::new()
-                .name(format!("leakcheck-worker-{worker}"))
-                .spawn_scoped(scope, move || {
-                    let waker = Waker::new().expect("a pipe for the worker");
-                    loop {
-                        if stop.load(Ordering::SeqCst) || context.supervisor.interrupted().is_some() {
-                            return;
-                        }
-                        let Some(&index) = process_cases.get(next.fetch_add(1, Ordering::SeqCst)) else { return };
-                        let case = &cases[index];
-                        let record = if case.ignored {
-                            Some(ignored_record(case))
-                        } else {
-                            match run_test(context, &waker, case, &libtest_args(context, case)) {
-                                Ok(record) => record,
-                                Err(error) => Some(tool_error_record(case, &error)),
-                            }
-                        };
-                        if let Some(mut record) = record {
-                            context.policy.apply(&mut record);
-                            // Decided here, not by the receiver: the next
-                            // test must not start after a failure.
-                            if fail_fast && record.outcome.is_failure() {
-                                stop.store(true, Ordering::SeqCst);
-                            }
-                            if sender.send((index, record)).is_err() {
-                                return;
-                            }
-                        }
+    /// Every other test: one process each, `jobs` workers.
+    fn one_process_each(&self, slots: &mut [Option<TestRecord>], on_record: &mut dyn FnMut(&TestRecord)) {
+        let process_cases: Vec<usize> =
+            (0..self.cases.len()).filter(|&index| !self.cases[index].binary.harness).collect();
+        let next = AtomicUsize::new(0);
+        let (sender, receiver) = mpsc::channel::<Finished>();
+        let mut held = Vec::new();
+        std::thread::scope(|scope| {
+            for worker in 0..self.jobs.max(1) {
+                let sender = sender.clone();
+                let (next, process_cases) = (&next, &process_cases);
+                std::thread::Builder::new()
+                    .name(format!("leakcheck-worker-{worker}"))
+                    .spawn_scoped(scope, move || self.worker(process_cases, next, &sender))
+                    .expect("a worker thread starts");
+            }
+            drop(sender);
+            for finished in receiver {
+                match finished {
+                    Finished::Final(index, record) => {
+                        on_record(&record);
+                        slots[index] = Some(record);
                     }
-                })
-                .expect("a worker thread starts");
+                    Finished::Held(record) => held.push(record),
+                }
+            }
+        });
+        for record in self.resolve_singletons(held) {
+            on_record(&record.record);
+            slots[record.index] = Some(record.record);
         }
-        drop(sender);
-        for (index, record) in receiver {
-            on_record(&record);
-            slots[index] = Some(record);
-        }
-    });
+    }
 
-    let records: Vec<TestRecord> = slots.into_iter().flatten().collect();
-    RunResult { not_run: cases.len() - records.len(), records, duration_ms: started.elapsed().as_millis() as u64 }
+    /// The held records with their singletons moved out of their leaks,
+    /// binary by binary. A hurried record that still fails is confirmed by
+    /// a run with the whole grace, whose verdict counts.
+    fn resolve_singletons(&self, mut held: Vec<Held>) -> Vec<Held> {
+        let context = self.context;
+        let waker = Waker::new().expect("a pipe for the singleton runs");
+        let mut serial = self.cases.len();
+        held.sort_by_key(|record| record.index);
+        let mut by_binary: Vec<Vec<Held>> = Vec::new();
+        for record in held {
+            match by_binary.iter_mut().find(|group| group[0].record.binary == record.record.binary) {
+                Some(group) => group.push(record),
+                None => by_binary.push(vec![record]),
+            }
+        }
+        let mut resolved = Vec::new();
+        for mut group in by_binary {
+            let shared = singleton::resolve(context, &waker, self.cases, &group, &mut serial);
+            for (record, shared) in group.iter_mut().zip(&shared) {
+                singleton::move_singletons(&mut record.record, shared);
+                if record.hurried && record.record.outcome.is_failure() && context.supervisor.interrupted().is_none() {
+                    let case = &self.cases[record.index];
+                    if let Ok(Some((mut confirmed, _))) =
+                        run_test(context, &waker, case, &libtest_args(context, case), Settle::Full)
+                    {
+                        context.policy.apply(&mut confirmed);
+                        singleton::move_singletons(&mut confirmed, shared);
+                        record.record = confirmed;
+                    }
+                }
+            }
+            resolved.extend(group);
+        }
+        resolved
+    }
+
+    /// One worker: takes the next test until none is left (or the run stopped).
+    fn worker(&self, process_cases: &[usize], next: &AtomicUsize, sender: &mpsc::Sender<Finished>) {
+        let context = self.context;
+        let waker = Waker::new().expect("a pipe for the worker");
+        let settle = if context.detect_singletons.contains(&true) { Settle::SkipLasting } else { Settle::Full };
+        loop {
+            if self.stopped() {
+                return;
+            }
+            let Some(&index) = process_cases.get(next.fetch_add(1, Ordering::SeqCst)) else { return };
+            let case = &self.cases[index];
+            let record = if case.ignored {
+                Some((ignored_record(case), false))
+            } else {
+                match run_test(context, &waker, case, &libtest_args(context, case), settle) {
+                    Ok(record) => record,
+                    Err(error) => Some((tool_error_record(case, &error), false)),
+                }
+            };
+            if let Some((mut record, hurried)) = record {
+                context.policy.apply(&mut record);
+                // A leak that may be a singleton is judged after the group runs.
+                if singleton::is_candidate(context, &record) {
+                    if sender.send(Finished::Held(Held { index, record, hurried })).is_err() {
+                        return;
+                    }
+                    continue;
+                }
+                // Decided here, not by the receiver: the next test must not
+                // start after a failure.
+                if self.fail_fast && record.outcome.is_failure() {
+                    self.stop.store(true, Ordering::SeqCst);
+                }
+                if sender.send(Finished::Final(index, record)).is_err() {
+                    return;
+                }
+            }
+        }
+    }
 }
 
 fn ignored_record(case: &TestCase) -> TestRecord {

@@ -276,39 +276,7 @@ fn expand(options: TestOptions, function: ItemFn) -> syn::Result<TokenStream2> {
     let SortedAttributes { cfgs, wrapper, runtime, ignore, should_panic } = attrs;
     let ignore = ignore.unwrap_or_else(|| quote!(::core::option::Option::None));
 
-    let body = if runtime.is_empty() {
-        quote!(#block)
-    } else {
-        // The runtime attribute turns an inner async fn into a sync one that
-        // the body calls. `#[tokio::test]` becomes `#[tokio::main]` with
-        // tokio::test's default (current-thread) flavour: `#[test]` items
-        // vanish in a `harness = false` target, `#[tokio::main]` works in
-        // both. Other test attributes (and tokio's `start_paused`, which only
-        // tokio::test knows) stay as they are: default harness only.
-        let inner_sig = &sig;
-        let attrs = runtime.iter().map(|attr| {
-            let path = attr.path();
-            let is_tokio = path.segments.len() == 2 && path.segments[0].ident == "tokio";
-            match &attr.meta {
-                Meta::Path(_) if is_tokio => quote!(#[::tokio::main(flavor = "current_thread")]),
-                Meta::List(list) if is_tokio && !list.tokens.to_string().contains("start_paused") => {
-                    let tokens = &list.tokens;
-                    let flavor = if tokens.to_string().contains("flavor") {
-                        quote!()
-                    } else {
-                        quote!(flavor = "current_thread",)
-                    };
-                    quote!(#[::tokio::main(#flavor #tokens)])
-                }
-                _ => quote!(#attr),
-            }
-        });
-        quote!({
-            #(#attrs)*
-            #inner_sig #block
-            #name()
-        })
-    };
+    let body = test_body(&sig, &block, &runtime);
 
     let allow = options.allow.iter().map(|rule| {
         let kind = kind_tokens(&rule.kind);
@@ -362,6 +330,45 @@ fn expand(options: TestOptions, function: ItemFn) -> syn::Result<TokenStream2> {
             options: #options_const,
         };
     })
+}
+
+/// The test's body: its block, or, with a runtime attribute (`#[tokio::test]`),
+/// a call of the inner async fn that attribute turns into a sync one.
+fn test_body(sig: &syn::Signature, block: &syn::Block, runtime: &[syn::Attribute]) -> TokenStream2 {
+    let name = &sig.ident;
+    if runtime.is_empty() {
+        quote!(#block)
+    } else {
+        // The runtime attribute turns an inner async fn into a sync one that
+        // the body calls. `#[tokio::test]` becomes `#[tokio::main]` with
+        // tokio::test's default (current-thread) flavour: `#[test]` items
+        // vanish in a `harness = false` target, `#[tokio::main]` works in
+        // both. Other test attributes (and tokio's `start_paused`, which only
+        // tokio::test knows) stay as they are: default harness only.
+        let inner_sig = sig;
+        let attrs = runtime.iter().map(|attr| {
+            let path = attr.path();
+            let is_tokio = path.segments.len() == 2 && path.segments[0].ident == "tokio";
+            match &attr.meta {
+                Meta::Path(_) if is_tokio => quote!(#[::tokio::main(flavor = "current_thread")]),
+                Meta::List(list) if is_tokio && !list.tokens.to_string().contains("start_paused") => {
+                    let tokens = &list.tokens;
+                    let flavor = if tokens.to_string().contains("flavor") {
+                        quote!()
+                    } else {
+                        quote!(flavor = "current_thread",)
+                    };
+                    quote!(#[::tokio::main(#flavor #tokens)])
+                }
+                _ => quote!(#attr),
+            }
+        });
+        quote!({
+            #(#attrs)*
+            #inner_sig #block
+            #name()
+        })
+    }
 }
 
 fn kind_tokens(kind: &syn::Ident) -> TokenStream2 {

@@ -68,7 +68,7 @@ fn describe_pipe(pid: i32, fd: i32, target: &str) -> String {
             });
         match children.into_iter().find(|&child| holds(child, None)) {
             Some(child) => {
-                let command = super::process_info(child).map(|info| info.cmdline).unwrap_or_default();
+                let command = super::proc::process_info(child).map(|info| info.cmdline).unwrap_or_default();
                 format!("other end held by child `{command}`")
             }
             None => "other end not held by this process or its children".to_owned(),

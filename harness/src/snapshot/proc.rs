@@ -9,8 +9,9 @@ use std::io;
 use std::path::Path;
 use std::sync::atomic::{AtomicI32, AtomicUsize, Ordering};
 
-use super::{FdEntry, FdKey, ProcessInfo, Snapshot, ThreadEntry};
-use crate::diff::Baseline;
+use super::baseline::Baseline;
+use super::stat::parse_stat;
+use super::types::{FdEntry, FdKey, ProcessInfo, Snapshot, ThreadEntry};
 
 /// Reads the fds, threads and children of process `pid`.
 ///
@@ -217,14 +218,6 @@ pub fn key_of_path(path: &str) -> Option<FdKey> {
     fs::metadata(path).ok().map(|meta| FdKey { dev: meta.dev(), ino: meta.ino() })
 }
 
-/// Start time (clock ticks since boot) of thread `tid` of `pid`; 0 if gone.
-pub fn thread_start_time(pid: i32, tid: i32) -> u64 {
-    fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat"))
-        .ok()
-        .and_then(|stat| parse_stat(&stat).map(|parsed| parsed.start_time))
-        .unwrap_or(0)
-}
-
 /// How long ago (milliseconds) something started `start_time` clock ticks
 /// after boot, from `/proc/uptime`.
 pub fn age_ms(start_time: u64) -> Option<u64> {
@@ -285,30 +278,6 @@ pub fn tgid_of(tid: i32) -> io::Result<i32> {
         .find_map(|line| line.strip_prefix("Tgid:"))
         .and_then(|value| value.trim().parse().ok())
         .ok_or_else(|| io::Error::other(format!("no Tgid in /proc/{tid}/status")))
-}
-
-struct Stat<'a> {
-    comm: &'a str,
-    state: char,
-    ppid: i32,
-    pgid: i32,
-    start_time: u64,
-}
-
-/// Parses `/proc/<pid>/stat`. The name sits in parentheses and may itself hold
-/// spaces and parentheses, so the fields after it are found from the last `)`.
-fn parse_stat(stat: &str) -> Option<Stat<'_>> {
-    let open = stat.find('(')?;
-    let close = stat.rfind(')')?;
-    let comm = &stat[open + 1..close];
-    let mut rest = stat[close + 1..].split_ascii_whitespace();
-    // Fields after comm, 1-based from field 3 of proc(5): state, ppid, pgrp, ...
-    let state = rest.next()?.chars().next()?;
-    let ppid = rest.next()?.parse().ok()?;
-    let pgid = rest.next()?.parse().ok()?;
-    // starttime is field 22: 22 - 6 = 16 fields after pgrp (field 5).
-    let start_time = rest.nth(16)?.parse().ok()?;
-    Some(Stat { comm, state, ppid, pgid, start_time })
 }
 
 #[cfg(test)]

@@ -1,0 +1,88 @@
+//! What every test run of one `cargo leakcheck` shares, and how a worker
+//! waits: its wake-up pipe and a poll over the fds it watches.
+
+use std::collections::{HashMap, HashSet};
+use std::io::{self, Read};
+use std::os::fd::BorrowedFd;
+use std::time::Duration;
+
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+
+use super::probe::ExitFilter;
+use super::reaper::Supervisor;
+
+/// What every test of a run shares.
+#[derive(Debug)]
+pub(crate) struct RunContext {
+    pub(crate) supervisor: &'static Supervisor,
+    pub(crate) filter: Option<ExitFilter>,
+    pub(crate) grace: Duration,
+    pub(crate) timeout: Duration,
+    /// Extra arguments for every test process (`--ignored`, ...).
+    pub(crate) test_args: Vec<String>,
+    /// Set once the probe was refused; the first refusal prints the warning.
+    pub(crate) probe_refused: std::sync::OnceLock<io::Error>,
+    /// A private directory for in-process verdicts (`LEAKCHECK_RECORD_FILE`).
+    pub(crate) scratch: std::path::PathBuf,
+    /// Severities, allow rules and baseline, applied to every record.
+    pub(crate) policy: crate::policy::Policy,
+    /// `--repeat`: passed to tests as `LEAKCHECK_REPEAT`; only leakcheck's
+    /// own code in a test (attribute, harness) can repeat it.
+    pub(crate) repeat: Option<u32>,
+    /// Re-run leaking tests that have leakcheck's code inside to record
+    /// where their leaks were created (off with `--no-explain`).
+    pub(crate) explain: bool,
+    /// `--fork-per-test`: harness targets never reuse a child for another test.
+    pub(crate) fork_per_test: bool,
+    /// fd, thread, child: tell process-wide singletons of that kind from
+    /// per-test leaks (group runs) rather than fail every test touching one.
+    pub(crate) detect_singletons: [bool; 3],
+    /// Per binary, the shapes of leaks that outlasted a whole grace in some
+    /// test: later tests do not wait for those again (see `watch::Settle`).
+    pub(crate) lasting: std::sync::Mutex<HashMap<String, HashSet<String>>>,
+}
+
+/// A worker's wake-up pipe: the reaper writes to it when the worker's test exits.
+#[derive(Debug)]
+pub(crate) struct Waker {
+    pub(super) reader: io::PipeReader,
+    pub(super) writer: io::PipeWriter,
+}
+
+impl Waker {
+    pub(crate) fn new() -> io::Result<Waker> {
+        let (reader, writer) = io::pipe()?;
+        nix::fcntl::fcntl(&reader, nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK))?;
+        Ok(Waker { reader, writer })
+    }
+
+    pub(super) fn drain(&self) {
+        let mut buf = [0u8; 64];
+        while matches!((&self.reader).read(&mut buf), Ok(n) if n > 0) {}
+    }
+}
+
+/// Time allowed to processes a test left behind to end on SIGTERM.
+pub(super) const TERMINATE_GRACE: Duration = Duration::from_millis(200);
+/// How long to keep reading output after every process of the test is gone.
+pub(super) const DRAIN_LIMIT: Duration = Duration::from_millis(500);
+
+/// Polls the present fds for input (or hang-up); returns which are ready.
+pub(crate) fn wait_for_events(fds: &[Option<BorrowedFd<'_>>], timeout: Duration) -> io::Result<Vec<bool>> {
+    let mut poll_fds: Vec<PollFd<'_>> = fds.iter().flatten().map(|fd| PollFd::new(*fd, PollFlags::POLLIN)).collect();
+    let millis = timeout.as_millis().min(i32::MAX as u128) as i32;
+    match poll(&mut poll_fds, PollTimeout::try_from(millis).unwrap_or(PollTimeout::MAX)) {
+        Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+        Err(error) => return Err(error.into()),
+    }
+    let mut ready = poll_fds.iter().map(|fd| fd.revents().is_some_and(|events| !events.is_empty()));
+    Ok(fds.iter().map(|fd| fd.is_some() && ready.next().unwrap_or(false)).collect())
+}
+
+/// Whether `fd` reports hang-up (for a seccomp listener: no process uses
+/// its filter any more).
+pub(super) fn is_hung_up(fd: BorrowedFd<'_>) -> bool {
+    let mut poll_fds = [PollFd::new(fd, PollFlags::POLLIN)];
+    poll(&mut poll_fds, PollTimeout::ZERO).is_ok()
+        && poll_fds[0].revents().is_some_and(|events| events.contains(PollFlags::POLLHUP))
+}

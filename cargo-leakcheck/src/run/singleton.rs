@@ -1,0 +1,432 @@
+//! Telling process-wide singletons from per-test leaks.
+//!
+//! A library may make a resource once per process and keep it: tokio's
+//! signal driver (a unix socket pair), rayon's global pool, a self-pipe. Run
+//! one test per process and every test that touches it "leaks" it. Run the
+//! tests that leak the same *shape* of resource (kind plus normalised
+//! identity, see [`shape_of`]) **together** in one process and count: a
+//! singleton is left once however many tests touched it; a per-test leak
+//! grows with the number of tests.
+//!
+//! For each shape shared by two or more leaking tests of a binary, the group
+//! of those tests runs together (`NAME... --exact --test-threads=1`, the same
+//! exit probe). If the group leaves no more of the shape than the *smallest*
+//! count any member left alone, every member's leaks of that shape are one
+//! shared thing: singletons. Otherwise the group is split (first by the count
+//! each member left alone, then in halves, in name order) and the parts are
+//! tried again, so two different singletons of one shape and per-test leaks
+//! of that shape come apart. Each shape has a budget of group runs that grows
+//! with the log of its tests, never with their number; a part left over
+//! keeps its per-test verdicts. A group whose run fails, times out or cannot
+//! be probed is inconclusive: its tests keep their verdicts.
+//!
+//! Soundness: a test is cleared only by a group run that shows its leaks of
+//! that shape were shared; a test that also leaks more of the shape than the
+//! singleton accounts for (its own socket pair next to tokio's) keeps the
+//! surplus, the highest-numbered fds (or newest threads, children) first.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+
+use leakcheck::{Leak, Outcome, TestRecord};
+
+use super::context::{RunContext, Waker};
+use super::{spawn, watch};
+use crate::list::TestCase;
+
+/// A record held back from the report until its binary's singletons are known.
+#[derive(Debug)]
+pub(super) struct Held {
+    pub(super) index: usize,
+    pub(super) record: TestRecord,
+    /// Its settling skipped lasting shapes (see `watch::Settle`).
+    pub(super) hurried: bool,
+}
+
+/// Whether `record` has a leak that could be a singleton: the test passed
+/// apart from its leaks, and some leak is of a kind the plan detects.
+pub(super) fn is_candidate(context: &RunContext, record: &TestRecord) -> bool {
+    record.outcome == Outcome::Leaked
+        && record.leaks.iter().any(|leak| kind_index(leak).is_some_and(|kind| context.detect_singletons[kind]))
+}
+
+fn kind_index(leak: &Leak) -> Option<usize> {
+    match leak {
+        Leak::Fd { .. } => Some(0),
+        Leak::Thread { .. } => Some(1),
+        Leak::Child { .. } => Some(2),
+        Leak::Heap { .. } => None,
+    }
+}
+
+/// The shape of a leak: its kind and an identity that is the same in every
+/// process (digits folded: socket inodes, ports, pids, numbered names).
+/// `test_threads` are the names of the test threads of the process, whose
+/// name an unnamed thread inherits.
+pub(super) fn shape_of(leak: &Leak, test_threads: &[&str]) -> Option<String> {
+    Some(match leak {
+        Leak::Fd { target, detail, .. } => {
+            let what = if target.starts_with("socket:") || target.starts_with("pipe:") {
+                // "unix stream (connected, unnamed)", "pipe, read end; ...":
+                // the description up to the first detail of its peer.
+                detail.split([';', '(']).next().unwrap_or(detail).trim().to_owned()
+            } else {
+                target.clone()
+            };
+            format!("fd {}", fold_digits(&what))
+        }
+        Leak::Thread { name, .. } => {
+            let inherited = test_threads.iter().any(|test| comm_of(test) == name);
+            format!("thread {}", if inherited { "(unnamed)".to_owned() } else { fold_digits(name) })
+        }
+        Leak::Child { cmdline, .. } => {
+            let program = cmdline.split_whitespace().next().unwrap_or_default();
+            let program = program.trim_matches(['[', ']']).rsplit('/').next().unwrap_or(program);
+            format!("child {}", fold_digits(program))
+        }
+        Leak::Heap { .. } => return None,
+    })
+}
+
+/// What the kernel keeps of a thread name: its first 15 bytes.
+fn comm_of(name: &str) -> &str {
+    let mut end = name.len().min(15);
+    while !name.is_char_boundary(end) {
+        end -= 1;
+    }
+    &name[..end]
+}
+
+fn fold_digits(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c.is_ascii_digit() {
+            if !out.ends_with('#') {
+                out.push('#');
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Instances of each shape among `leaks`.
+fn counts(leaks: &[Leak], test_threads: &[&str]) -> BTreeMap<String, usize> {
+    let mut counts = BTreeMap::new();
+    for shape in leaks.iter().filter_map(|leak| shape_of(leak, test_threads)) {
+        *counts.entry(shape).or_insert(0) += 1;
+    }
+    counts
+}
+
+/// Group runs at most per shape: 4 per halving level, 4·(1 + log2(tests)).
+fn budget(tests: usize) -> usize {
+    4 * (1 + (usize::BITS - tests.max(1).leading_zeros()) as usize)
+}
+
+/// Per test and shape: how many of its instances are a singleton's.
+pub(super) type Shared = BTreeMap<String, usize>;
+
+/// Runs the group runs for the held records of one binary; returns, for
+/// each, how many of its leaks of each shape are shown to be singletons
+/// (see [`move_singletons`]).
+pub(super) fn resolve(
+    context: &RunContext,
+    waker: &Waker,
+    cases: &[TestCase],
+    held: &[Held],
+    serial: &mut usize,
+) -> Vec<Shared> {
+    let Some(first) = held.first() else { return Vec::new() };
+    let binary = cases[first.index].binary.clone();
+    let mut runner = GroupRunner { context, waker, binary, serial, runs: HashMap::new() };
+    // Each test's counts per shape, alone.
+    let alone: Vec<BTreeMap<String, usize>> = held
+        .iter()
+        .map(|held| {
+            let name = held.record.name.as_str();
+            let leaks: Vec<Leak> = held.record.leaks.iter().filter(|leak| detected(context, leak)).cloned().collect();
+            counts(&leaks, &[name])
+        })
+        .collect();
+    let mut shapes: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+    for (member, counts) in alone.iter().enumerate() {
+        for shape in counts.keys() {
+            shapes.entry(shape.as_str()).or_default().push(member);
+        }
+    }
+    // Per test and shape: how many instances are the singleton's.
+    let mut shared: Vec<Shared> = vec![Shared::new(); held.len()];
+    let names: Vec<&str> = held.iter().map(|held| held.record.name.as_str()).collect();
+    for (shape, members) in shapes {
+        if members.len() < 2 {
+            continue;
+        }
+        let mut search = ShapeSearch { shape, alone: &alone, names: &names, budget: budget(members.len()) };
+        for (member, count) in search.resolve(&mut runner, members) {
+            shared[member].insert(shape.to_owned(), count);
+        }
+    }
+    shared
+}
+
+/// The group runs of one shape.
+struct ShapeSearch<'a> {
+    shape: &'a str,
+    /// Each held test's counts per shape, alone.
+    alone: &'a [BTreeMap<String, usize>],
+    names: &'a [&'a str],
+    /// Group runs left for this shape.
+    budget: usize,
+}
+
+impl ShapeSearch<'_> {
+    fn count(&self, member: usize) -> usize {
+        self.alone[member].get(self.shape).copied().unwrap_or(0)
+    }
+
+    /// What the members left together (`None`: inconclusive or no budget).
+    fn run(&mut self, runner: &mut GroupRunner<'_>, members: &[usize]) -> Option<usize> {
+        if self.budget == 0 {
+            return None;
+        }
+        self.budget -= 1;
+        let names: Vec<&str> = members.iter().map(|&member| self.names[member]).collect();
+        runner.run(&names).map(|left| left.get(self.shape).copied().unwrap_or(0))
+    }
+
+    /// The members shown to share a singleton, with how many of their
+    /// instances are the singleton's.
+    ///
+    /// First, groups that leave no more than their smallest member alone
+    /// are singleton groups (split and retried otherwise). Then each member
+    /// left over is tried with one member of each singleton group (its
+    /// reference): a part that adds nothing to the reference's count shares
+    /// its singleton; a part that adds all its own count shares nothing with
+    /// it; anything between is split.
+    fn resolve(&mut self, runner: &mut GroupRunner<'_>, members: Vec<usize>) -> Vec<(usize, usize)> {
+        let mut cleared: Vec<(usize, usize)> = Vec::new();
+        let mut references: Vec<(usize, usize)> = Vec::new();
+        let mut work = vec![members.clone()];
+        while let Some(group) = work.pop() {
+            if group.len() < 2 {
+                continue;
+            }
+            let Some(left) = self.run(runner, &group) else { continue };
+            let smallest = group.iter().map(|&member| self.count(member)).min().unwrap_or(0);
+            if left > smallest {
+                work.extend(split(&group, |member| self.count(member)));
+            } else if left > 0 {
+                cleared.extend(group.iter().map(|&member| (member, left.min(self.count(member)))));
+                references.push((group[0], left));
+            }
+        }
+        for (reference, singleton) in references {
+            let unresolved: Vec<usize> =
+                members.iter().copied().filter(|member| cleared.iter().all(|(done, _)| done != member)).collect();
+            let mut work = vec![unresolved];
+            while let Some(part) = work.pop() {
+                if part.is_empty() {
+                    continue;
+                }
+                let mut group = part.clone();
+                group.push(reference);
+                group.sort_unstable();
+                let Some(left) = self.run(runner, &group) else { continue };
+                let own: usize = part.iter().map(|&member| self.count(member)).sum();
+                if left <= singleton {
+                    cleared.extend(part.iter().map(|&member| (member, singleton.min(self.count(member)))));
+                } else if left < singleton + own && part.len() > 1 {
+                    let (first, second) = part.split_at(part.len() / 2);
+                    work.extend([first.to_vec(), second.to_vec()]);
+                }
+            }
+        }
+        cleared
+    }
+}
+
+fn detected(context: &RunContext, leak: &Leak) -> bool {
+    kind_index(leak).is_some_and(|kind| context.detect_singletons[kind])
+}
+
+/// The parts to try next: members with the smallest count apart from the
+/// others when counts differ, else two halves in name order.
+fn split(group: &[usize], count: impl Fn(usize) -> usize) -> Vec<Vec<usize>> {
+    let smallest = group.iter().map(|&member| count(member)).min().unwrap_or(0);
+    let (low, high): (Vec<usize>, Vec<usize>) = group.iter().partition(|&&member| count(member) == smallest);
+    if !low.is_empty() && !high.is_empty() {
+        return vec![low, high];
+    }
+    let (left, right) = group.split_at(group.len() / 2);
+    vec![left.to_vec(), right.to_vec()]
+}
+
+/// Moves `shared` instances of each shape (the lowest fds, oldest threads
+/// and children: made first, as a library's start-up makes them) from the
+/// record's leaks to its singletons.
+pub(super) fn move_singletons(record: &mut TestRecord, shared: &Shared) {
+    if shared.is_empty() {
+        return;
+    }
+    let name = record.name.clone();
+    let mut remaining = shared.clone();
+    let mut order: Vec<usize> = (0..record.leaks.len()).collect();
+    order.sort_by_key(|&index| match &record.leaks[index] {
+        Leak::Fd { fd, .. } => *fd as i64,
+        Leak::Thread { tid, .. } => *tid as i64,
+        Leak::Child { pid, .. } => *pid as i64,
+        Leak::Heap { .. } => i64::MAX,
+    });
+    let mut singleton = BTreeSet::new();
+    for index in order {
+        let Some(shape) = shape_of(&record.leaks[index], &[&name]) else { continue };
+        if let Some(left) = remaining.get_mut(&shape).filter(|left| **left > 0) {
+            *left -= 1;
+            singleton.insert(index);
+        }
+    }
+    let leaks = std::mem::take(&mut record.leaks);
+    for (index, leak) in leaks.into_iter().enumerate() {
+        if singleton.contains(&index) {
+            record.singletons.push(leak);
+        } else {
+            record.leaks.push(leak);
+        }
+    }
+    if record.leaks.is_empty() && record.outcome == Outcome::Leaked {
+        record.outcome = Outcome::Passed;
+        record.output = None;
+    }
+}
+
+/// Runs groups of one binary's tests together, each group once.
+struct GroupRunner<'a> {
+    context: &'a RunContext,
+    waker: &'a Waker,
+    binary: Arc<crate::cargo::TestBinary>,
+    /// Serial numbers for the group runs' markers, after the tests' own.
+    serial: &'a mut usize,
+    /// Member names -> instances per shape (`None`: inconclusive).
+    runs: HashMap<Vec<String>, Option<BTreeMap<String, usize>>>,
+}
+
+impl GroupRunner<'_> {
+    /// What the tests `names` left, run together; `None` when the run
+    /// failed, timed out, was interrupted or could not be probed.
+    fn run(&mut self, names: &[&str]) -> Option<BTreeMap<String, usize>> {
+        let key: Vec<String> = names.iter().map(|name| (*name).to_owned()).collect();
+        if let Some(known) = self.runs.get(&key) {
+            return known.clone();
+        }
+        let result = self.run_once(names);
+        self.runs.insert(key, result.clone());
+        result
+    }
+
+    fn run_once(&mut self, names: &[&str]) -> Option<BTreeMap<String, usize>> {
+        let context = self.context;
+        if context.supervisor.interrupted().is_some() {
+            return None;
+        }
+        *self.serial += 1;
+        let case = TestCase {
+            binary: self.binary.clone(),
+            name: format!("{} tests together", names.len()),
+            ignored: false,
+            serial: *self.serial,
+        };
+        let mut args: Vec<String> = names.iter().map(|name| (*name).to_owned()).collect();
+        args.extend(["--exact", "--nocapture", "--test-threads=1"].map(String::from));
+        args.extend(context.test_args.iter().cloned());
+        let mut process = spawn::start(context, self.waker, &case, &args, None).ok()?;
+        process.settle = watch::Settle::Full;
+        let ended = watch::watch(context, self.waker, &case, &mut process);
+        let finished = ended.exit_view.as_ref().is_some_and(|view| view.by_main_thread);
+        let _ = std::fs::remove_file(&process.record_file);
+        if ended.timed_out || !finished || ended.status != super::reaper::ExitStatus::Code(0) {
+            return None;
+        }
+        Some(counts(&ended.leaks, names))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fd(fd: i32, target: &str, detail: &str) -> Leak {
+        Leak::Fd { fd, target: target.into(), detail: detail.into(), sites: vec![] }
+    }
+
+    #[test]
+    fn shapes_fold_what_differs_between_processes() {
+        let a = fd(5, "socket:[1234]", "unix stream (connected, unnamed)");
+        let b = fd(9, "socket:[98]", "unix stream (connected, unnamed)");
+        assert_eq!(shape_of(&a, &[]), shape_of(&b, &[]));
+        let file = fd(3, "/tmp/db-4130.sqlite", "regular file");
+        assert_eq!(shape_of(&file, &[]).unwrap(), "fd /tmp/db-#.sqlite");
+        let pipe = fd(3, "pipe:[77]", "pipe, read end; other end held by child `cat` (pid 12)");
+        assert_eq!(shape_of(&pipe, &[]).unwrap(), "fd pipe, read end");
+    }
+
+    #[test]
+    fn an_unnamed_thread_has_the_same_shape_whichever_test_started_it() {
+        let thread = |name: &str| Leak::Thread {
+            tid: 1,
+            name: name.into(),
+            state: "sleeping".into(),
+            unnamed: false,
+            waiting_in: None,
+            sites: vec![],
+        };
+        assert_eq!(
+            shape_of(&thread("pool::first_te"), &["pool::first_test"]),
+            shape_of(&thread("other::second"), &["other::second"])
+        );
+        assert_ne!(shape_of(&thread("flusher"), &["a"]), shape_of(&thread("worker"), &["a"]));
+    }
+
+    #[test]
+    fn a_group_splits_by_count_then_in_halves() {
+        let counts = [2, 2, 4, 2];
+        assert_eq!(split(&[0, 1, 2, 3], |member| counts[member]), vec![vec![0, 1, 3], vec![2]]);
+        assert_eq!(split(&[0, 1, 3], |member| counts[member]), vec![vec![0], vec![1, 3]]);
+    }
+
+    #[test]
+    fn only_the_shared_instances_move_and_the_test_keeps_its_own() {
+        let mut record = TestRecord::new("bin", "t", Outcome::Leaked);
+        record.leaks = vec![
+            fd(7, "socket:[3]", "unix stream (connected, unnamed)"),
+            fd(5, "socket:[1]", "unix stream (connected, unnamed)"),
+            fd(6, "socket:[2]", "unix stream (connected, unnamed)"),
+            fd(8, "/tmp/x", "regular file"),
+        ];
+        let shared = BTreeMap::from([("fd unix stream".to_owned(), 2)]);
+        move_singletons(&mut record, &shared);
+        let fds = |leaks: &[Leak]| -> Vec<i32> {
+            leaks.iter().filter_map(|leak| if let Leak::Fd { fd, .. } = leak { Some(*fd) } else { None }).collect()
+        };
+        assert_eq!(fds(&record.singletons), [5, 6]);
+        assert_eq!(fds(&record.leaks), [7, 8]);
+        assert_eq!(record.outcome, Outcome::Leaked);
+    }
+
+    #[test]
+    fn a_test_whose_only_leaks_are_singletons_passes() {
+        let mut record = TestRecord::new("bin", "t", Outcome::Leaked);
+        record.leaks = vec![fd(5, "socket:[1]", "unix stream (connected, unnamed)")];
+        move_singletons(&mut record, &BTreeMap::from([("fd unix stream".to_owned(), 1)]));
+        assert_eq!(record.outcome, Outcome::Passed);
+        assert!(record.leaks.is_empty());
+    }
+
+    #[test]
+    fn the_budget_grows_with_the_log_of_the_tests() {
+        assert_eq!(budget(2), 12);
+        assert_eq!(budget(300), 40);
+        assert!(budget(100_000) < 80);
+    }
+}

@@ -1,0 +1,153 @@
+//! Starting one test process: `<binary> ARGS` in its package directory, in a
+//! new process group, output piped, under the exit probe when it is on.
+
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::Instant;
+
+use leakcheck::diff::Baseline;
+use leakcheck::snapshot::{key_of_path, FdKey};
+use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
+
+use super::context::{RunContext, Waker};
+use super::output::Capture;
+use super::probe::{self, Listener};
+use super::reaper::{self, ExitSlot, SpawnedTest, MARKER_VAR};
+use super::watch::Settle;
+use crate::list::TestCase;
+
+/// A started test process and everything its worker watches it with.
+#[derive(Debug)]
+pub(super) struct TestProcess {
+    pub(super) pid: i32,
+    /// `LEAKCHECK_TEST_ID` of every process of this run of the test.
+    pub(super) marker: String,
+    pub(super) slot: Arc<ExitSlot>,
+    pub(super) stdout: Capture,
+    pub(super) stderr: Capture,
+    /// The exit probe's seccomp listener (`None`: probe off or refused).
+    pub(super) listener: Option<Listener>,
+    /// What the process legitimately holds from the start: stdin, stdout,
+    /// stderr and its main thread.
+    pub(super) baseline: Baseline,
+    pub(super) started: Instant,
+    /// Where a `#[leakcheck::test]` in the test leaves its in-process verdict.
+    pub(super) record_file: std::path::PathBuf,
+    /// How long its exit snapshot may wait for leaks to go away.
+    pub(super) settle: Settle,
+}
+
+/// Spawns `case`'s binary with `args`. `explain: Some(heap)` makes it an
+/// explain re-run (`LEAKCHECK_EXPLAIN=record[-heap]`).
+pub(super) fn start(
+    context: &RunContext,
+    waker: &Waker,
+    case: &TestCase,
+    args: &[String],
+    explain: Option<bool>,
+) -> std::io::Result<TestProcess> {
+    waker.drain();
+    let binary = &case.binary;
+    let marker = format!("{}:{}", std::process::id(), case.serial);
+    let record_file = context.scratch.join(format!("{}.json", case.serial));
+    let _ = std::fs::remove_file(&record_file);
+    let mut command = Command::new(&binary.executable);
+    command
+        .args(args)
+        .current_dir(&binary.cwd)
+        .envs(binary.env.iter().map(|(key, value)| (key, value)))
+        .env(MARKER_VAR, &marker)
+        .env("LEAKCHECK_RECORD_FILE", &record_file)
+        .envs(context.repeat.map(|runs| ("LEAKCHECK_REPEAT", runs.to_string())))
+        .envs(explain.map(|heap| (leakcheck::sites::EXPLAIN_ENV, if heap { "record-heap" } else { "record" })))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0);
+
+    let probe_socket = match context.filter {
+        Some(_) if context.probe_refused.get().is_none() => {
+            Some(socketpair(AddressFamily::Unix, SockType::SeqPacket, None, SockFlag::SOCK_CLOEXEC)?)
+        }
+        _ => None,
+    };
+    let child_end = probe_socket.as_ref().map(|(_, child)| child.as_raw_fd());
+    let filter = context.filter;
+    // SAFETY: between fork and exec the closure only empties the signal mask
+    // and, with the probe, runs `child_setup` on plain captured data (the
+    // filter program and an fd number); both are async-signal-safe.
+    unsafe {
+        command.pre_exec(move || {
+            reaper::unblock_all_signals();
+            if let (Some(filter), Some(socket)) = (&filter, child_end) {
+                probe::child_setup(filter, socket);
+            }
+            Ok(())
+        });
+    }
+
+    let started = Instant::now();
+    let SpawnedTest { pid, slot, stdout, stderr } =
+        context.supervisor.spawn_test(&mut command, &marker, &waker.writer)?;
+
+    let listener = probe_socket.and_then(|(parent, child_end)| {
+        drop::<OwnedFd>(child_end);
+        match probe::receive_listener(parent.as_fd()) {
+            Ok(listener) => Some(listener),
+            Err(error) => {
+                let _ = context.probe_refused.set(error);
+                None
+            }
+        }
+    });
+
+    let mut baseline = Baseline {
+        fds: [(0, key_of_path("/dev/null")), (1, key_of(&stdout)), (2, key_of(&stderr))]
+            .into_iter()
+            .filter_map(|(fd, key)| Some((fd, key?)))
+            .collect(),
+        threads: Default::default(),
+        children: Default::default(),
+    };
+    baseline.add_thread(pid, pid);
+    Ok(TestProcess {
+        pid,
+        marker,
+        slot,
+        stdout: Capture::new(stdout.into()),
+        stderr: Capture::new(stderr.into()),
+        listener,
+        baseline,
+        started,
+        record_file,
+        settle: Settle::Full,
+    })
+}
+
+/// What one of our pipe ends refers to: the child's end is the same pipe.
+fn key_of(fd: &impl AsRawFd) -> Option<FdKey> {
+    key_of_path(&format!("/proc/self/fd/{}", fd.as_raw_fd()))
+}
+/// Marks every fd above stderr close-on-exec, so each test process starts
+/// with exactly stdin, stdout and stderr, whatever cargo-leakcheck itself
+/// inherited (a terminal multiplexer's pipe, a jobserver). Without this an
+/// inherited fd would either be blamed on every test or have to be part of
+/// every baseline. Call once at start-up.
+pub(crate) fn stop_fd_inheritance() -> std::io::Result<()> {
+    for entry in std::fs::read_dir("/proc/self/fd")? {
+        let Some(fd) = entry?.file_name().to_str().and_then(|name| name.parse::<i32>().ok()) else { continue };
+        if fd > 2 {
+            // SAFETY: F_GETFD/F_SETFD only change the fd's close-on-exec flag;
+            // an fd closed meanwhile (the directory's own) just fails with EBADF.
+            unsafe {
+                let flags = libc::fcntl(fd, libc::F_GETFD);
+                if flags >= 0 {
+                    libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC);
+                }
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,250 @@
+//! Watching one started test process until it is gone: its output read as
+//! it comes, its `exit_group` call snapshotted by the probe (settled for up
+//! to the grace), the time limit kept, and whatever it left alive collected,
+//! then terminated.
+
+use std::io;
+use std::os::fd::AsFd;
+use std::time::{Duration, Instant};
+
+use leakcheck::diff::{child_leak, mark_unnamed_threads, settle_until, Baseline, Delta};
+use leakcheck::snapshot;
+use leakcheck::Leak;
+use nix::sys::signal::Signal;
+
+use super::context::{is_hung_up, wait_for_events, RunContext, Waker, DRAIN_LIMIT, TERMINATE_GRACE};
+use super::probe::Listener;
+use super::reaper::{self, ExitStatus};
+use super::spawn::TestProcess;
+use crate::list::TestCase;
+
+/// What the probe saw at `exit_group`.
+#[derive(Debug)]
+pub(super) struct ExitView {
+    pub(super) leaks: Vec<Leak>,
+    /// Pids of the direct children seen then.
+    children: Vec<i32>,
+    /// Whether the main thread called `exit_group` (libtest returning from
+    /// `main`), rather than a test thread calling `std::process::exit`.
+    pub(super) by_main_thread: bool,
+    /// stdin, stdout or stderr, closed by the test.
+    pub(super) closed: Vec<i32>,
+    /// Settling stopped early for lasting shapes ([`Settle::SkipLasting`]).
+    pub(super) hurried: bool,
+}
+
+/// How long the exit snapshot waits for leaks to go away by themselves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Settle {
+    /// Up to the whole grace.
+    Full,
+    /// Not for leaks of a shape that already outlasted a whole grace in
+    /// another test of the binary (a singleton, most often): a clean
+    /// async suite must not wait the grace in every test. Such a record is
+    /// marked `hurried`; if it still fails after singleton detection, the
+    /// test is run again with [`Settle::Full`] and that verdict counts.
+    SkipLasting,
+}
+
+/// How the watched process ended.
+#[derive(Debug)]
+pub(super) struct Ended {
+    pub(super) status: ExitStatus,
+    pub(super) duration: Duration,
+    pub(super) timed_out: bool,
+    pub(super) exit_view: Option<ExitView>,
+    /// Everything left behind: the exit view's leaks, then the processes
+    /// still alive after the exit (already terminated and reaped).
+    pub(super) leaks: Vec<Leak>,
+}
+
+/// Watches `process` until the reaper has its exit status, then collects
+/// and ends what it left alive. Nothing here returns early: the test's
+/// processes are ended on every path.
+pub(super) fn watch(context: &RunContext, waker: &Waker, case: &TestCase, process: &mut TestProcess) -> Ended {
+    let (pid, marker) = (process.pid, process.marker.clone());
+    let deadline = process.started + context.timeout;
+    let mut exit_view: Option<ExitView> = None;
+    let mut timed_out = false;
+    let mut killed = false;
+    // Until every process under the probe is gone: then the listener only
+    // ever reports hang-up, and polling it again would spin until the
+    // reaper has the exit status (measured: most of cargo-leakcheck's own
+    // CPU time at 10,000 tests).
+    let mut probe_live = process.listener.is_some();
+    let kill_all = || {
+        reaper::kill_tree(&reaper::processes_of(pid, &marker), Signal::SIGKILL);
+        reaper::kill_group(pid, Signal::SIGKILL);
+    };
+    let status = loop {
+        if let Some(status) = process.slot.status() {
+            break status;
+        }
+        let wait = if killed { Duration::from_millis(50) } else { deadline.saturating_duration_since(Instant::now()) };
+        let probe = process.listener.as_ref().filter(|_| probe_live).map(|listener| listener.as_fd());
+        let fds = [process.stdout.fd(), process.stderr.fd(), probe, Some(waker.reader.as_fd())];
+        let ready = wait_for_events(&fds, wait).unwrap_or_else(|_| vec![true; fds.len()]);
+        if ready[0] {
+            process.stdout.read_some();
+        }
+        if ready[1] {
+            process.stderr.read_some();
+        }
+        if ready[2] {
+            if let Some(listener) = &process.listener {
+                let served =
+                    serve_exit_call(listener, (pid, &process.baseline, process.settle), case, context, &mut exit_view);
+                if served.is_err() && !killed {
+                    // The probe broke: the test cannot be judged; end it.
+                    killed = true;
+                    kill_all();
+                }
+                probe_live = !is_hung_up(listener.as_fd());
+            }
+        }
+        if ready[3] {
+            waker.drain();
+        }
+        let interrupted = context.supervisor.interrupted().is_some();
+        if !killed && (Instant::now() >= deadline || interrupted) && process.slot.status().is_none() {
+            timed_out = !interrupted;
+            killed = true;
+            kill_all();
+        }
+    };
+    let duration = process.started.elapsed();
+    context.supervisor.unregister(pid);
+    let leaks = end_leftovers(context, process, exit_view.as_ref(), killed, timed_out);
+    Ended { status, duration, timed_out, exit_view, leaks }
+}
+
+/// The exit view's leaks plus every process of the test still alive after
+/// it exited (re-parented to us), which are then terminated and reaped; the
+/// output is read to its end.
+fn end_leftovers(
+    context: &RunContext,
+    process: &mut TestProcess,
+    exit_view: Option<&ExitView>,
+    killed: bool,
+    timed_out: bool,
+) -> Vec<Leak> {
+    let listener = &process.listener;
+    let serve = || {
+        if let Some(listener) = listener {
+            let _ = serve_exit_call_nowait(listener);
+        }
+    };
+    let grace = if killed { Duration::ZERO } else { context.grace };
+    let leftovers = settle_leftovers(process.pid, &process.marker, grace, serve);
+    let mut leaks = exit_view.map(|view| view.leaks.clone()).unwrap_or_default();
+    let direct: &[i32] = exit_view.map_or(&[], |view| &view.children);
+    for &leftover in &leftovers {
+        if direct.contains(&leftover) {
+            continue;
+        }
+        if let Ok(info) = snapshot::process_info(leftover) {
+            leaks.push(child_leak(info, exit_view.is_some()));
+        }
+    }
+    let terminate_grace =
+        if timed_out || context.supervisor.interrupted().is_some() { Duration::ZERO } else { TERMINATE_GRACE };
+    reaper::terminate(&leftovers, terminate_grace, serve);
+    process.stdout.drain_until_eof(DRAIN_LIMIT);
+    process.stderr.drain_until_eof(DRAIN_LIMIT);
+    leaks
+}
+
+/// Answers one pending `exit_group` call. The test process's own call is
+/// snapshotted first (once), while it still holds everything.
+fn serve_exit_call(
+    listener: &Listener,
+    process: (i32, &Baseline, Settle),
+    case: &TestCase,
+    context: &RunContext,
+    exit_view: &mut Option<ExitView>,
+) -> io::Result<()> {
+    let (pid, baseline, settle) = process;
+    let test_name = case.name.as_str();
+    let Some(call) = listener.receive()? else { return Ok(()) };
+    let is_test_process = call.tid == pid || snapshot::tgid_of(call.tid).is_ok_and(|tgid| tgid == pid);
+    if is_test_process && exit_view.is_none() {
+        let mut baseline = baseline.clone();
+        baseline.add_thread(pid, call.tid);
+        let mut children = Vec::new();
+        let read = || {
+            let snapshot = snapshot::take(pid)?;
+            children = snapshot.children.iter().map(|child| child.pid).collect();
+            Ok(Delta::between(&baseline, snapshot))
+        };
+        let binary = case.binary.id.as_str();
+        let lasting = |leaks: &[Leak]| {
+            let lasting = context.lasting.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            let known = lasting.get(binary);
+            leaks.iter().all(|leak| {
+                super::singleton::shape_of(leak, &[test_name])
+                    .is_some_and(|shape| known.is_some_and(|k| k.contains(&shape)))
+            })
+        };
+        let mut hurried = false;
+        // What the configuration accepts will not go away by waiting; nor,
+        // most likely, what outlasted the grace in another test.
+        let accepted = |delta: &Delta| {
+            let leaks = delta.clone().into_leaks(pid);
+            if context.policy.accepts_all(&case.binary.id, test_name, leaks.clone()) {
+                return true;
+            }
+            settle == Settle::SkipLasting && lasting(&leaks)
+        };
+        let started = Instant::now();
+        let delta = settle_until(context.grace, read, accepted);
+        let by_main_thread = call.tid == pid;
+        *exit_view = Some(match delta {
+            Ok(delta) => {
+                let closed = delta.closed.clone();
+                let mut leaks = delta.into_leaks(pid);
+                // libtest names each test's thread after the test.
+                mark_unnamed_threads(&mut leaks, test_name);
+                if started.elapsed() >= context.grace {
+                    let shapes = leaks.iter().filter_map(|leak| super::singleton::shape_of(leak, &[test_name]));
+                    let mut lasting = context.lasting.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+                    lasting.entry(binary.to_owned()).or_default().extend(shapes);
+                } else if !leaks.is_empty() && settle == Settle::SkipLasting && lasting(&leaks) {
+                    hurried = true;
+                }
+                ExitView { leaks, children, by_main_thread, closed, hurried }
+            }
+            Err(_) => ExitView { leaks: Vec::new(), children, by_main_thread, closed: Vec::new(), hurried },
+        });
+    }
+    listener.proceed(call);
+    Ok(())
+}
+
+/// The processes of the test still alive after it exited, given up to
+/// `grace` to end by themselves (a child that was exiting with its parent).
+/// Their `exit_group` calls are answered meanwhile: the filter holds each
+/// until we do.
+fn settle_leftovers(pid: i32, marker: &str, grace: Duration, serve: impl Fn()) -> Vec<i32> {
+    let start = Instant::now();
+    let mut pause = Duration::from_millis(1);
+    loop {
+        serve();
+        let alive: Vec<i32> = reaper::processes_of(pid, marker).into_iter().filter(|&p| reaper::is_alive(p)).collect();
+        if alive.is_empty() || start.elapsed() >= grace {
+            return alive;
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(50));
+    }
+}
+
+/// Answers every pending call of processes being terminated, without waiting.
+fn serve_exit_call_nowait(listener: &Listener) -> io::Result<()> {
+    while wait_for_events(&[Some(listener.as_fd())], Duration::ZERO)?[0] {
+        match listener.receive()? {
+            Some(call) => listener.proceed(call),
+            None => break,
+        }
+    }
+    Ok(())
+}
