@@ -174,6 +174,24 @@ pub(crate) struct Profile {
     pub(crate) allow: Vec<AllowRule>,
 }
 
+fn unknown_profile(file: &ConfigFile, path: &Path, name: &str) -> ConfigError {
+    let mut known: Vec<&str> = file.profile.keys().map(String::as_str).collect();
+    for builtin in ["default", "ci"] {
+        if !known.contains(&builtin) {
+            known.push(builtin);
+        }
+    }
+    ConfigError::UnknownProfile { path: path.to_owned(), name: name.to_owned(), known: known.join(", ") }
+}
+
+/// fd, thread, child: the chosen profile's singleton rules over the default's.
+fn singleton_rules(chosen: &ProfileFile, base: &ProfileFile) -> [Option<SingletonRule>; 3] {
+    let pick = |f: fn(&SingletonsFile) -> Option<SingletonRule>| {
+        chosen.singletons.and_then(|s| f(&s)).or_else(|| base.singletons.and_then(|s| f(&s)))
+    };
+    [pick(|s| s.fd), pick(|s| s.thread), pick(|s| s.child)]
+}
+
 /// Where the config is: `--config PATH`, else `.config/leakcheck.toml` in
 /// the workspace root if it exists.
 pub(crate) fn locate(explicit: Option<&Path>, workspace_root: &Path) -> Option<PathBuf> {
@@ -196,17 +214,7 @@ fn parse(text: &str, path: &Path, name: &str) -> Result<Profile, ConfigError> {
     };
     let file: ConfigFile = toml::from_str(text).map_err(|error| invalid(error.span(), error.message().to_owned()))?;
     if name != "default" && name != "ci" && !file.profile.contains_key(name) {
-        let mut known: Vec<&str> = file.profile.keys().map(String::as_str).collect();
-        for builtin in ["default", "ci"] {
-            if !known.contains(&builtin) {
-                known.push(builtin);
-            }
-        }
-        return Err(ConfigError::UnknownProfile {
-            path: path.to_owned(),
-            name: name.to_owned(),
-            known: known.join(", "),
-        });
+        return Err(unknown_profile(&file, path, name));
     }
     let empty = ProfileFile::default();
     let base = file.profile.get("default").unwrap_or(&empty);
@@ -224,12 +232,7 @@ fn parse(text: &str, path: &Path, name: &str) -> Result<Profile, ConfigError> {
             pick(|p| p.kinds.and_then(|k| k.child)),
             pick(|p| p.kinds.and_then(|k| k.heap)),
         ],
-        singletons: {
-            let pick = |f: fn(&SingletonsFile) -> Option<SingletonRule>| {
-                chosen.singletons.and_then(|s| f(&s)).or_else(|| base.singletons.and_then(|s| f(&s)))
-            };
-            [pick(|s| s.fd), pick(|s| s.thread), pick(|s| s.child)]
-        },
+        singletons: singleton_rules(chosen, base),
         allow: Vec::new(),
     };
     if profile.jobs == Some(0) {

@@ -85,6 +85,7 @@ mod tests {
             unchecked: vec![],
             allowed: vec![],
             warnings: vec![],
+            singletons: vec![],
             closed_fds: vec![],
             output: None,
         };

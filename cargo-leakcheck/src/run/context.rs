@@ -86,3 +86,16 @@ pub(super) fn is_hung_up(fd: BorrowedFd<'_>) -> bool {
     poll(&mut poll_fds, PollTimeout::ZERO).is_ok()
         && poll_fds[0].revents().is_some_and(|events| events.contains(PollFlags::POLLHUP))
 }
+
+/// How long the exit snapshot waits for leaks to go away by themselves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Settle {
+    /// Up to the whole grace.
+    Full,
+    /// Not for leaks of a shape that already outlasted a whole grace in
+    /// another test of the binary (a singleton, most often): a clean
+    /// async suite must not wait the grace in every test. Such a record is
+    /// marked `hurried`; if it still fails after singleton detection, the
+    /// test is run again with [`Settle::Full`] and that verdict counts.
+    SkipLasting,
+}

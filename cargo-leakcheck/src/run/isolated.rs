@@ -11,8 +11,8 @@ use std::io;
 
 use leakcheck::{Leak, Outcome, TestRecord};
 
+use super::context::Settle;
 use super::context::{RunContext, Waker};
-use super::watch::Settle;
 use super::{judge, spawn, watch};
 use crate::list::TestCase;
 

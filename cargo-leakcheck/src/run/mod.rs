@@ -13,14 +13,14 @@ mod output;
 mod probe;
 mod reaper;
 mod scheduler;
+mod shape;
 mod singleton;
 mod spawn;
 mod watch;
 
-pub(crate) use context::{RunContext, Waker};
+pub(crate) use context::{RunContext, Settle, Waker};
 pub(crate) use isolated::run_test;
 pub(crate) use probe::ExitFilter;
 pub(crate) use reaper::{block_signals, unblock_signals_on_exec, Supervisor};
 pub(crate) use scheduler::{run_all, RunResult};
 pub(crate) use spawn::stop_fd_inheritance;
-pub(crate) use watch::Settle;

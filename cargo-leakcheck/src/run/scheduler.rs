@@ -7,11 +7,11 @@ use std::time::Instant;
 
 use leakcheck::{Outcome, TestRecord};
 
+use super::context::Settle;
 use super::context::{RunContext, Waker};
 use super::harness_client::run_harness;
 use super::isolated::{libtest_args, run_test};
 use super::singleton::{self, Held};
-use super::watch::Settle;
 use crate::list::TestCase;
 
 /// What a run produced.

@@ -11,11 +11,11 @@ use leakcheck::diff::Baseline;
 use leakcheck::snapshot::{key_of_path, FdKey};
 use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
 
+use super::context::Settle;
 use super::context::{RunContext, Waker};
 use super::output::Capture;
 use super::probe::{self, Listener};
 use super::reaper::{self, ExitSlot, SpawnedTest, MARKER_VAR};
-use super::watch::Settle;
 use crate::list::TestCase;
 
 /// A started test process and everything its worker watches it with.

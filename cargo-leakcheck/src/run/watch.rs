@@ -12,7 +12,7 @@ use leakcheck::snapshot;
 use leakcheck::Leak;
 use nix::sys::signal::Signal;
 
-use super::context::{is_hung_up, wait_for_events, RunContext, Waker, DRAIN_LIMIT, TERMINATE_GRACE};
+use super::context::{is_hung_up, wait_for_events, RunContext, Settle, Waker, DRAIN_LIMIT, TERMINATE_GRACE};
 use super::probe::Listener;
 use super::reaper::{self, ExitStatus};
 use super::spawn::TestProcess;
@@ -31,19 +31,6 @@ pub(super) struct ExitView {
     pub(super) closed: Vec<i32>,
     /// Settling stopped early for lasting shapes ([`Settle::SkipLasting`]).
     pub(super) hurried: bool,
-}
-
-/// How long the exit snapshot waits for leaks to go away by themselves.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Settle {
-    /// Up to the whole grace.
-    Full,
-    /// Not for leaks of a shape that already outlasted a whole grace in
-    /// another test of the binary (a singleton, most often): a clean
-    /// async suite must not wait the grace in every test. Such a record is
-    /// marked `hurried`; if it still fails after singleton detection, the
-    /// test is run again with [`Settle::Full`] and that verdict counts.
-    SkipLasting,
 }
 
 /// How the watched process ended.
@@ -181,7 +168,7 @@ fn serve_exit_call(
             let lasting = context.lasting.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
             let known = lasting.get(binary);
             leaks.iter().all(|leak| {
-                super::singleton::shape_of(leak, &[test_name])
+                super::shape::shape_of(leak, &[test_name])
                     .is_some_and(|shape| known.is_some_and(|k| k.contains(&shape)))
             })
         };
@@ -205,7 +192,7 @@ fn serve_exit_call(
                 // libtest names each test's thread after the test.
                 mark_unnamed_threads(&mut leaks, test_name);
                 if started.elapsed() >= context.grace {
-                    let shapes = leaks.iter().filter_map(|leak| super::singleton::shape_of(leak, &[test_name]));
+                    let shapes = leaks.iter().filter_map(|leak| super::shape::shape_of(leak, &[test_name]));
                     let mut lasting = context.lasting.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
                     lasting.entry(binary.to_owned()).or_default().extend(shapes);
                 } else if !leaks.is_empty() && settle == Settle::SkipLasting && lasting(&leaks) {

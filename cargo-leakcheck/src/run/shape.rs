@@ -1,0 +1,93 @@
+//! The shape of a leak: what stays the same when the same code leaks the
+//! same resource in another process. Singleton detection groups by it.
+
+use leakcheck::Leak;
+
+/// The shape of a leak: its kind and an identity that is the same in every
+/// process (digits folded: socket inodes, ports, pids, numbered names).
+/// `test_threads` are the names of the test threads of the process, whose
+/// name an unnamed thread inherits.
+pub(super) fn shape_of(leak: &Leak, test_threads: &[&str]) -> Option<String> {
+    Some(match leak {
+        Leak::Fd { target, detail, .. } => {
+            let what = if target.starts_with("socket:") || target.starts_with("pipe:") {
+                // "unix stream (connected, unnamed)", "pipe, read end; ...":
+                // the description up to the first detail of its peer.
+                detail.split([';', '(']).next().unwrap_or(detail).trim().to_owned()
+            } else {
+                target.clone()
+            };
+            format!("fd {}", fold_digits(&what))
+        }
+        Leak::Thread { name, .. } => {
+            let inherited = test_threads.iter().any(|test| comm_of(test) == name);
+            format!("thread {}", if inherited { "(unnamed)".to_owned() } else { fold_digits(name) })
+        }
+        Leak::Child { cmdline, .. } => {
+            let program = cmdline.split_whitespace().next().unwrap_or_default();
+            let program = program.trim_matches(['[', ']']).rsplit('/').next().unwrap_or(program);
+            format!("child {}", fold_digits(program))
+        }
+        Leak::Heap { .. } => return None,
+    })
+}
+
+/// What the kernel keeps of a thread name: its first 15 bytes.
+fn comm_of(name: &str) -> &str {
+    let mut end = name.len().min(15);
+    while !name.is_char_boundary(end) {
+        end -= 1;
+    }
+    &name[..end]
+}
+
+fn fold_digits(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c.is_ascii_digit() {
+            if !out.ends_with('#') {
+                out.push('#');
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fd(fd: i32, target: &str, detail: &str) -> Leak {
+        Leak::Fd { fd, target: target.into(), detail: detail.into(), sites: vec![] }
+    }
+
+    #[test]
+    fn shapes_fold_what_differs_between_processes() {
+        let a = fd(5, "socket:[1234]", "unix stream (connected, unnamed)");
+        let b = fd(9, "socket:[98]", "unix stream (connected, unnamed)");
+        assert_eq!(shape_of(&a, &[]), shape_of(&b, &[]));
+        let file = fd(3, "/tmp/db-4130.sqlite", "regular file");
+        assert_eq!(shape_of(&file, &[]).unwrap(), "fd /tmp/db-#.sqlite");
+        let pipe = fd(3, "pipe:[77]", "pipe, read end; other end held by child `cat` (pid 12)");
+        assert_eq!(shape_of(&pipe, &[]).unwrap(), "fd pipe, read end");
+    }
+
+    #[test]
+    fn an_unnamed_thread_has_the_same_shape_whichever_test_started_it() {
+        let thread = |name: &str| Leak::Thread {
+            tid: 1,
+            name: name.into(),
+            state: "sleeping".into(),
+            unnamed: false,
+            waiting_in: None,
+            sites: vec![],
+        };
+        assert_eq!(
+            shape_of(&thread("pool::first_te"), &["pool::first_test"]),
+            shape_of(&thread("other::second"), &["other::second"])
+        );
+        assert_ne!(shape_of(&thread("flusher"), &["a"]), shape_of(&thread("worker"), &["a"]));
+    }
+}
