@@ -458,3 +458,110 @@ fn where_seccomp_is_refused_the_run_warns_once_and_still_catches_children() {
     assert_outcome(file, Outcome::Passed);
     assert_eq!(file.unchecked, ["fd", "thread"]);
 }
+
+/// The `singletons` fixture: libraries that make something once per process
+/// (tokio `full`'s signal socket pair, a self-pipe, a pool of unnamed
+/// threads, another library's socket pair) next to per-test leaks of the
+/// same shapes and tests that cannot share a process.
+#[test]
+fn singletons_pass_with_no_configuration_and_per_test_leaks_of_their_shapes_are_still_caught() {
+    let _serial = serial();
+    let run = run_to_end(leakcheck(&["-p", "singletons", "--no-fail-fast", "--message-format", "json"]));
+    assert_eq!(run.code, Some(100), "stderr:\n{}", run.stderr);
+    let report = run.report();
+    let binary = "singletons::singletons";
+    let unix_pair = |record: &leakcheck::TestRecord| {
+        record
+            .singletons
+            .iter()
+            .filter(|leak| matches!(leak, leakcheck::Leak::Fd { detail, .. } if detail.starts_with("unix stream")))
+            .count()
+    };
+    for name in ["async_clean::a", "async_clean::b", "async_clean::c", "async_clean::d", "wakeup::x", "wakeup::y"] {
+        let clean = record(&report, binary, name);
+        assert_outcome(clean, Outcome::Passed);
+        assert_eq!(unix_pair(clean), 2, "{clean:#?}");
+    }
+    for name in ["selfpipe::one", "selfpipe::two", "selfpipe::three"] {
+        let clean = record(&report, binary, name);
+        assert_outcome(clean, Outcome::Passed);
+        let details: Vec<String> = clean.singletons.iter().map(|leak| leak.describe()).collect();
+        assert_eq!(details.len(), 2, "{clean:#?}");
+        assert!(details.iter().all(|detail| detail.contains("pipe:[")), "{details:?}");
+    }
+    for name in ["pool::a", "pool::b", "pool::c"] {
+        let clean = record(&report, binary, name);
+        assert_outcome(clean, Outcome::Passed);
+        assert_eq!(clean.singletons.len(), 2, "{clean:#?}");
+        assert!(clean.singletons.iter().all(|leak| matches!(leak, leakcheck::Leak::Thread { unnamed: true, .. })));
+    }
+    // Its own file fails it; tokio's pair is not blamed on it.
+    let mixed = record(&report, binary, "mixed::file_next_to_tokio");
+    assert_outcome(mixed, Outcome::Leaked);
+    let own = fds(mixed);
+    assert_eq!(own.len(), 1, "{mixed:#?}");
+    assert!(own[0].0.ends_with("/leakcheck-singletons-mixed.txt"), "{own:?}");
+    assert_eq!(unix_pair(mixed), 2, "{mixed:#?}");
+    // Per-test leaks of each singleton's shape.
+    for (name, detail) in [
+        ("per_test::pair_one", "unix stream"),
+        ("per_test::pair_two", "unix stream"),
+        ("per_test::pipe_one", "pipe, "),
+        ("per_test::pipe_two", "pipe, "),
+    ] {
+        let leaking = record(&report, binary, name);
+        assert_outcome(leaking, Outcome::Leaked);
+        let leaked = fds(leaking);
+        assert_eq!(leaked.len(), 2, "{leaking:#?}");
+        assert!(leaked.iter().all(|(_, d)| d.starts_with(detail)), "{leaked:?}");
+        assert!(leaking.singletons.is_empty(), "{leaking:#?}");
+    }
+    for name in ["per_test::thread_one", "per_test::thread_two"] {
+        let leaking = record(&report, binary, name);
+        assert_outcome(leaking, Outcome::Leaked);
+        assert_eq!(leaking.leaks.len(), 1, "{leaking:#?}");
+        assert!(matches!(leaking.leaks[0], leakcheck::Leak::Thread { unnamed: true, .. }), "{leaking:#?}");
+    }
+    // Their group run fails (the service starts once per process): inconclusive.
+    for name in ["exclusive::first", "exclusive::second"] {
+        let kept = record(&report, binary, name);
+        assert_outcome(kept, Outcome::Leaked);
+        assert_eq!(threads(kept), ["exclusive-svc"]);
+    }
+    // Each singleton is listed once, with the number of tests sharing it.
+    let raw: serde_json::Value = serde_json::from_str(run.stdout.trim()).unwrap();
+    let listed = raw["singletons"].as_array().unwrap();
+    let tokio = listed.iter().find(|s| s["kind"] == "fd" && s["tests"] == 5 && s["instances"] == 2);
+    assert!(tokio.is_some(), "{listed:#?}");
+    let wakeup = listed.iter().find(|s| s["kind"] == "fd" && s["tests"] == 2 && s["instances"] == 2);
+    assert!(wakeup.is_some(), "{listed:#?}");
+    assert_eq!(listed.len(), 5, "{listed:#?}");
+}
+
+#[test]
+fn fail_singletons_makes_every_test_touching_one_fail_for_it() {
+    let _serial = serial();
+    let args = ["-p", "singletons", "--no-fail-fast", "--message-format", "json", "--fail-singletons", "pool::"];
+    let run = run_to_end(leakcheck(&args));
+    assert_eq!(run.code, Some(100), "stderr:\n{}", run.stderr);
+    let report = run.report();
+    for name in ["pool::a", "pool::b", "pool::c"] {
+        let failing = record(&report, "singletons::singletons", name);
+        assert_outcome(failing, Outcome::Leaked);
+        assert_eq!(failing.leaks.len(), 2, "{failing:#?}");
+        assert!(failing.singletons.is_empty());
+    }
+}
+
+#[test]
+fn human_output_lists_each_singleton_once_under_its_own_heading() {
+    let _serial = serial();
+    let run = run_to_end(leakcheck(&["-p", "singletons", "--no-fail-fast", "pool::"]));
+    assert_eq!(run.code, Some(0), "stderr:\n{}", run.stderr);
+    let heading = run.stdout.find("\nSingletons (").expect(&run.stdout);
+    let section = &run.stdout[heading..];
+    assert!(section.contains("singletons::singletons thread: 2 x (unnamed)"), "{section}");
+    assert!(section.contains("in 3 tests (pool::a, pool::b, pool::c)"), "{section}");
+    assert_eq!(run.stdout.matches("x (unnamed)").count(), 1, "{}", run.stdout);
+    assert!(!run.stdout.contains("LEAK ["), "{}", run.stdout);
+}

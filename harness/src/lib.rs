@@ -65,12 +65,15 @@ mod fork_server;
 mod guard;
 #[cfg(target_os = "linux")]
 mod isolation;
+#[cfg(target_os = "linux")]
+mod one_time;
 pub mod options;
 pub mod record;
 #[cfg(target_os = "linux")]
 mod registry;
 #[cfg(target_os = "linux")]
 mod reuse;
+pub mod shape;
 pub mod sites;
 pub mod snapshot;
 

@@ -118,14 +118,32 @@ pub fn run_test(options: &Options, body: fn() -> Result<(), String>) {
     }
     let (mut finding, warnings) =
         if runs > 0 { combine_runs(findings) } else { (findings.pop().unwrap_or_default(), Vec::new()) };
+    // A leak of the first run in this process may be a singleton the test
+    // only made because it ran first (see crate::one_time).
+    let mut singletons = Vec::new();
+    if runs == 0 && !record_now && matches!(outcome, Ok(Ok(()))) && !finding.judgement.leaks.is_empty() {
+        singletons = separate_one_time(body, options, &mut finding.judgement.leaks);
+    }
     // LEAKCHECK_EXPLAIN=1 (under nextest or cargo test): the verdict stands;
     // a leaking test runs once more, recording, to find its sites.
     if explain == Explain::AfterALeak && matches!(outcome, Ok(Ok(()))) && !finding.judgement.leaks.is_empty() {
         explain_after_leak(body, options, &mut finding.judgement.leaks);
     }
+    report_verdict(outcome, &finding, &warnings, &singletons)
+}
+
+/// Tells the verdict: warnings and singletons as notes, the record to
+/// `cargo leakcheck` when it runs the test, and a leak as the test's
+/// failure (a panic, as libtest expects).
+fn report_verdict(
+    outcome: std::thread::Result<Result<(), String>>,
+    finding: &crate::guard::Finding,
+    warnings: &[crate::Leak],
+    singletons: &[crate::Leak],
+) {
     if !warnings.is_empty() {
         eprintln!("warning: leakcheck: leaked in some measured runs only (oscillating):");
-        for leak in &warnings {
+        for leak in warnings {
             eprintln!("  - {}", leak.describe());
         }
     }
@@ -141,7 +159,14 @@ pub fn run_test(options: &Options, body: fn() -> Result<(), String>) {
             .collect(),
         unchecked: finding.unchecked.clone(),
         closed_fds: finding.closed_fds.clone(),
+        singletons: singletons.to_vec(),
     });
+    if !singletons.is_empty() && std::env::var_os("LEAKCHECK_RECORD_FILE").is_none() {
+        eprintln!("note: leakcheck: made once per process (a second run did not leave them again), not counted:");
+        for leak in singletons {
+            eprintln!("  - {}", leak.describe());
+        }
+    }
     let leaks = &finding.judgement.leaks;
     if body_passed && !leaks.is_empty() {
         panic!("{}", crate::record::describe_leaks(leaks));
@@ -150,6 +175,26 @@ pub fn run_test(options: &Options, body: fn() -> Result<(), String>) {
         eprintln!("{}", crate::record::describe_leaks(leaks));
     }
     finish_outcome(outcome)
+}
+
+/// The first run leaked: runs `body` once more and moves what that second
+/// run does not leave again out of `leaks`, returning it (the one-time
+/// leaks). A second run that fails or cannot be checked moves nothing.
+fn separate_one_time(
+    body: fn() -> Result<(), String>,
+    options: &Options,
+    leaks: &mut Vec<crate::Leak>,
+) -> Vec<crate::Leak> {
+    let Ok(guard) = Guard::start() else { return Vec::new() };
+    let second = run_on_fresh_thread(body);
+    if !matches!(second, Ok(Ok(()))) {
+        return Vec::new();
+    }
+    let Ok(second) = guard.finish(options) else { return Vec::new() };
+    let name = std::thread::current().name().unwrap_or_default().to_owned();
+    let (own, once) = crate::one_time::split(std::mem::take(leaks), &second.judgement.leaks, &name);
+    *leaks = own;
+    once
 }
 
 /// Runs `body` once more, recording where its leaks are created, and gives

@@ -465,6 +465,10 @@ pub struct InProcessReport {
     /// fds open before the test that it closed.
     #[serde(default)]
     pub closed_fds: Vec<i32>,
+    /// What the test's first run in the process left that a second run did
+    /// not leave again: made once per process, not a leak of the test.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub singletons: Vec<Leak>,
 }
 
 /// The message of a test failed by its leaks.

@@ -15,8 +15,10 @@
 //!   `SIGCHLD` is not ignored (children would be reaped unseen).
 //!
 //! A leaking or failing test ends its child, so the next test starts from a
-//! fresh fork; resource-creating one-time initialisations (a lazy static
-//! holding a thread, fd or heap) are leaks and end it too. What carries over
+//! fresh fork. A resource-creating one-time initialisation (a lazy static
+//! holding a thread, fd or heap; tokio's signal socket pair) is a singleton,
+//! not a leak (see [`crate::one_time`]): the child is reused, and the
+//! singleton is part of every later test's baseline. What carries over
 //! from one clean test to the next is plain static data (a counter, a flag),
 //! as in `cargo test`, where all tests share one process.
 //! `LEAKCHECK_FORK_PER_TEST=1` (`cargo leakcheck --fork-per-test`) turns

@@ -167,6 +167,8 @@ pub(crate) fn final_report(records: &[TestRecord], summary: &Summary) -> String 
         }
     }
 
+    out.push_str(&super::singleton_section(records));
+
     let _ = write!(
         out,
         "\nSummary [{:>8.3}s] {} {}: {} passed, {} leaked, {} failed, {} timed out, {} ignored",

@@ -24,5 +24,21 @@ pub(crate) fn json_report(records: Vec<TestRecord>, summary: Summary) -> String 
             }
         }
     }
+    let singletons: Vec<serde_json::Value> = super::singletons(&report.tests)
+        .into_iter()
+        .map(|singleton| {
+            serde_json::json!({
+                "binary": singleton.binary,
+                "kind": singleton.example.kind(),
+                "shape": singleton.shape,
+                "instances": singleton.instances,
+                "tests": singleton.tests.len(),
+                "example": singleton.example,
+            })
+        })
+        .collect();
+    if let Some(object) = value.as_object_mut() {
+        object.insert("singletons".to_owned(), singletons.into());
+    }
     value.to_string()
 }

@@ -27,6 +27,7 @@ pub(super) fn record(context: &RunContext, case: &TestCase, process: TestProcess
     let in_process = read_in_process_report(&process.record_file);
     let mut unchecked = Vec::new();
     let mut allowed = Vec::new();
+    let mut singletons = Vec::new();
     let (outcome, message) = match &in_process {
         // A `#[leakcheck::test]` checked the test from inside: its verdict
         // knows the heap and the test's allow rules. Only processes left
@@ -43,6 +44,7 @@ pub(super) fn record(context: &RunContext, case: &TestCase, process: TestProcess
             leaks.extend(orphans);
             allowed = report.allowed.clone();
             unchecked = report.unchecked.clone();
+            singletons = report.singletons.clone();
             let failed_by_leak_only = report.body_passed && status == ExitStatus::Code(101) && !report.leaks.is_empty();
             if failed_by_leak_only || (report.body_passed && status == ExitStatus::Code(0)) {
                 judge(ExitStatus::Code(0), timed_out, true, &leaks, context.timeout)
@@ -74,7 +76,7 @@ pub(super) fn record(context: &RunContext, case: &TestCase, process: TestProcess
         unchecked,
         allowed,
         warnings: Vec::new(),
-        singletons: Vec::new(),
+        singletons,
         closed_fds,
         output,
     };

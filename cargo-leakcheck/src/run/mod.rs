@@ -13,7 +13,6 @@ mod output;
 mod probe;
 mod reaper;
 mod scheduler;
-mod shape;
 mod singleton;
 mod spawn;
 mod watch;

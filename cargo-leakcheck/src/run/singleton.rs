@@ -31,9 +31,9 @@ use std::sync::Arc;
 use leakcheck::{Leak, Outcome, TestRecord};
 
 use super::context::{RunContext, Settle, Waker};
-use super::shape::shape_of;
 use super::{spawn, watch};
 use crate::list::TestCase;
+use leakcheck::shape::shape_of;
 
 /// A record held back from the report until its binary's singletons are known.
 #[derive(Debug)]

@@ -168,7 +168,7 @@ fn serve_exit_call(
             let lasting = context.lasting.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
             let known = lasting.get(binary);
             leaks.iter().all(|leak| {
-                super::shape::shape_of(leak, &[test_name])
+                leakcheck::shape::shape_of(leak, &[test_name])
                     .is_some_and(|shape| known.is_some_and(|k| k.contains(&shape)))
             })
         };
@@ -192,7 +192,7 @@ fn serve_exit_call(
                 // libtest names each test's thread after the test.
                 mark_unnamed_threads(&mut leaks, test_name);
                 if started.elapsed() >= context.grace {
-                    let shapes = leaks.iter().filter_map(|leak| super::shape::shape_of(leak, &[test_name]));
+                    let shapes = leaks.iter().filter_map(|leak| leakcheck::shape::shape_of(leak, &[test_name]));
                     let mut lasting = context.lasting.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
                     lasting.entry(binary.to_owned()).or_default().extend(shapes);
                 } else if !leaks.is_empty() && settle == Settle::SkipLasting && lasting(&leaks) {

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::guard::{combine_runs, Finding, Guard};
 use crate::options::Options;
-use crate::record::{AllowedLeak, Outcome, TestRecord};
+use crate::record::{AllowedLeak, Leak, Outcome, TestRecord};
 use crate::registry::{ShouldPanic, TestDef};
 
 /// The forked child's work: runs `first`, then, while each test passes
@@ -127,7 +127,13 @@ fn run_in_child(def: &'static TestDef, explain: bool, heap: bool) -> (TestRecord
             (Finding { unchecked, ..Finding::default() }, Vec::new())
         }
     };
-    let leaks = finding.judgement.leaks;
+    let mut leaks = finding.judgement.leaks;
+    let mut singletons = Vec::new();
+    // A leak of the test that ran first in this child may be a singleton it
+    // only made because it ran first (see crate::one_time).
+    if runs == 0 && !explain && body.is_ok() && !panicked_once && !leaks.is_empty() {
+        (leaks, singletons) = separate_one_time(def, &name, &options, leaks);
+    }
     let allowed = finding
         .judgement
         .allowed
@@ -146,9 +152,26 @@ fn run_in_child(def: &'static TestDef, explain: bool, heap: bool) -> (TestRecord
         warnings,
         unchecked: finding.unchecked,
         closed_fds: finding.closed_fds,
+        singletons,
         ..TestRecord::new("", name, outcome)
     };
     (record, panicked_once)
+}
+
+/// The test's first run leaked: runs it once more in this child and splits
+/// the first run's leaks into its own and the one-time ones. A second run
+/// that fails, panics or cannot be checked moves nothing.
+fn separate_one_time(def: &'static TestDef, name: &str, options: &Options, leaks: Vec<Leak>) -> (Vec<Leak>, Vec<Leak>) {
+    let Ok(guard) = Guard::start_for_thread(name) else { return (leaks, Vec::new()) };
+    let panics = PANICS.load(Ordering::Relaxed);
+    let (result, panicked) = run_on_fresh_thread(def, name);
+    if result.is_err() || panicked || PANICS.load(Ordering::Relaxed) != panics {
+        return (leaks, Vec::new());
+    }
+    match guard.finish(options) {
+        Ok(second) => crate::one_time::split(leaks, &second.judgement.leaks, name),
+        Err(_) => (leaks, Vec::new()),
+    }
 }
 
 /// Runs the test once on a fresh thread named `name` (joined, so its

@@ -1,13 +1,14 @@
 //! The shape of a leak: what stays the same when the same code leaks the
-//! same resource in another process. Singleton detection groups by it.
+//! same resource in another process (or in another run of the test).
+//! Singleton detection compares counts of each shape.
 
-use leakcheck::Leak;
+use crate::record::Leak;
 
 /// The shape of a leak: its kind and an identity that is the same in every
 /// process (digits folded: socket inodes, ports, pids, numbered names).
 /// `test_threads` are the names of the test threads of the process, whose
 /// name an unnamed thread inherits.
-pub(super) fn shape_of(leak: &Leak, test_threads: &[&str]) -> Option<String> {
+pub fn shape_of(leak: &Leak, test_threads: &[&str]) -> Option<String> {
     Some(match leak {
         Leak::Fd { target, detail, .. } => {
             let what = if target.starts_with("socket:") || target.starts_with("pipe:") {

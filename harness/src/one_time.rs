@@ -1,0 +1,107 @@
+//! In-process singleton rule: what a test leaks only the first time it runs
+//! in a process is made once per process (tokio's signal socket pair and
+//! its registry, a lazily started pool, a self-pipe), not by each run.
+//!
+//! When a test's first run in a process leaked, it runs once more in the
+//! same process and is checked again. Of each shape of leak (see
+//! [`crate::shape`]), the instances the second run does not leave again are
+//! one-time: singletons, reported apart and not failing the test. The
+//! heap's leak is one-time when the second run leaks no heap at all. A
+//! second run that fails keeps every leak the test's own. Repeat mode
+//! (`--repeat`) has its own rule and does not use this one.
+
+use std::collections::BTreeMap;
+
+use crate::record::Leak;
+use crate::shape::shape_of;
+
+/// Splits `first` into the test's own leaks and the one-time ones, by the
+/// leaks of a second run in the same process; `test_thread` is the name of
+/// the test's thread (inherited by threads it does not name).
+pub(crate) fn split(first: Vec<Leak>, second: &[Leak], test_thread: &str) -> (Vec<Leak>, Vec<Leak>) {
+    let mut again: BTreeMap<String, usize> = BTreeMap::new();
+    for shape in second.iter().filter_map(|leak| shape_of(leak, &[test_thread])) {
+        *again.entry(shape).or_insert(0) += 1;
+    }
+    let heap_again = second.iter().any(|leak| matches!(leak, Leak::Heap { .. }));
+    let mut first_counts: BTreeMap<String, usize> = BTreeMap::new();
+    for shape in first.iter().filter_map(|leak| shape_of(leak, &[test_thread])) {
+        *first_counts.entry(shape).or_insert(0) += 1;
+    }
+    // One-time instances per shape: those not left again; the lowest fd
+    // numbers (oldest threads, children) first, as start-up makes them.
+    let mut one_time: BTreeMap<String, usize> = first_counts
+        .into_iter()
+        .map(|(shape, count)| {
+            let again = again.get(&shape).copied().unwrap_or(0);
+            (shape, count.saturating_sub(again))
+        })
+        .collect();
+    let mut order: Vec<usize> = (0..first.len()).collect();
+    order.sort_by_key(|&index| identity_number(&first[index]));
+    let mut is_one_time = vec![false; first.len()];
+    for index in order {
+        let leak = &first[index];
+        is_one_time[index] = match shape_of(leak, &[test_thread]) {
+            Some(shape) => one_time.get_mut(&shape).filter(|left| **left > 0).map(|left| *left -= 1).is_some(),
+            None => matches!(leak, Leak::Heap { .. }) && !heap_again,
+        };
+    }
+    let (mut own, mut once) = (Vec::new(), Vec::new());
+    for (leak, one_time) in first.into_iter().zip(is_one_time) {
+        if one_time {
+            once.push(leak);
+        } else {
+            own.push(leak);
+        }
+    }
+    (own, once)
+}
+
+fn identity_number(leak: &Leak) -> i64 {
+    match leak {
+        Leak::Fd { fd, .. } => i64::from(*fd),
+        Leak::Thread { tid, .. } => i64::from(*tid),
+        Leak::Child { pid, .. } => i64::from(*pid),
+        Leak::Heap { .. } => i64::MAX,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn socket(fd: i32) -> Leak {
+        Leak::Fd {
+            fd,
+            target: format!("socket:[{fd}0]"),
+            detail: "unix stream (connected, unnamed)".into(),
+            sites: vec![],
+        }
+    }
+
+    fn heap(bytes: u64) -> Leak {
+        Leak::Heap { bytes, blocks: 1, sites: vec![] }
+    }
+
+    #[test]
+    fn what_the_second_run_does_not_leave_again_is_one_time() {
+        let (own, once) = split(vec![socket(3), socket(4), heap(512)], &[], "t");
+        assert!(own.is_empty());
+        assert_eq!(once.len(), 3);
+    }
+
+    #[test]
+    fn a_per_run_leak_stays_the_tests_own_next_to_a_singleton() {
+        // tokio's pair (fds 3, 4) once, the test's own pair (5, 6) each run.
+        let (own, once) = split(vec![socket(3), socket(4), socket(5), socket(6)], &[socket(7), socket(8)], "t");
+        assert_eq!(once, [socket(3), socket(4)]);
+        assert_eq!(own, [socket(5), socket(6)]);
+    }
+
+    #[test]
+    fn a_heap_leak_left_again_is_kept() {
+        let (own, once) = split(vec![heap(4096)], &[heap(4096)], "t");
+        assert_eq!((own.len(), once.len()), (1, 0));
+    }
+}
