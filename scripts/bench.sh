@@ -5,7 +5,9 @@
 # (zero-config, one process per test) and `cargo leakcheck` on the harness
 # target (heap checked; a forked child runs clean tests one after another,
 # and once more with --fork-per-test: a fresh fork per test), alternating,
-# ROUNDS times each (default 3), and prints medians and ratios.
+# ROUNDS times each (default 3), and prints medians and ratios. Then two
+# real-world shapes (300 tokio `full` tests; 300 tests leaking a listener)
+# against nextest. BENCH_QUICK=1 stops there.
 #
 #   scripts/bench.sh [N=1000] [ROUNDS=3]
 set -euo pipefail
@@ -98,6 +100,61 @@ if [ -n "${medians["cargo nextest run"]:-}" ]; then
     "$(awk -v a="${medians["cargo leakcheck"]}" -v b="${medians["cargo nextest run"]}" 'BEGIN { print a / b }')"
 fi
 printf '  ratio leakcheck / cargo test: %.2f\n' "$(awk -v a="${medians["cargo leakcheck"]}" -v b="${medians["cargo test"]}" 'BEGIN { print a / b }')"
+
+# ---------------------------------------------------------------------------
+# Real-world shapes, 300 tests each, `cargo leakcheck` against `cargo nextest
+# run` in the same rounds:
+#   tokio-full: clean #[tokio::test]s with tokio `full`, whose signal driver
+#     keeps one unix socket pair per process (a singleton: every test must pass);
+#   leaky: tests that each leak a TCP listener (per-test leaks: every test
+#     must leak), the cost of settling, group runs and confirmation.
+realworld_suite() { # $1 name, $2 test body, $3 attribute
+  local dir=$root/target/bench-suite/$1-300 i
+  mkdir -p "$dir/tests" "$dir/src"
+  cat > "$dir/Cargo.toml" <<TOML
+[package]
+name = "$1-300"
+version = "0.1.0"
+edition = "2021"
+publish = false
+
+[workspace]
+
+[dev-dependencies]
+tokio = { version = "1", features = ["full"] }
+TOML
+  echo "" > "$dir/src/lib.rs"
+  for i in $(seq 300); do
+    printf '#[%s]\nasync fn case_%03d() {\n    %s\n}\n' "$3" "$i" "$2"
+  done > "$dir/tests/suite.rs"
+  (cd "$dir" && CARGO_TARGET_DIR=$dir/target cargo test -q --no-run 2>/dev/null)
+  echo "$dir"
+}
+verdicts() { # $1 dir: "P passed, L leaked, F failed" of one JSON run
+  (cd "$1" && CARGO_TARGET_DIR=$1/target "$tool" leakcheck --no-fail-fast --message-format json 2>/dev/null) |
+    python3 -c 'import json,sys; s=json.load(sys.stdin)["summary"]; print("%d passed, %d leaked, %d failed" % (s["passed"], s["leaked"], s["failed"]))'
+}
+tokio_dir=$(realworld_suite tokio-full "tokio::task::yield_now().await;" tokio::test)
+leaky_dir=$(realworld_suite leaky "std::mem::forget(std::net::TcpListener::bind(\"127.0.0.1:0\").unwrap());" tokio::test)
+printf '\nReal-world shapes, 300 tests each, %d rounds, median wall time:\n' "$rounds"
+for dir in "$tokio_dir" "$leaky_dir"; do
+  t_next=""; t_leak=""
+  for round in $(seq "$rounds"); do
+    if cargo nextest --version >/dev/null 2>&1; then
+      t_next+="$(CARGO_TARGET_DIR=$dir/target dir=$dir time_one cargo nextest run --no-fail-fast) "
+    fi
+    t_leak+="$(CARGO_TARGET_DIR=$dir/target dir=$dir time_one "$tool" leakcheck --no-fail-fast) "
+  done
+  m_leak=$(echo "$t_leak" | tr ' ' '\n' | sed '/^$/d' | median)
+  printf '  %-16s cargo leakcheck %7.3f s (%s)' "$(basename "$dir")" "$m_leak" "$(verdicts "$dir")"
+  if [ -n "$t_next" ]; then
+    m_next=$(echo "$t_next" | tr ' ' '\n' | sed '/^$/d' | median)
+    printf '; nextest %7.3f s; ratio leakcheck / nextest: %.2f' "$m_next" \
+      "$(awk -v a="$m_leak" -v b="$m_next" 'BEGIN { print a / b }')"
+  fi
+  printf '\n'
+done
+[ "${BENCH_REALWORLD_ONLY:-}" = 1 ] && exit 0
 
 # ---------------------------------------------------------------------------
 # The rest: allocation-heavy tests, snapshot and allocator micro-benchmarks,

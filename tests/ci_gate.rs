@@ -284,3 +284,24 @@ fn the_nextest_wrapper_catches_a_leak_inside_cargo_nextest_run() {
     assert!(all.contains("leaked thread \"flusher\""), "{all}");
     assert!(all.contains("arithmetic is broken on purpose"), "{all}");
 }
+
+/// A child that exits as its test ends reads as running in one run and as a
+/// zombie in the next; its baseline entry (its program) holds for both.
+#[test]
+fn a_baseline_written_once_holds_on_repeated_runs_of_a_child_exiting_at_the_end() {
+    let _serial = serial();
+    let baseline = temp_file("child-baseline.txt", "");
+    let args = ["-p", "field-cases", "--no-fail-fast", "child_exiting_as_the_test_ends"];
+    let mut write = leakcheck(&args);
+    write.args(["--write-baseline", baseline.to_str().unwrap()]);
+    let run = run_to_end(write);
+    assert_eq!(run.code, Some(0), "stderr:\n{}", run.stderr);
+    let written = std::fs::read_to_string(&baseline).unwrap();
+    assert!(written.contains("field-cases::cases\tchild_exiting_as_the_test_ends_leaks\tchild\ttrue\n"), "{written}");
+    for round in 0..5 {
+        let mut check = leakcheck(&args);
+        check.args(["--baseline", baseline.to_str().unwrap()]);
+        let run = run_to_end(check);
+        assert_eq!(run.code, Some(0), "round {round}: stderr:\n{}\nstdout:\n{}", run.stderr, run.stdout);
+    }
+}

@@ -565,3 +565,28 @@ fn human_output_lists_each_singleton_once_under_its_own_heading() {
     assert_eq!(run.stdout.matches("x (unnamed)").count(), 1, "{}", run.stdout);
     assert!(!run.stdout.contains("LEAK ["), "{}", run.stdout);
 }
+
+#[test]
+fn pipe_details_name_an_orphan_holding_the_other_end_and_a_duplicate_of_stdout() {
+    let _serial = serial();
+    let args = ["-p", "field-cases", "--no-fail-fast", "--message-format", "json", "_leaks"];
+    let run = run_to_end(leakcheck(&args));
+    assert_eq!(run.code, Some(100), "stderr:\n{}", run.stderr);
+    let report = run.report();
+    let orphan = record(&report, "field-cases::cases", "pipe_to_orphaned_grandchild_leaks");
+    assert_outcome(orphan, Outcome::Leaked);
+    let detail = fds(orphan)[0].1;
+    assert!(detail.starts_with("pipe, read end; other end held by `sleep 30`, pid "), "{detail}");
+    assert!(detail.ends_with(", orphaned by the test"), "{detail}");
+    assert_eq!(children(orphan).iter().map(|child| child.0).collect::<Vec<_>>(), ["sleep 30"]);
+    let duplicate = record(&report, "field-cases::cases", "stdout_duplicate_leaks");
+    assert_eq!(
+        fds(duplicate)[0].1,
+        "pipe, write end, a duplicate of stdout; other end held by the test's runner",
+        "{duplicate:#?}"
+    );
+    // Whether seen running or as a zombie, a child is named by its program.
+    let exiting = record(&report, "field-cases::cases", "child_exiting_as_the_test_ends_leaks");
+    let program: Vec<String> = children(exiting).iter().map(|child| leakcheck::shape::program_of(child.0)).collect();
+    assert_eq!(program, ["true"]);
+}

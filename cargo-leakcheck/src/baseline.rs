@@ -63,12 +63,10 @@ impl Baseline {
             let [binary, test, kind, identity] = columns[..] else {
                 return Err(BaselineError::Malformed { path: path.to_owned(), line: index + 1 });
             };
-            let entry = Entry {
-                binary: binary.to_owned(),
-                test: test.to_owned(),
-                kind: kind.to_owned(),
-                identity: identity.to_owned(),
-            };
+            // Baselines written before children were named by program
+            // held the command line: read them as their program.
+            let identity = if kind == "child" { leakcheck::shape::program_of(identity) } else { identity.to_owned() };
+            let entry = Entry { binary: binary.to_owned(), test: test.to_owned(), kind: kind.to_owned(), identity };
             *remaining.entry(entry).or_insert(0) += 1;
         }
         Ok(Baseline { path: path.to_owned(), remaining: Mutex::new(remaining) })
@@ -126,7 +124,9 @@ pub(crate) fn identity(leak: &Leak) -> String {
         Leak::Fd { target, detail, .. } if target.starts_with('/') => format!("{} ({detail})", normalise(target)),
         Leak::Fd { detail, .. } => normalise(detail),
         Leak::Thread { name, .. } => name.clone(),
-        Leak::Child { cmdline, .. } => normalise(cmdline),
+        // Its program: a child that exits as the test ends reads as
+        // running in one run and as a zombie (`[comm]`) in the next.
+        Leak::Child { cmdline, .. } => leakcheck::shape::program_of(cmdline),
         Leak::Heap { .. } => "heap".to_owned(),
     }
 }
@@ -190,6 +190,15 @@ mod tests {
             age_ms: Some(1500),
             sites: vec![],
         };
-        assert_eq!(identity(&child), "sleep 30");
+        assert_eq!(identity(&child), "sleep");
+        let zombie = Leak::Child {
+            pid: 4131,
+            cmdline: "[sleep]".into(),
+            state: "zombie".into(),
+            orphaned: false,
+            age_ms: None,
+            sites: vec![],
+        };
+        assert_eq!(identity(&zombie), identity(&child));
     }
 }

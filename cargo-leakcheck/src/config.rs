@@ -134,6 +134,8 @@ struct AllowFile {
     target: Option<String>,
     detail: Option<String>,
     name: Option<String>,
+    #[serde(rename = "waiting-in")]
+    waiting_in: Option<String>,
     cmdline: Option<String>,
     bytes: Option<u64>,
     max: Option<usize>,
@@ -150,6 +152,8 @@ pub(crate) struct AllowRule {
     pub(crate) pattern: Option<String>,
     /// For fds: glob on the description ("unix stream (connected, unnamed)").
     pub(crate) detail: Option<String>,
+    /// For threads: glob on the kernel function it waits in (`futex_*`).
+    pub(crate) waiting_in: Option<String>,
     /// For the heap: growth accepted, in bytes.
     pub(crate) bytes: Option<u64>,
     /// Leaks accepted per test.
@@ -182,6 +186,53 @@ fn unknown_profile(file: &ConfigFile, path: &Path, name: &str) -> ConfigError {
         }
     }
     ConfigError::UnknownProfile { path: path.to_owned(), name: name.to_owned(), known: known.join(", ") }
+}
+
+/// One allow rule of the file, checked: the key that matches its kind, and
+/// a reason.
+fn check_rule(rule: &AllowFile, origin: String) -> Result<AllowRule, String> {
+    let expected = match rule.kind {
+        KindName::Fd => "target",
+        KindName::Thread => "name",
+        KindName::Child => "cmdline",
+        KindName::Heap => "bytes",
+    };
+    let given: Vec<&str> = [
+        ("target", rule.target.is_some()),
+        ("name", rule.name.is_some()),
+        ("cmdline", rule.cmdline.is_some()),
+        ("bytes", rule.bytes.is_some()),
+    ]
+    .into_iter()
+    .filter(|(_, set)| *set)
+    .map(|(key, _)| key)
+    .collect();
+    if let Some(wrong) = given.iter().find(|key| **key != expected) {
+        return Err(format!("an allow rule of kind `{}` matches with `{expected}`, not `{wrong}`", rule.kind.as_str()));
+    }
+    if rule.detail.is_some() && rule.kind != KindName::Fd {
+        return Err("`detail` matches the description of an fd; use it with kind = \"fd\"".into());
+    }
+    if rule.waiting_in.is_some() && rule.kind != KindName::Thread {
+        return Err("`waiting-in` matches what a thread waits in; use it with kind = \"thread\"".into());
+    }
+    if rule.max.is_some() && rule.kind == KindName::Heap {
+        return Err("`max` counts fds, threads or children; the heap takes `bytes`".into());
+    }
+    if rule.reason.trim().is_empty() {
+        return Err("`reason` must say why this leak is accepted".into());
+    }
+    Ok(AllowRule {
+        kind: rule.kind,
+        tests: rule.tests.clone(),
+        pattern: rule.target.clone().or_else(|| rule.name.clone()).or_else(|| rule.cmdline.clone()),
+        detail: rule.detail.clone(),
+        waiting_in: rule.waiting_in.clone(),
+        bytes: rule.bytes,
+        max: rule.max,
+        reason: rule.reason.clone(),
+        origin,
+    })
 }
 
 /// fd, thread, child: the chosen profile's singleton rules over the default's.
@@ -249,52 +300,10 @@ fn parse(text: &str, path: &Path, name: &str) -> Result<Profile, ConfigError> {
     }
     for rule in rules {
         let span = rule.span();
-        let rule = rule.get_ref();
         let (line, _) = line_column(text, span.start);
-        let expected = match rule.kind {
-            KindName::Fd => "target",
-            KindName::Thread => "name",
-            KindName::Child => "cmdline",
-            KindName::Heap => "bytes",
-        };
-        let given: Vec<&str> = [
-            ("target", rule.target.is_some()),
-            ("name", rule.name.is_some()),
-            ("cmdline", rule.cmdline.is_some()),
-            ("bytes", rule.bytes.is_some()),
-        ]
-        .into_iter()
-        .filter(|(_, set)| *set)
-        .map(|(key, _)| key)
-        .collect();
-        if let Some(wrong) = given.iter().find(|key| **key != expected) {
-            return Err(invalid(
-                Some(span),
-                format!("an allow rule of kind `{}` matches with `{expected}`, not `{wrong}`", rule.kind.as_str()),
-            ));
-        }
-        if rule.detail.is_some() && rule.kind != KindName::Fd {
-            return Err(invalid(
-                Some(span),
-                "`detail` matches the description of an fd; use it with kind = \"fd\"".into(),
-            ));
-        }
-        if rule.max.is_some() && rule.kind == KindName::Heap {
-            return Err(invalid(Some(span), "`max` counts fds, threads or children; the heap takes `bytes`".into()));
-        }
-        if rule.reason.trim().is_empty() {
-            return Err(invalid(Some(span), "`reason` must say why this leak is accepted".into()));
-        }
-        profile.allow.push(AllowRule {
-            kind: rule.kind,
-            tests: rule.tests.clone(),
-            pattern: rule.target.clone().or_else(|| rule.name.clone()).or_else(|| rule.cmdline.clone()),
-            detail: rule.detail.clone(),
-            bytes: rule.bytes,
-            max: rule.max,
-            reason: rule.reason.clone(),
-            origin: format!("{}:{line}", path.display()),
-        });
+        let checked = check_rule(rule.get_ref(), format!("{}:{line}", path.display()))
+            .map_err(|message| invalid(Some(span), message))?;
+        profile.allow.push(checked);
     }
     Ok(profile)
 }
@@ -339,6 +348,21 @@ kinds = { fd = "off" }
     }
 
     #[test]
+    fn singleton_rules_are_per_kind_and_fall_back_to_default() {
+        let text = r#"
+[profile.default]
+singletons = { thread = "fail" }
+
+[profile.ci]
+singletons = { fd = "fail" }
+"#;
+        let ci = parse_ok(text, "ci");
+        assert_eq!(ci.singletons, [Some(SingletonRule::Fail), Some(SingletonRule::Fail), None]);
+        assert_eq!(parse_ok(text, "default").singletons, [None, Some(SingletonRule::Fail), None]);
+        assert!(parse("[profile.default]\nsingletons = { fd = \"maybe\" }\n", Path::new("l.toml"), "default").is_err());
+    }
+
+    #[test]
     fn rules_add_up_and_remember_their_line() {
         let text = r#"
 [[allow]]
@@ -363,7 +387,7 @@ reason = "caches"
     fn mistakes_name_file_line_and_column() {
         assert_eq!(
             parse_err("[profile.default]\ntimout = \"5s\"\n"),
-            "leakcheck.toml:2:1: unknown field `timout`, expected one of `grace`, `timeout`, `jobs`, `fail-fast`, `repeat`, `kinds`, `allow`"
+            "leakcheck.toml:2:1: unknown field `timout`, expected one of `grace`, `timeout`, `jobs`, `fail-fast`, `repeat`, `kinds`, `singletons`, `allow`"
         );
         assert_eq!(
             parse_err("[profile.default]\ngrace = \"soon\"\n"),

@@ -91,8 +91,16 @@ impl Policy {
                         rule.pattern.as_deref().is_none_or(|p| glob_match(p, target))
                             && rule.detail.as_deref().is_none_or(|p| glob_match(p, detail))
                     }
-                    Leak::Thread { name, .. } => rule.pattern.as_deref().is_none_or(|p| glob_match(p, name)),
-                    Leak::Child { cmdline, .. } => rule.pattern.as_deref().is_none_or(|p| glob_match(p, cmdline)),
+                    Leak::Thread { name, unnamed, waiting_in, .. } => {
+                        // A thread the code never named carries its
+                        // creator's name; `(unnamed)` matches it.
+                        rule.pattern.as_deref().is_none_or(|p| glob_match(p, name) || (*unnamed && p == "(unnamed)"))
+                            && rule
+                                .waiting_in
+                                .as_deref()
+                                .is_none_or(|p| waiting_in.as_deref().is_some_and(|w| glob_match(p, w)))
+                    }
+                    Leak::Child { cmdline, .. } => rule.pattern.as_deref().is_none_or(|p| cmdline_matches(p, cmdline)),
                     Leak::Heap { bytes, .. } => rule.bytes.is_none_or(|limit| *bytes <= limit),
                 }
         })
@@ -120,6 +128,21 @@ impl Policy {
     pub(crate) fn rule_usage(&self) -> Vec<(&AllowRule, usize)> {
         let used = self.used.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         self.rules.iter().zip(used.iter().copied()).collect()
+    }
+}
+
+/// Whether a `cmdline` rule matches a child: its command line, or, for a
+/// zombie (`[comm]`, whose arguments are gone), the program of the rule's
+/// pattern (`sleep *` matches a zombie `sleep`).
+fn cmdline_matches(pattern: &str, cmdline: &str) -> bool {
+    if glob_match(pattern, cmdline) {
+        return true;
+    }
+    let zombie = cmdline.starts_with('[') && cmdline.ends_with(']');
+    zombie && {
+        let program = leakcheck::shape::program_of(cmdline);
+        let wanted = leakcheck::shape::program_of(pattern);
+        glob_match(&wanted, &program) || glob_match(pattern, &program)
     }
 }
 
@@ -162,6 +185,7 @@ mod tests {
             tests: Some("pool::*".into()),
             pattern: Some("worker-*".into()),
             detail: None,
+            waiting_in: None,
             bytes: None,
             max: Some(2),
             reason: "the pool".into(),
@@ -181,6 +205,34 @@ mod tests {
     }
 
     #[test]
+    fn unnamed_threads_are_matched_as_unnamed_and_by_what_they_wait_in() {
+        let rule = AllowRule {
+            kind: KindName::Thread,
+            tests: None,
+            pattern: Some("(unnamed)".into()),
+            detail: None,
+            waiting_in: Some("futex_*".into()),
+            bytes: None,
+            max: None,
+            reason: "rayon's global pool".into(),
+            origin: "f:1".into(),
+        };
+        let policy = Policy::new([None; 4], vec![rule], None);
+        let unnamed = |waiting: &str| Leak::Thread {
+            tid: 2,
+            name: "pool::starts".into(),
+            state: "sleeping".into(),
+            unnamed: true,
+            waiting_in: Some(waiting.into()),
+            sites: vec![],
+        };
+        let mut record = record(vec![unnamed("futex_do_wait"), unnamed("do_epoll_wait"), thread("pool::starts")]);
+        policy.apply(&mut record);
+        assert_eq!(record.allowed.len(), 1);
+        assert_eq!(record.leaks, vec![unnamed("do_epoll_wait"), thread("pool::starts")]);
+    }
+
+    #[test]
     fn warn_and_off_do_not_fail_the_test() {
         let heap = Leak::Heap { bytes: 10, blocks: 1, sites: vec![] };
         let policy = Policy::new([None, Some(Severity::Off), None, Some(Severity::Warn)], vec![], None);
@@ -189,5 +241,14 @@ mod tests {
         assert_eq!(both.outcome, Outcome::Passed);
         assert_eq!(both.warnings, vec![heap]);
         assert_eq!(both.unchecked, vec!["thread".to_owned()]);
+    }
+
+    #[test]
+    fn a_cmdline_rule_matches_its_child_running_or_zombie() {
+        assert!(cmdline_matches("sleep *", "sleep 30"));
+        assert!(cmdline_matches("sleep *", "[sleep]"));
+        assert!(cmdline_matches("/bin/true", "[true]"));
+        assert!(!cmdline_matches("sleep *", "[cat]"));
+        assert!(!cmdline_matches("sleep *", "cat sleep"));
     }
 }

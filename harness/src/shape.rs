@@ -24,13 +24,25 @@ pub fn shape_of(leak: &Leak, test_threads: &[&str]) -> Option<String> {
             let inherited = test_threads.iter().any(|test| comm_of(test) == name);
             format!("thread {}", if inherited { "(unnamed)".to_owned() } else { fold_digits(name) })
         }
-        Leak::Child { cmdline, .. } => {
-            let program = cmdline.split_whitespace().next().unwrap_or_default();
-            let program = program.trim_matches(['[', ']']).rsplit('/').next().unwrap_or(program);
-            format!("child {}", fold_digits(program))
-        }
+        Leak::Child { cmdline, .. } => format!("child {}", fold_digits(&program_of(cmdline))),
         Leak::Heap { .. } => return None,
     })
+}
+
+/// The program of a child process as the kernel names it (`comm`: the
+/// executable's file name, at most 15 bytes), from its command line or,
+/// for a zombie, from `[comm]`: the same for a child seen running in one run
+/// and as a zombie in the next.
+pub fn program_of(cmdline: &str) -> String {
+    let zombie = cmdline.strip_prefix('[').and_then(|rest| rest.strip_suffix(']'));
+    let program = match zombie {
+        Some(comm) => comm,
+        None => {
+            let first = cmdline.split_whitespace().next().unwrap_or_default();
+            first.rsplit('/').next().unwrap_or(first)
+        }
+    };
+    comm_of(program).to_owned()
 }
 
 /// What the kernel keeps of a thread name: its first 15 bytes.
@@ -76,6 +88,13 @@ mod tests {
     }
 
     #[test]
+    fn a_child_has_one_program_running_or_zombie() {
+        assert_eq!(program_of("/usr/bin/sleep 30"), "sleep");
+        assert_eq!(program_of("[sleep]"), "sleep");
+        assert_eq!(program_of("/opt/bin/a-very-long-program-name --flag"), program_of("[a-very-long-pro]"));
+    }
+
+    #[test]
     fn an_unnamed_thread_has_the_same_shape_whichever_test_started_it() {
         let thread = |name: &str| Leak::Thread {
             tid: 1,
@@ -86,7 +105,7 @@ mod tests {
             sites: vec![],
         };
         assert_eq!(
-            shape_of(&thread("pool::first_te"), &["pool::first_test"]),
+            shape_of(&thread("pool::first_tes"), &["pool::first_test"]),
             shape_of(&thread("other::second"), &["other::second"])
         );
         assert_ne!(shape_of(&thread("flusher"), &["a"]), shape_of(&thread("worker"), &["a"]));

@@ -176,24 +176,50 @@ impl Run<'_> {
             }
         }
         let mut resolved = Vec::new();
-        for mut group in by_binary {
+        let mut to_confirm = Vec::new();
+        for group in by_binary {
             let shared = singleton::resolve(context, &waker, self.cases, &group, &mut serial);
-            for (record, shared) in group.iter_mut().zip(&shared) {
-                singleton::move_singletons(&mut record.record, shared);
-                if record.hurried && record.record.outcome.is_failure() && context.supervisor.interrupted().is_none() {
-                    let case = &self.cases[record.index];
-                    if let Ok(Some((mut confirmed, _))) =
-                        run_test(context, &waker, case, &libtest_args(context, case), Settle::Full)
-                    {
-                        context.policy.apply(&mut confirmed);
-                        singleton::move_singletons(&mut confirmed, shared);
-                        record.record = confirmed;
-                    }
+            for (mut record, shared) in group.into_iter().zip(shared) {
+                singleton::move_singletons(&mut record.record, &shared);
+                if record.hurried && record.record.outcome.is_failure() {
+                    to_confirm.push((resolved.len(), shared));
                 }
+                resolved.push(record);
             }
-            resolved.extend(group);
         }
+        self.confirm(&mut resolved, to_confirm);
         resolved
+    }
+
+    /// Runs again, `jobs` at a time and with the whole grace, the tests
+    /// whose settling was hurried and that still fail; their verdicts count.
+    fn confirm(&self, resolved: &mut [Held], to_confirm: Vec<(usize, singleton::Shared)>) {
+        let context = self.context;
+        let next = AtomicUsize::new(0);
+        let confirmed: std::sync::Mutex<Vec<(usize, TestRecord)>> = Default::default();
+        let (cases, resolved_view, to_confirm) = (self.cases, &*resolved, &to_confirm);
+        std::thread::scope(|scope| {
+            for _ in 0..self.jobs.max(1).min(to_confirm.len()) {
+                scope.spawn(|| {
+                    let waker = Waker::new().expect("a pipe for the worker");
+                    while let Some((slot, shared)) = to_confirm.get(next.fetch_add(1, Ordering::SeqCst)) {
+                        if context.supervisor.interrupted().is_some() {
+                            return;
+                        }
+                        let case = &cases[resolved_view[*slot].index];
+                        let args = libtest_args(context, case);
+                        if let Ok(Some((mut record, _))) = run_test(context, &waker, case, &args, Settle::Full) {
+                            context.policy.apply(&mut record);
+                            singleton::move_singletons(&mut record, shared);
+                            confirmed.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).push((*slot, record));
+                        }
+                    }
+                });
+            }
+        });
+        for (slot, record) in confirmed.into_inner().unwrap_or_else(|poisoned| poisoned.into_inner()) {
+            resolved[slot].record = record;
+        }
     }
 
     /// One worker: takes the next test until none is left (or the run stopped).

@@ -15,7 +15,13 @@ use procfs::process::Process;
 /// "unix stream /run/x.sock", "pipe, read end; ...", "eventfd", ...
 pub fn describe_fd(pid: i32, fd: i32, target: &str) -> String {
     if let Some(inode) = bracketed(target, "socket:") {
-        return inode.parse().ok().and_then(|inode| describe_socket(pid, inode)).unwrap_or_else(|| "socket".into());
+        let protocol = socket_protocol(pid, fd);
+        return inode
+            .parse()
+            .ok()
+            .and_then(|inode| describe_socket(pid, inode, protocol.as_deref()))
+            .or_else(|| protocol.map(|protocol| unlisted_socket(&protocol)))
+            .unwrap_or_else(|| "socket".into());
     }
     if target.starts_with("pipe:") {
         return describe_pipe(pid, fd, target);
@@ -37,44 +43,97 @@ pub fn describe_fd(pid: i32, fd: i32, target: &str) -> String {
 }
 
 /// "pipe, read end; other end held by child `cat`": which end `fd` is (its
-/// fdinfo flags), and who holds the other end, looked for in the process
-/// and its children (a pipe's two ends share one inode, so one target).
+/// fdinfo flags), and who holds the other end, looked for in the process,
+/// its children, then the rest of its process group (a grandchild it
+/// orphaned). A pipe's two ends share one inode, so one target; a second fd
+/// of the same end (a dup of stdout) is not the other end.
 fn describe_pipe(pid: i32, fd: i32, target: &str) -> String {
-    let flags = fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}")).ok().and_then(|info| {
-        let octal = info.lines().find_map(|line| line.strip_prefix("flags:"))?;
-        u32::from_str_radix(octal.trim(), 8).ok()
-    });
-    let end = match flags.map(|flags| flags & libc::O_ACCMODE as u32) {
-        Some(mode) if mode == libc::O_WRONLY as u32 => "write end",
-        Some(_) => "read end",
-        None => return "pipe".into(),
-    };
+    let Some(end) = pipe_end(pid, fd) else { return "pipe".into() };
     let holds = |holder: i32, except: Option<i32>| {
         fs::read_dir(format!("/proc/{holder}/fd")).into_iter().flatten().flatten().any(|entry| {
-            let number = entry.file_name().to_str().and_then(|name| name.parse::<i32>().ok());
-            number != except && fs::read_link(entry.path()).is_ok_and(|link| link.as_os_str() == target)
+            let Some(number) = entry.file_name().to_str().and_then(|name| name.parse::<i32>().ok()) else {
+                return false;
+            };
+            Some(number) != except
+                && fs::read_link(entry.path()).is_ok_and(|link| link.as_os_str() == target)
+                && pipe_end(holder, number).is_some_and(|other| other != end)
         })
     };
+    let duplicate = [(1, "stdout"), (2, "stderr")]
+        .into_iter()
+        .find(|&(std_fd, _)| {
+            std_fd != fd
+                && fs::read_link(format!("/proc/{pid}/fd/{std_fd}")).is_ok_and(|link| link.as_os_str() == target)
+                && pipe_end(pid, std_fd) == Some(end)
+        })
+        .map(|(_, name)| format!(", a duplicate of {name}"))
+        .unwrap_or_default();
     let other_end = if holds(pid, Some(fd)) {
         "other end open in this process too".to_owned()
+    } else if let Some(child) = children_of(pid).into_iter().find(|&child| holds(child, None)) {
+        let command = super::proc::process_info(child).map(|info| info.cmdline).unwrap_or_default();
+        format!("other end held by child `{command}`")
+    } else if let Some(member) = group_members(pid).into_iter().find(|&member| holds(member, None)) {
+        let command = super::proc::process_info(member).map(|info| info.cmdline).unwrap_or_default();
+        format!("other end held by `{command}`, pid {member}, orphaned by the test")
+    } else if !duplicate.is_empty() {
+        "other end held by the test's runner".to_owned()
     } else {
-        let children = fs::read_dir(format!("/proc/{pid}/task"))
-            .into_iter()
-            .flatten()
-            .flatten()
-            .filter_map(|task| fs::read_to_string(task.path().join("children")).ok())
-            .flat_map(|children| {
-                children.split_whitespace().filter_map(|pid| pid.parse::<i32>().ok()).collect::<Vec<_>>()
-            });
-        match children.into_iter().find(|&child| holds(child, None)) {
-            Some(child) => {
-                let command = super::proc::process_info(child).map(|info| info.cmdline).unwrap_or_default();
-                format!("other end held by child `{command}`")
-            }
-            None => "other end not held by this process or its children".to_owned(),
-        }
+        "other end not held by this process or its children".to_owned()
     };
-    format!("pipe, {end}; {other_end}")
+    format!("pipe, {}{duplicate}; {other_end}", end.name())
+}
+
+/// Which end of a pipe an fd is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PipeEnd {
+    Read,
+    Write,
+}
+
+impl PipeEnd {
+    fn name(self) -> &'static str {
+        match self {
+            PipeEnd::Read => "read end",
+            PipeEnd::Write => "write end",
+        }
+    }
+}
+
+/// The end of the pipe fd `fd` of `pid` is, from its fdinfo flags.
+fn pipe_end(pid: i32, fd: i32) -> Option<PipeEnd> {
+    let info = fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}")).ok()?;
+    let octal = info.lines().find_map(|line| line.strip_prefix("flags:"))?;
+    let flags = u32::from_str_radix(octal.trim(), 8).ok()?;
+    Some(if flags & libc::O_ACCMODE as u32 == libc::O_WRONLY as u32 { PipeEnd::Write } else { PipeEnd::Read })
+}
+
+/// Direct children of every thread of `pid`.
+fn children_of(pid: i32) -> Vec<i32> {
+    fs::read_dir(format!("/proc/{pid}/task"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|task| fs::read_to_string(task.path().join("children")).ok())
+        .flat_map(|children| children.split_whitespace().filter_map(|pid| pid.parse::<i32>().ok()).collect::<Vec<_>>())
+        .collect()
+}
+
+/// Other live processes of `pid`'s process group (when `pid` leads its
+/// own group, as a test process under `cargo leakcheck` does).
+fn group_members(pid: i32) -> Vec<i32> {
+    let Ok(me) = super::proc::process_info(pid) else { return Vec::new() };
+    if me.pgid != pid {
+        return Vec::new();
+    }
+    fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str().and_then(|name| name.parse::<i32>().ok()))
+        .filter(|&other| other != pid)
+        .filter(|&other| super::proc::process_info(other).is_ok_and(|info| info.pgid == pid && info.state != 'Z'))
+        .collect()
 }
 
 /// `socket:[123]` -> `123` for prefix `socket:`.
@@ -82,9 +141,15 @@ fn bracketed<'a>(target: &'a str, prefix: &str) -> Option<&'a str> {
     target.strip_prefix(prefix)?.strip_prefix('[')?.strip_suffix(']')
 }
 
-fn describe_socket(pid: i32, inode: u64) -> Option<String> {
+/// The socket's addresses, from the table of its `protocol` (sockfs' name
+/// for it: `TCP`, `UDPv6`, `UNIX`; every table when unknown). Only the one
+/// table is read: the kernel walks all of a table's sockets to print it
+/// (about 10 ms for TCP on a busy machine).
+fn describe_socket(pid: i32, inode: u64, protocol: Option<&str>) -> Option<String> {
     let process = Process::new(pid).ok()?;
-    for (proto, table) in [("tcp", process.tcp()), ("tcp6", process.tcp6())] {
+    let wanted = |name: &str| protocol.is_none_or(|protocol| protocol.eq_ignore_ascii_case(name));
+    let tcp = [("tcp", "TCP"), ("tcp6", "TCPv6")].into_iter().filter(|(_, name)| wanted(name));
+    for (proto, table) in tcp.map(|(proto, _)| (proto, if proto == "tcp" { process.tcp() } else { process.tcp6() })) {
         if let Some(entry) = table.ok().and_then(|entries| entries.into_iter().find(|entry| entry.inode == inode)) {
             return Some(match entry.state {
                 TcpState::Listen => format!("{proto} listening on {}", entry.local_address),
@@ -94,7 +159,8 @@ fn describe_socket(pid: i32, inode: u64) -> Option<String> {
             });
         }
     }
-    for (proto, table) in [("udp", process.udp()), ("udp6", process.udp6())] {
+    let udp = [("udp", "UDP"), ("udp6", "UDPv6")].into_iter().filter(|(_, name)| wanted(name));
+    for (proto, table) in udp.map(|(proto, _)| (proto, if proto == "udp" { process.udp() } else { process.udp6() })) {
         if let Some(entry) = table.ok().and_then(|entries| entries.into_iter().find(|entry| entry.inode == inode)) {
             let peer = entry.remote_address;
             return Some(if peer.port() == 0 {
@@ -103,6 +169,9 @@ fn describe_socket(pid: i32, inode: u64) -> Option<String> {
                 format!("{proto} {} -> {peer}", entry.local_address)
             });
         }
+    }
+    if !wanted("UNIX") {
+        return None;
     }
     if let Some(entry) = process.unix().ok()?.into_iter().find(|entry| entry.inode == inode) {
         let kind = match entry.socket_type as i32 {
@@ -121,6 +190,32 @@ fn describe_socket(pid: i32, inode: u64) -> Option<String> {
     None
 }
 
+/// A socket's protocol as sockfs names it (`TCP`, `TCPv6`, `UDP`, `UNIX`,
+/// `NETLINK`, ...), from the `system.sockprotoname` attribute of the fd's
+/// link: cheap, and known for every socket.
+fn socket_protocol(pid: i32, fd: i32) -> Option<String> {
+    let path = std::ffi::CString::new(format!("/proc/{pid}/fd/{fd}")).ok()?;
+    let mut name = [0u8; 64];
+    // SAFETY: getxattr writes at most `name.len()` bytes into our buffer; both
+    // strings are NUL-terminated.
+    let length = unsafe {
+        libc::getxattr(path.as_ptr(), c"system.sockprotoname".as_ptr(), name.as_mut_ptr().cast(), name.len())
+    };
+    let length = usize::try_from(length).ok().filter(|&length| length > 0)?;
+    Some(String::from_utf8_lossy(&name[..length]).trim_end_matches('\0').to_owned())
+}
+
+/// A socket the address tables do not list (a TCP socket not bound or
+/// connected, or closed; netlink, packet, raw), named by its protocol.
+fn unlisted_socket(protocol: &str) -> String {
+    let protocol = protocol.to_ascii_lowercase().replace("v6", "6");
+    match protocol.as_str() {
+        "tcp" | "tcp6" => format!("{protocol} socket, not listening or connected"),
+        "udp" | "udp6" => format!("{protocol} socket, not bound"),
+        other => format!("{other} socket"),
+    }
+}
+
 fn tcp_state_name(state: &TcpState) -> &'static str {
     match state {
         TcpState::Established => "established",
@@ -130,7 +225,7 @@ fn tcp_state_name(state: &TcpState) -> &'static str {
         TcpState::FinWait2 => "fin-wait-2",
         TcpState::TimeWait => "time-wait",
         TcpState::Close => "closed",
-        TcpState::CloseWait => "close-wait (peer closed)",
+        TcpState::CloseWait => "close-wait, peer closed",
         TcpState::LastAck => "last-ack",
         TcpState::Listen => "listening",
         TcpState::Closing => "closing",
