@@ -167,7 +167,7 @@ fn motivating_cases_leak_and_their_fixes_pass() {
         assert_outcome(record, Outcome::Passed);
         assert!(record.leaks.is_empty());
     }
-    assert_eq!(report.tests.len(), 9);
+    assert_eq!(report.tests.len(), 12);
 }
 
 #[test]
@@ -193,12 +193,22 @@ fn human_output_names_each_leak_and_ends_with_a_table_and_summary() {
 #[test]
 fn fail_fast_stops_starting_tests_after_the_first_failure() {
     let _serial = serial();
-    let run = run_to_end(leakcheck(&["-p", "leaky", "--test", "leaks", "-j", "1", "--message-format", "json"]));
+    // Without singleton detection a leak is known at once: nothing else starts.
+    let args = ["-p", "leaky", "--test", "leaks", "-j", "1", "--message-format", "json", "--fail-singletons"];
+    let run = run_to_end(leakcheck(&args));
     assert_eq!(run.code, Some(100), "stderr:\n{}", run.stderr);
     let report = run.report();
     assert_eq!(report.tests.len(), 1, "{:#?}", report.tests);
     assert_eq!(report.summary.not_run, 10);
     assert!(run.stderr.contains("10 not run (fail-fast; use --no-fail-fast)"), "{}", run.stderr);
+    // With it, a leak is known once its binary's tests have run (together,
+    // in group runs): that binary runs whole, and the next one never starts.
+    let run = run_to_end(leakcheck(&["-p", "leaky", "-j", "1", "--message-format", "json"]));
+    assert_eq!(run.code, Some(100), "stderr:\n{}", run.stderr);
+    let report = run.report();
+    assert!(report.tests.iter().all(|record| record.binary == "leaky::leaks"), "{:#?}", report.tests);
+    assert_eq!(report.tests.len(), 11, "{:#?}", report.tests);
+    assert_eq!(report.summary.not_run, 4);
 }
 
 #[test]

@@ -71,9 +71,10 @@ impl Delta {
     /// exists: socket addresses are read from its network namespace.
     #[cfg(target_os = "linux")]
     pub fn into_leaks(self, pid: i32) -> Vec<Leak> {
+        let mut tables = crate::snapshot::SocketTables::of(pid);
         let fds = self.fds.into_iter().map(|entry| Leak::Fd {
             fd: entry.fd,
-            detail: crate::snapshot::describe_fd(pid, entry.fd, &entry.target),
+            detail: crate::snapshot::describe_fd_with(&mut tables, entry.fd, &entry.target),
             target: entry.target,
             sites: Vec::new(),
         });

@@ -41,7 +41,9 @@ pub(crate) fn run_all(
     let started = Instant::now();
     let mut slots: Vec<Option<TestRecord>> = vec![None; cases.len()];
     let stop = AtomicBool::new(false);
-    let run = Run { context, cases, jobs, fail_fast, stop: &stop };
+    let next_serial = AtomicUsize::new(cases.len());
+    let judged = Judged::default();
+    let run = Run { context, cases, jobs, fail_fast, stop: &stop, next_serial: &next_serial, judged: &judged };
     run.harness_binaries(list_args, &mut slots, &mut on_record);
     run.one_process_each(&mut slots, &mut on_record);
     let records: Vec<TestRecord> = slots.into_iter().flatten().collect();
@@ -64,9 +66,42 @@ struct Run<'a> {
     fail_fast: bool,
     /// Set after the first failure under fail-fast: no new test starts.
     stop: &'a AtomicBool,
+    /// Serial numbers of group runs (after the tests' own), naming their processes.
+    next_serial: &'a AtomicUsize,
+    /// How many binaries (of the one-process-per-test kind, in order) are judged.
+    judged: &'a Judged,
+}
+
+/// A count of judged binaries that workers can wait on.
+#[derive(Debug, Default)]
+struct Judged {
+    count: std::sync::Mutex<usize>,
+    changed: std::sync::Condvar,
+}
+
+impl Judged {
+    fn add_one(&self) {
+        *self.count.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) += 1;
+        self.changed.notify_all();
+    }
+
+    /// Waits until `count` binaries are judged, or `give_up` says to stop.
+    fn wait_for(&self, count: usize, give_up: impl Fn() -> bool) {
+        let mut judged = self.count.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        while *judged < count && !give_up() {
+            let wait = self.changed.wait_timeout(judged, std::time::Duration::from_millis(50));
+            judged = wait.unwrap_or_else(|poisoned| poisoned.into_inner()).0;
+        }
+    }
 }
 
 impl Run<'_> {
+    /// How many binaries come before the one at `position` of `process_cases`.
+    fn binary_rank(&self, process_cases: &[usize], position: usize) -> usize {
+        let id = |at: usize| self.cases[process_cases[at]].binary.id.as_str();
+        (1..=position).filter(|&at| id(at) != id(at - 1)).count()
+    }
+
     fn stopped(&self) -> bool {
         self.stop.load(Ordering::SeqCst) || self.context.supervisor.interrupted().is_some()
     }
@@ -133,7 +168,13 @@ impl Run<'_> {
             (0..self.cases.len()).filter(|&index| !self.cases[index].binary.harness).collect();
         let next = AtomicUsize::new(0);
         let (sender, receiver) = mpsc::channel::<Finished>();
-        let mut held = Vec::new();
+        let mut held: Vec<Held> = Vec::new();
+        // Tests of each binary still to end: a binary's held records are
+        // judged when its last test ends, so fail-fast can stop the next.
+        let mut remaining: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+        for &index in &process_cases {
+            *remaining.entry(self.cases[index].binary.id.as_str()).or_insert(0) += 1;
+        }
         std::thread::scope(|scope| {
             for worker in 0..self.jobs.max(1) {
                 let sender = sender.clone();
@@ -145,16 +186,43 @@ impl Run<'_> {
             }
             drop(sender);
             for finished in receiver {
-                match finished {
+                let index = match finished {
                     Finished::Final(index, record) => {
                         on_record(&record);
                         slots[index] = Some(record);
+                        index
                     }
-                    Finished::Held(record) => held.push(record),
+                    Finished::Held(record) => {
+                        held.push(record);
+                        held[held.len() - 1].index
+                    }
+                };
+                let binary = self.cases[index].binary.id.as_str();
+                let left = remaining.entry(binary).or_insert(1);
+                *left -= 1;
+                if *left == 0 {
+                    let (done, rest) = held.drain(..).partition(|record| record.record.binary == binary);
+                    held = rest;
+                    self.report_resolved(self.resolve_singletons(done), slots, on_record);
+                    self.judged.add_one();
                 }
             }
         });
-        for record in self.resolve_singletons(held) {
+        // Binaries the run stopped in the middle of.
+        self.report_resolved(self.resolve_singletons(held), slots, on_record);
+    }
+
+    /// Reports judged records; under fail-fast a failing one stops the run.
+    fn report_resolved(
+        &self,
+        resolved: Vec<Held>,
+        slots: &mut [Option<TestRecord>],
+        on_record: &mut dyn FnMut(&TestRecord),
+    ) {
+        for record in resolved {
+            if self.fail_fast && record.record.outcome.is_failure() {
+                self.stop.store(true, Ordering::SeqCst);
+            }
             on_record(&record.record);
             slots[record.index] = Some(record.record);
         }
@@ -165,8 +233,10 @@ impl Run<'_> {
     /// a run with the whole grace, whose verdict counts.
     fn resolve_singletons(&self, mut held: Vec<Held>) -> Vec<Held> {
         let context = self.context;
+        if held.is_empty() {
+            return held;
+        }
         let waker = Waker::new().expect("a pipe for the singleton runs");
-        let mut serial = self.cases.len();
         held.sort_by_key(|record| record.index);
         let mut by_binary: Vec<Vec<Held>> = Vec::new();
         for record in held {
@@ -178,11 +248,14 @@ impl Run<'_> {
         let mut resolved = Vec::new();
         let mut to_confirm = Vec::new();
         for group in by_binary {
-            let shared = singleton::resolve(context, &waker, self.cases, &group, &mut serial);
-            for (mut record, shared) in group.into_iter().zip(shared) {
-                singleton::move_singletons(&mut record.record, &shared);
-                if record.hurried && record.record.outcome.is_failure() {
-                    to_confirm.push((resolved.len(), shared));
+            let findings = singleton::resolve(context, &waker, self.cases, &group, self.next_serial);
+            for (mut record, finding) in group.into_iter().zip(findings) {
+                singleton::move_singletons(&mut record.record, &finding.shared);
+                if record.hurried
+                    && record.record.outcome.is_failure()
+                    && !singleton::all_lasting(&record.record, &finding)
+                {
+                    to_confirm.push((resolved.len(), finding.shared));
                 }
                 resolved.push(record);
             }
@@ -231,8 +304,18 @@ impl Run<'_> {
             if self.stopped() {
                 return;
             }
-            let Some(&index) = process_cases.get(next.fetch_add(1, Ordering::SeqCst)) else { return };
+            let position = next.fetch_add(1, Ordering::SeqCst);
+            let Some(&index) = process_cases.get(position) else { return };
             let case = &self.cases[index];
+            // Under fail-fast, a binary's first test waits until the binaries
+            // before it are judged (their singletons told apart): a leak
+            // there stops the run before this one starts.
+            if self.fail_fast && position > 0 && self.cases[process_cases[position - 1]].binary.id != case.binary.id {
+                self.judged.wait_for(self.binary_rank(process_cases, position), || self.stopped());
+                if self.stopped() {
+                    return;
+                }
+            }
             let record = if case.ignored {
                 Some((ignored_record(case), false))
             } else {

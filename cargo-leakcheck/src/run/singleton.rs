@@ -26,6 +26,7 @@
 //! surplus, the highest-numbered fds (or newest threads, children) first.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use leakcheck::{Leak, Outcome, TestRecord};
@@ -77,6 +78,17 @@ fn budget(tests: usize) -> usize {
 /// Per test and shape: how many of its instances are a singleton's.
 pub(super) type Shared = BTreeMap<String, usize>;
 
+/// What the group runs showed of one held test.
+#[derive(Debug, Default, Clone)]
+pub(super) struct Finding {
+    /// Instances of each shape that are a singleton's.
+    pub(super) shared: Shared,
+    /// Shapes whose every instance the test left also in a group run, where
+    /// it had the rest of the group's run and the grace to go away: lasting,
+    /// so a hurried verdict on them needs no confirmation.
+    pub(super) lasting: BTreeSet<String>,
+}
+
 /// Runs the group runs for the held records of one binary; returns, for
 /// each, how many of its leaks of each shape are shown to be singletons
 /// (see [`move_singletons`]).
@@ -85,8 +97,8 @@ pub(super) fn resolve(
     waker: &Waker,
     cases: &[TestCase],
     held: &[Held],
-    serial: &mut usize,
-) -> Vec<Shared> {
+    serial: &AtomicUsize,
+) -> Vec<Finding> {
     let Some(first) = held.first() else { return Vec::new() };
     let binary = cases[first.index].binary.clone();
     let mut runner = GroupRunner { context, waker, binary, serial, runs: HashMap::new() };
@@ -106,18 +118,22 @@ pub(super) fn resolve(
         }
     }
     // Per test and shape: how many instances are the singleton's.
-    let mut shared: Vec<Shared> = vec![Shared::new(); held.len()];
+    let mut findings: Vec<Finding> = vec![Finding::default(); held.len()];
     let names: Vec<&str> = held.iter().map(|held| held.record.name.as_str()).collect();
     for (shape, members) in shapes {
         if members.len() < 2 {
             continue;
         }
-        let mut search = ShapeSearch { shape, alone: &alone, names: &names, budget: budget(members.len()) };
+        let mut search =
+            ShapeSearch { shape, alone: &alone, names: &names, budget: budget(members.len()), lasting: Vec::new() };
         for (member, count) in search.resolve(&mut runner, members) {
-            shared[member].insert(shape.to_owned(), count);
+            findings[member].shared.insert(shape.to_owned(), count);
+        }
+        for member in search.lasting {
+            findings[member].lasting.insert(shape.to_owned());
         }
     }
-    shared
+    findings
 }
 
 /// The group runs of one shape.
@@ -128,6 +144,9 @@ struct ShapeSearch<'a> {
     names: &'a [&'a str],
     /// Group runs left for this shape.
     budget: usize,
+    /// Members shown to share nothing of this shape with the others of a
+    /// group run (it left the sum of their counts): their instances lasted.
+    lasting: Vec<usize>,
 }
 
 impl ShapeSearch<'_> {
@@ -164,7 +183,12 @@ impl ShapeSearch<'_> {
             }
             let Some(left) = self.run(runner, &group) else { continue };
             let smallest = group.iter().map(|&member| self.count(member)).min().unwrap_or(0);
-            if left > smallest {
+            let sum: usize = group.iter().map(|&member| self.count(member)).sum();
+            if left >= sum {
+                // Nothing of the shape shared within the group: no split
+                // can find a singleton here (the references may, below).
+                self.lasting.extend(&group);
+            } else if left > smallest {
                 work.extend(split(&group, |member| self.count(member)));
             } else if left > 0 {
                 cleared.extend(group.iter().map(|&member| (member, left.min(self.count(member)))));
@@ -186,7 +210,9 @@ impl ShapeSearch<'_> {
                 let own: usize = part.iter().map(|&member| self.count(member)).sum();
                 if left <= singleton {
                     cleared.extend(part.iter().map(|&member| (member, singleton.min(self.count(member)))));
-                } else if left < singleton + own && part.len() > 1 {
+                } else if left >= singleton + own {
+                    self.lasting.extend(&part);
+                } else if part.len() > 1 {
                     let (first, second) = part.split_at(part.len() / 2);
                     work.extend([first.to_vec(), second.to_vec()]);
                 }
@@ -250,13 +276,22 @@ pub(super) fn move_singletons(record: &mut TestRecord, shared: &Shared) {
     }
 }
 
+/// Whether every leak left in `record` is of a shape the group runs showed
+/// lasting for it.
+pub(super) fn all_lasting(record: &TestRecord, finding: &Finding) -> bool {
+    record
+        .leaks
+        .iter()
+        .all(|leak| shape_of(leak, &[&record.name]).is_some_and(|shape| finding.lasting.contains(&shape)))
+}
+
 /// Runs groups of one binary's tests together, each group once.
 struct GroupRunner<'a> {
     context: &'a RunContext,
     waker: &'a Waker,
     binary: Arc<crate::cargo::TestBinary>,
     /// Serial numbers for the group runs' markers, after the tests' own.
-    serial: &'a mut usize,
+    serial: &'a AtomicUsize,
     /// Member names -> instances per shape (`None`: inconclusive).
     runs: HashMap<Vec<String>, Option<BTreeMap<String, usize>>>,
 }
@@ -279,12 +314,11 @@ impl GroupRunner<'_> {
         if context.supervisor.interrupted().is_some() {
             return None;
         }
-        *self.serial += 1;
         let case = TestCase {
             binary: self.binary.clone(),
             name: format!("{} tests together", names.len()),
             ignored: false,
-            serial: *self.serial,
+            serial: self.serial.fetch_add(1, Ordering::SeqCst),
         };
         let mut args: Vec<String> = names.iter().map(|name| (*name).to_owned()).collect();
         args.extend(["--exact", "--nocapture", "--test-threads=1"].map(String::from));

@@ -7,19 +7,26 @@
 use std::fs;
 use std::os::unix::fs::FileTypeExt;
 
-use procfs::net::{TcpState, UnixState};
+use procfs::net::{TcpNetEntry, TcpState, UdpNetEntry, UnixNetEntry, UnixState};
 use procfs::process::Process;
 
 /// Describes fd `fd` of process `pid`, whose link target is `target`:
 /// "regular file", "directory", "tcp 127.0.0.1:4000 (listening)",
 /// "unix stream /run/x.sock", "pipe, read end; ...", "eventfd", ...
 pub fn describe_fd(pid: i32, fd: i32, target: &str) -> String {
+    describe_fd_with(&mut SocketTables::of(pid), fd, target)
+}
+
+/// [`describe_fd`] for one of many fds of one process, reading each
+/// socket table at most once across the calls that share `tables`.
+pub fn describe_fd_with(tables: &mut SocketTables, fd: i32, target: &str) -> String {
+    let pid = tables.pid;
     if let Some(inode) = bracketed(target, "socket:") {
         let protocol = socket_protocol(pid, fd);
         return inode
             .parse()
             .ok()
-            .and_then(|inode| describe_socket(pid, inode, protocol.as_deref()))
+            .and_then(|inode| describe_socket(tables, inode, protocol.as_deref()))
             .or_else(|| protocol.map(|protocol| unlisted_socket(&protocol)))
             .unwrap_or_else(|| "socket".into());
     }
@@ -145,23 +152,26 @@ fn bracketed<'a>(target: &'a str, prefix: &str) -> Option<&'a str> {
 /// for it: `TCP`, `UDPv6`, `UNIX`; every table when unknown). Only the one
 /// table is read: the kernel walks all of a table's sockets to print it
 /// (about 10 ms for TCP on a busy machine).
-fn describe_socket(pid: i32, inode: u64, protocol: Option<&str>) -> Option<String> {
-    let process = Process::new(pid).ok()?;
+fn describe_socket(tables: &mut SocketTables, inode: u64, protocol: Option<&str>) -> Option<String> {
     let wanted = |name: &str| protocol.is_none_or(|protocol| protocol.eq_ignore_ascii_case(name));
-    let tcp = [("tcp", "TCP"), ("tcp6", "TCPv6")].into_iter().filter(|(_, name)| wanted(name));
-    for (proto, table) in tcp.map(|(proto, _)| (proto, if proto == "tcp" { process.tcp() } else { process.tcp6() })) {
-        if let Some(entry) = table.ok().and_then(|entries| entries.into_iter().find(|entry| entry.inode == inode)) {
+    for (proto, name, v6) in [("tcp", "TCP", false), ("tcp6", "TCPv6", true)] {
+        if !wanted(name) {
+            continue;
+        }
+        if let Some(entry) = tables.tcp(v6).iter().find(|entry| entry.inode == inode) {
             return Some(match entry.state {
                 TcpState::Listen => format!("{proto} listening on {}", entry.local_address),
-                state => {
-                    format!("{proto} {} -> {} ({})", entry.local_address, entry.remote_address, tcp_state_name(&state))
+                ref state => {
+                    format!("{proto} {} -> {} ({})", entry.local_address, entry.remote_address, tcp_state_name(state))
                 }
             });
         }
     }
-    let udp = [("udp", "UDP"), ("udp6", "UDPv6")].into_iter().filter(|(_, name)| wanted(name));
-    for (proto, table) in udp.map(|(proto, _)| (proto, if proto == "udp" { process.udp() } else { process.udp6() })) {
-        if let Some(entry) = table.ok().and_then(|entries| entries.into_iter().find(|entry| entry.inode == inode)) {
+    for (proto, name, v6) in [("udp", "UDP", false), ("udp6", "UDPv6", true)] {
+        if !wanted(name) {
+            continue;
+        }
+        if let Some(entry) = tables.udp(v6).iter().find(|entry| entry.inode == inode) {
             let peer = entry.remote_address;
             return Some(if peer.port() == 0 {
                 format!("{proto} bound to {}", entry.local_address)
@@ -170,24 +180,63 @@ fn describe_socket(pid: i32, inode: u64, protocol: Option<&str>) -> Option<Strin
             });
         }
     }
-    if !wanted("UNIX") {
+    // `UNIX`, or `UNIX-STREAM` and friends on newer kernels.
+    if protocol.is_some_and(|protocol| !protocol.to_ascii_uppercase().starts_with("UNIX")) {
         return None;
     }
-    if let Some(entry) = process.unix().ok()?.into_iter().find(|entry| entry.inode == inode) {
-        let kind = match entry.socket_type as i32 {
-            libc::SOCK_STREAM => "stream",
-            libc::SOCK_DGRAM => "datagram",
-            libc::SOCK_SEQPACKET => "seqpacket",
-            _ => "socket",
-        };
-        let place = match (&entry.path, entry.state) {
-            (Some(path), _) => format!(" {}", path.display()),
-            (None, UnixState::CONNECTED) => " (connected, unnamed)".into(),
-            (None, _) => " (unnamed)".into(),
-        };
-        return Some(format!("unix {kind}{place}"));
+    let entry = tables.unix().iter().find(|entry| entry.inode == inode)?;
+    let kind = match entry.socket_type as i32 {
+        libc::SOCK_STREAM => "stream",
+        libc::SOCK_DGRAM => "datagram",
+        libc::SOCK_SEQPACKET => "seqpacket",
+        _ => "socket",
+    };
+    let place = match (&entry.path, &entry.state) {
+        (Some(path), _) => format!(" {}", path.display()),
+        (None, &UnixState::CONNECTED) => " (connected, unnamed)".into(),
+        (None, _) => " (unnamed)".into(),
+    };
+    Some(format!("unix {kind}{place}"))
+}
+
+/// The socket tables of one process's network namespace, each read at most
+/// once (the kernel walks every socket of a table to print it: about 10 ms
+/// for TCP on a busy machine), for describing many fds of one snapshot.
+#[derive(Debug, Default)]
+pub struct SocketTables {
+    pid: i32,
+    tcp: [Option<Vec<TcpNetEntry>>; 2],
+    udp: [Option<Vec<UdpNetEntry>>; 2],
+    unix: Option<Vec<UnixNetEntry>>,
+}
+
+impl SocketTables {
+    /// No table read yet.
+    pub fn of(pid: i32) -> SocketTables {
+        SocketTables { pid, ..SocketTables::default() }
     }
-    None
+
+    fn tcp(&mut self, v6: bool) -> &[TcpNetEntry] {
+        let pid = self.pid;
+        self.tcp[usize::from(v6)].get_or_insert_with(|| {
+            let process = Process::new(pid).ok();
+            process.and_then(|process| if v6 { process.tcp6() } else { process.tcp() }.ok()).unwrap_or_default()
+        })
+    }
+
+    fn udp(&mut self, v6: bool) -> &[UdpNetEntry] {
+        let pid = self.pid;
+        self.udp[usize::from(v6)].get_or_insert_with(|| {
+            let process = Process::new(pid).ok();
+            process.and_then(|process| if v6 { process.udp6() } else { process.udp() }.ok()).unwrap_or_default()
+        })
+    }
+
+    fn unix(&mut self) -> &[UnixNetEntry] {
+        let pid = self.pid;
+        self.unix
+            .get_or_insert_with(|| Process::new(pid).ok().and_then(|process| process.unix().ok()).unwrap_or_default())
+    }
 }
 
 /// A socket's protocol as sockfs names it (`TCP`, `TCPv6`, `UDP`, `UNIX`,

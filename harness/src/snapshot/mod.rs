@@ -17,7 +17,7 @@ mod types;
 #[cfg(target_os = "linux")]
 pub use baseline::Baseline;
 #[cfg(target_os = "linux")]
-pub use identity::describe_fd;
+pub use identity::{describe_fd, describe_fd_with, SocketTables};
 #[cfg(target_os = "linux")]
 pub use proc::{age_ms, fd_target, key_of_path, process_info, take, take_since, tgid_of, wchan};
 #[cfg(target_os = "linux")]
