@@ -58,6 +58,28 @@ pub(crate) fn split(first: Vec<Leak>, second: &[Leak], test_thread: &str) -> (Ve
     (own, once)
 }
 
+/// Whether the first run's `leaks` are worth a second run: some fd, thread
+/// or heap leak (a test that only leaves children is not run twice: its
+/// second run's processes would be more to clean up than to learn from).
+pub(crate) fn worth_a_second_run(leaks: &[Leak]) -> bool {
+    leaks.iter().any(|leak| !matches!(leak, Leak::Child { .. }))
+}
+
+/// Ends the children the second run left (they are this process's own), so
+/// they are not counted again as orphans once the test's process is gone.
+pub(crate) fn end_children(second: &[Leak]) {
+    for leak in second {
+        if let Leak::Child { pid, orphaned: false, .. } = leak {
+            // SAFETY: kill and waitpid on a child of this process that the
+            // second run started and left; a pid already reaped just fails.
+            unsafe {
+                libc::kill(*pid, libc::SIGKILL);
+                libc::waitpid(*pid, std::ptr::null_mut(), 0);
+            }
+        }
+    }
+}
+
 fn identity_number(leak: &Leak) -> i64 {
     match leak {
         Leak::Fd { fd, .. } => i64::from(*fd),

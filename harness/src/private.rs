@@ -121,7 +121,11 @@ pub fn run_test(options: &Options, body: fn() -> Result<(), String>) {
     // A leak of the first run in this process may be a singleton the test
     // only made because it ran first (see crate::one_time).
     let mut singletons = Vec::new();
-    if runs == 0 && !record_now && matches!(outcome, Ok(Ok(()))) && !finding.judgement.leaks.is_empty() {
+    if runs == 0
+        && !record_now
+        && matches!(outcome, Ok(Ok(())))
+        && crate::one_time::worth_a_second_run(&finding.judgement.leaks)
+    {
         singletons = separate_one_time(body, options, &mut finding.judgement.leaks);
     }
     // LEAKCHECK_EXPLAIN=1 (under nextest or cargo test): the verdict stands;
@@ -191,6 +195,7 @@ fn separate_one_time(
         return Vec::new();
     }
     let Ok(second) = guard.finish(options) else { return Vec::new() };
+    crate::one_time::end_children(&second.judgement.leaks);
     let name = std::thread::current().name().unwrap_or_default().to_owned();
     let (own, once) = crate::one_time::split(std::mem::take(leaks), &second.judgement.leaks, &name);
     *leaks = own;

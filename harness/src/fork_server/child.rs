@@ -131,7 +131,7 @@ fn run_in_child(def: &'static TestDef, explain: bool, heap: bool) -> (TestRecord
     let mut singletons = Vec::new();
     // A leak of the test that ran first in this child may be a singleton it
     // only made because it ran first (see crate::one_time).
-    if runs == 0 && !explain && body.is_ok() && !panicked_once && !leaks.is_empty() {
+    if runs == 0 && !explain && body.is_ok() && !panicked_once && crate::one_time::worth_a_second_run(&leaks) {
         (leaks, singletons) = separate_one_time(def, &name, &options, leaks);
     }
     let allowed = finding
@@ -169,7 +169,10 @@ fn separate_one_time(def: &'static TestDef, name: &str, options: &Options, leaks
         return (leaks, Vec::new());
     }
     match guard.finish(options) {
-        Ok(second) => crate::one_time::split(leaks, &second.judgement.leaks, name),
+        Ok(second) => {
+            crate::one_time::end_children(&second.judgement.leaks);
+            crate::one_time::split(leaks, &second.judgement.leaks, name)
+        }
         Err(_) => (leaks, Vec::new()),
     }
 }
