@@ -30,8 +30,16 @@ Exit codes:
 Configuration (.config/leakcheck.toml; flags win over the file):
   [profile.default]        grace, timeout, jobs, fail-fast,
                            kinds = { fd = \"fail\", thread = \"fail\", child = \"fail\", heap = \"warn\" }
+                           singletons = { fd = \"pass\", thread = \"pass\", child = \"pass\" }
   [profile.ci]             the same keys; unset ones fall back to profile.default
-  [[allow]]                kind, target | name | cmdline | bytes, tests, max, reason (required)
+  [[allow]]                kind, target | name | cmdline | bytes, tests, max, reason (required);
+                           detail (fd), waiting-in (thread); name = \"(unnamed)\" for unnamed threads
+
+Process-wide singletons:
+  What a library makes once per process and keeps (tokio's signal socket pair,
+  a global thread pool, a self-pipe) is told apart from per-test leaks by
+  running the tests that leak it together in one process: it passes, and is
+  listed once under Singletons. --fail-singletons makes it fail instead.
 
 Environment:
   LEAKCHECK_NO_PROBE=1   same as --no-probe
