@@ -305,3 +305,23 @@ fn a_baseline_written_once_holds_on_repeated_runs_of_a_child_exiting_at_the_end(
         assert_eq!(run.code, Some(0), "round {round}: stderr:\n{}\nstdout:\n{}", run.stderr, run.stdout);
     }
 }
+
+/// A rule for a thread that ends during the grace must not count it: the
+/// exit snapshot settles before a thread is judged accepted.
+#[test]
+fn an_allow_rule_counts_only_what_settling_left() {
+    let _serial = serial();
+    let config = temp_file(
+        "short-lived.toml",
+        r#"
+[[allow]]
+kind = "thread"
+name = "short-lived"
+reason = "would match a thread that ends 30 ms after its test"
+"#,
+    );
+    let args = ["-p", "clean", "--config", config.to_str().unwrap(), "detached_thread_ends_soon_after_the_test"];
+    let run = run_to_end(leakcheck(&args));
+    assert_eq!(run.code, Some(0), "stderr:\n{}", run.stderr);
+    assert!(run.stdout.contains("short-lived.toml:2: thread `short-lived`: matched 0 times (stale"), "{}", run.stdout);
+}

@@ -336,4 +336,21 @@ mod tests {
         assert_eq!(describe_fd(1, 0, "anon_inode:[eventfd]"), "eventfd");
         assert_eq!(describe_fd(1, 0, "anon_inode:inotify"), "inotify");
     }
+
+    #[test]
+    fn a_socket_no_table_lists_is_named_by_its_protocol() {
+        assert_eq!(unlisted_socket("TCPv6"), "tcp6 socket, not listening or connected");
+        assert_eq!(unlisted_socket("UDP"), "udp socket, not bound");
+        assert_eq!(unlisted_socket("NETLINK"), "netlink socket");
+    }
+
+    #[test]
+    fn a_unix_socket_is_described_from_its_own_table() {
+        use std::os::fd::AsRawFd;
+        let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
+        let pid = std::process::id() as i32;
+        let target = fs::read_link(format!("/proc/self/fd/{}", a.as_raw_fd())).unwrap();
+        let detail = describe_fd(pid, a.as_raw_fd(), target.to_str().unwrap());
+        assert_eq!(detail, "unix stream (connected, unnamed)");
+    }
 }
