@@ -144,6 +144,7 @@ fn run_context(
         repeat,
         explain: !args.no_explain,
         fork_per_test: args.fork_per_test,
+        verbose: args.verbose,
         detect_singletons,
         lasting: Default::default(),
     };

@@ -30,7 +30,7 @@ Exit codes:
 Configuration (.config/leakcheck.toml; flags win over the file):
   [profile.default]        grace, timeout, jobs, fail-fast,
                            kinds = { fd = \"fail\", thread = \"fail\", child = \"fail\", heap = \"warn\" }
-                           singletons = { fd = \"pass\", thread = \"pass\", child = \"pass\" }
+                           singletons = { fd = \"pass\", thread = \"pass\", child = \"fail\" }
   [profile.ci]             the same keys; unset ones fall back to profile.default
   [[allow]]                kind, target | name | cmdline | bytes, tests, max, reason (required);
                            detail (fd), waiting-in (thread); name = \"(unnamed)\" for unnamed threads

@@ -58,9 +58,17 @@ pub(crate) fn make(args: &LeakcheckArgs, workspace_root: &std::path::Path) -> Re
         jobs,
         fail_fast: !args.no_fail_fast && profile.fail_fast.unwrap_or(true),
         repeat: args.repeat.or(profile.repeat),
-        detect_singletons: profile
-            .singletons
-            .map(|rule| !args.fail_singletons && rule.unwrap_or(SingletonRule::Pass) == SingletonRule::Pass),
+        detect_singletons: {
+            // Children are not told apart unless asked: in a group run, a
+            // later test's runtime may reap an earlier test's child (tokio
+            // does), which counts cannot tell from a singleton.
+            let defaults = [SingletonRule::Pass, SingletonRule::Pass, SingletonRule::Fail];
+            let mut detect = [false; 3];
+            for (kind, rule) in profile.singletons.iter().enumerate() {
+                detect[kind] = !args.fail_singletons && rule.unwrap_or(defaults[kind]) == SingletonRule::Pass;
+            }
+            detect
+        },
         policy: Policy::new(profile.kinds, profile.allow, baseline),
         config,
     })

@@ -47,6 +47,7 @@ pub(crate) fn wrap(args: &WrapArgs, supervisor: &'static Supervisor) -> Result<u
         fork_per_test: false,
         // One test per invocation: nothing to compare it with.
         detect_singletons: [false; 3],
+        verbose: false,
         lasting: Default::default(),
     };
     supervisor.begin_test_phase().map_err(|source| RunError::Setup { what: "become a child subreaper", source })?;

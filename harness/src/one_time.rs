@@ -7,6 +7,7 @@
 //! [`crate::shape`]), the instances the second run does not leave again are
 //! one-time: singletons, reported apart and not failing the test. The
 //! heap's leak is one-time when the second run leaks no heap at all. A
+//! child is always the test's own (the second run may have reaped it). A
 //! second run that fails keeps every leak the test's own. Repeat mode
 //! (`--repeat`) has its own rule and does not use this one.
 
@@ -42,9 +43,13 @@ pub(crate) fn split(first: Vec<Leak>, second: &[Leak], test_thread: &str) -> (Ve
     let mut is_one_time = vec![false; first.len()];
     for index in order {
         let leak = &first[index];
-        is_one_time[index] = match shape_of(leak, &[test_thread]) {
-            Some(shape) => one_time.get_mut(&shape).filter(|left| **left > 0).map(|left| *left -= 1).is_some(),
-            None => matches!(leak, Leak::Heap { .. }) && !heap_again,
+        is_one_time[index] = match (leak, shape_of(leak, &[test_thread])) {
+            // A child the second run did not leave again may have been
+            // reaped by it (a runtime reaping orphaned children): always
+            // the test's own.
+            (Leak::Child { .. }, _) => false,
+            (_, Some(shape)) => one_time.get_mut(&shape).filter(|left| **left > 0).map(|left| *left -= 1).is_some(),
+            (_, None) => matches!(leak, Leak::Heap { .. }) && !heap_again,
         };
     }
     let (mut own, mut once) = (Vec::new(), Vec::new());
@@ -125,5 +130,19 @@ mod tests {
     fn a_heap_leak_left_again_is_kept() {
         let (own, once) = split(vec![heap(4096)], &[heap(4096)], "t");
         assert_eq!((own.len(), once.len()), (1, 0));
+    }
+
+    #[test]
+    fn a_child_is_always_the_tests_own() {
+        let child = Leak::Child {
+            pid: 7,
+            cmdline: "cat".into(),
+            state: "sleeping".into(),
+            orphaned: false,
+            age_ms: None,
+            sites: vec![],
+        };
+        let (own, once) = split(vec![child.clone()], &[], "t");
+        assert_eq!((own, once), (vec![child], vec![]));
     }
 }

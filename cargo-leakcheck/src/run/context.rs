@@ -34,6 +34,8 @@ pub(crate) struct RunContext {
     pub(crate) explain: bool,
     /// `--fork-per-test`: harness targets never reuse a child for another test.
     pub(crate) fork_per_test: bool,
+    /// `-v`: print each group run of singleton detection.
+    pub(crate) verbose: bool,
     /// fd, thread, child: tell process-wide singletons of that kind from
     /// per-test leaks (group runs) rather than fail every test touching one.
     pub(crate) detect_singletons: [bool; 3],
@@ -92,9 +94,11 @@ pub(super) fn is_hung_up(fd: BorrowedFd<'_>) -> bool {
 pub(crate) enum Settle {
     /// Up to the whole grace.
     Full,
-    /// Not for leaks of a shape that already outlasted a whole grace in
+    /// Not for fd leaks of a shape that already outlasted a whole grace in
     /// another test of the binary (a singleton, most often): a clean
-    /// async suite must not wait the grace in every test. Such a record is
+    /// async suite must not wait the grace in every test. Threads and
+    /// children are always waited for: they are what ends late (a pool
+    /// dropped without joining its threads). Such a record is
     /// marked `hurried`; if it still fails after singleton detection, the
     /// test is run again with [`Settle::Full`] and that verdict counts.
     SkipLasting,

@@ -248,7 +248,7 @@ impl Run<'_> {
         let mut resolved = Vec::new();
         let mut to_confirm = Vec::new();
         for group in by_binary {
-            let findings = singleton::resolve(context, &waker, self.cases, &group, self.next_serial);
+            let findings = singleton::resolve(context, &waker, self.cases, &group, self.next_serial, self.jobs);
             for (mut record, finding) in group.into_iter().zip(findings) {
                 singleton::move_singletons(&mut record.record, &finding.shared);
                 if record.hurried

@@ -98,6 +98,7 @@ pub(super) fn resolve(
     cases: &[TestCase],
     held: &[Held],
     serial: &AtomicUsize,
+    jobs: usize,
 ) -> Vec<Finding> {
     let Some(first) = held.first() else { return Vec::new() };
     let binary = cases[first.index].binary.clone();
@@ -124,9 +125,15 @@ pub(super) fn resolve(
         if members.len() < 2 {
             continue;
         }
-        let mut search =
-            ShapeSearch { shape, alone: &alone, names: &names, budget: budget(members.len()), lasting: Vec::new() };
-        for (member, count) in search.resolve(&mut runner, members) {
+        let mut search = ShapeSearch {
+            shape,
+            alone: &alone,
+            names: &names,
+            budget: budget(members.len()),
+            lasting: Vec::new(),
+            excluded: BTreeSet::new(),
+        };
+        for (member, count) in search.resolve(&mut runner, members, jobs) {
             findings[member].shared.insert(shape.to_owned(), count);
         }
         for member in search.lasting {
@@ -147,6 +154,8 @@ struct ShapeSearch<'a> {
     /// Members shown to share nothing of this shape with the others of a
     /// group run (it left the sum of their counts): their instances lasted.
     lasting: Vec<usize>,
+    /// Members that failed in a group run: left out of the next ones.
+    excluded: BTreeSet<usize>,
 }
 
 impl ShapeSearch<'_> {
@@ -155,13 +164,31 @@ impl ShapeSearch<'_> {
     }
 
     /// What the members left together (`None`: inconclusive or no budget).
-    fn run(&mut self, runner: &mut GroupRunner<'_>, members: &[usize]) -> Option<usize> {
-        if self.budget == 0 {
-            return None;
+    /// Runs `members` together (less any that failed in an earlier group
+    /// run: a test that cannot share a process keeps its verdict, and is
+    /// left out of the retry); returns the members run and what they left.
+    fn run(&mut self, runner: &mut GroupRunner<'_>, members: &[usize], least: usize) -> Option<(Vec<usize>, usize)> {
+        loop {
+            let group: Vec<usize> = members.iter().copied().filter(|member| !self.excluded.contains(member)).collect();
+            if group.len() < least || self.budget == 0 {
+                return None;
+            }
+            self.budget -= 1;
+            let names: Vec<&str> = group.iter().map(|&member| self.names[member]).collect();
+            match runner.run(&names) {
+                GroupRun::Left(left) => return Some((group, left.get(self.shape).copied().unwrap_or(0))),
+                GroupRun::Failed(failing) => {
+                    let before = self.excluded.len();
+                    self.excluded.extend(
+                        group.iter().copied().filter(|&member| failing.contains(&self.names[member].to_owned())),
+                    );
+                    if self.excluded.len() == before {
+                        return None;
+                    }
+                }
+                GroupRun::Inconclusive => return None,
+            }
         }
-        self.budget -= 1;
-        let names: Vec<&str> = members.iter().map(|&member| self.names[member]).collect();
-        runner.run(&names).map(|left| left.get(self.shape).copied().unwrap_or(0))
     }
 
     /// The members shown to share a singleton, with how many of their
@@ -173,15 +200,22 @@ impl ShapeSearch<'_> {
     /// reference): a part that adds nothing to the reference's count shares
     /// its singleton; a part that adds all its own count shares nothing with
     /// it; anything between is split.
-    fn resolve(&mut self, runner: &mut GroupRunner<'_>, members: Vec<usize>) -> Vec<(usize, usize)> {
+    fn resolve(&mut self, runner: &mut GroupRunner<'_>, members: Vec<usize>, jobs: usize) -> Vec<(usize, usize)> {
         let mut cleared: Vec<(usize, usize)> = Vec::new();
         let mut references: Vec<(usize, usize)> = Vec::new();
         let mut work = vec![members.clone()];
+        // A group run costs the sum of its tests' times, in one process:
+        // with more than one job, the first groups are `jobs` parts of the
+        // members, run at once (each can show the singleton by itself).
+        if jobs > 1 && members.len() >= 2 * jobs {
+            let size = members.len().div_ceil(jobs);
+            work = members.chunks(size).map(<[usize]>::to_vec).collect();
+            let names: Vec<Vec<&str>> =
+                work.iter().map(|part| part.iter().map(|&member| self.names[member]).collect()).collect();
+            runner.prefetch(&names, jobs);
+        }
         while let Some(group) = work.pop() {
-            if group.len() < 2 {
-                continue;
-            }
-            let Some(left) = self.run(runner, &group) else { continue };
+            let Some((group, left)) = self.run(runner, &group, 2) else { continue };
             let smallest = group.iter().map(|&member| self.count(member)).min().unwrap_or(0);
             let sum: usize = group.iter().map(|&member| self.count(member)).sum();
             if left >= sum {
@@ -196,8 +230,11 @@ impl ShapeSearch<'_> {
             }
         }
         for (reference, singleton) in references {
-            let unresolved: Vec<usize> =
-                members.iter().copied().filter(|member| cleared.iter().all(|(done, _)| done != member)).collect();
+            let unresolved: Vec<usize> = members
+                .iter()
+                .copied()
+                .filter(|member| cleared.iter().all(|(done, _)| done != member) && !self.excluded.contains(member))
+                .collect();
             let mut work = vec![unresolved];
             while let Some(part) = work.pop() {
                 if part.is_empty() {
@@ -206,7 +243,11 @@ impl ShapeSearch<'_> {
                 let mut group = part.clone();
                 group.push(reference);
                 group.sort_unstable();
-                let Some(left) = self.run(runner, &group) else { continue };
+                let Some((group, left)) = self.run(runner, &group, 2) else { continue };
+                if !group.contains(&reference) {
+                    break;
+                }
+                let part: Vec<usize> = group.into_iter().filter(|&member| member != reference).collect();
                 let own: usize = part.iter().map(|&member| self.count(member)).sum();
                 if left <= singleton {
                     cleared.extend(part.iter().map(|&member| (member, singleton.min(self.count(member)))));
@@ -292,14 +333,25 @@ struct GroupRunner<'a> {
     binary: Arc<crate::cargo::TestBinary>,
     /// Serial numbers for the group runs' markers, after the tests' own.
     serial: &'a AtomicUsize,
-    /// Member names -> instances per shape (`None`: inconclusive).
-    runs: HashMap<Vec<String>, Option<BTreeMap<String, usize>>>,
+    /// Member names -> what the run showed.
+    runs: HashMap<Vec<String>, GroupRun>,
+}
+
+/// What one group run showed.
+#[derive(Debug, Clone)]
+enum GroupRun {
+    /// It passed: instances of each shape left at its exit.
+    Left(BTreeMap<String, usize>),
+    /// These tests failed in it (libtest's `test NAME ... FAILED` lines).
+    Failed(Vec<String>),
+    /// It timed out, was interrupted, crashed or could not be probed.
+    Inconclusive,
 }
 
 impl GroupRunner<'_> {
     /// What the tests `names` left, run together; `None` when the run
     /// failed, timed out, was interrupted or could not be probed.
-    fn run(&mut self, names: &[&str]) -> Option<BTreeMap<String, usize>> {
+    fn run(&mut self, names: &[&str]) -> GroupRun {
         let key: Vec<String> = names.iter().map(|name| (*name).to_owned()).collect();
         if let Some(known) = self.runs.get(&key) {
             return known.clone();
@@ -309,30 +361,117 @@ impl GroupRunner<'_> {
         result
     }
 
-    fn run_once(&mut self, names: &[&str]) -> Option<BTreeMap<String, usize>> {
-        let context = self.context;
-        if context.supervisor.interrupted().is_some() {
-            return None;
-        }
-        let case = TestCase {
-            binary: self.binary.clone(),
-            name: format!("{} tests together", names.len()),
-            ignored: false,
-            serial: self.serial.fetch_add(1, Ordering::SeqCst),
-        };
-        let mut args: Vec<String> = names.iter().map(|name| (*name).to_owned()).collect();
-        args.extend(["--exact", "--nocapture", "--test-threads=1"].map(String::from));
-        args.extend(context.test_args.iter().cloned());
-        let mut process = spawn::start(context, self.waker, &case, &args, None).ok()?;
-        process.settle = Settle::Full;
-        let ended = watch::watch(context, self.waker, &case, &mut process);
-        let finished = ended.exit_view.as_ref().is_some_and(|view| view.by_main_thread);
-        let _ = std::fs::remove_file(&process.record_file);
-        if ended.timed_out || !finished || ended.status != super::reaper::ExitStatus::Code(0) {
-            return None;
-        }
-        Some(counts(&ended.leaks, names))
+    fn run_once(&mut self, names: &[&str]) -> GroupRun {
+        run_group(self.context, self.waker, &self.binary, self.serial, names)
     }
+
+    /// Runs the groups `groups` at once, `jobs` at a time, and keeps what
+    /// each showed for [`GroupRunner::run`].
+    fn prefetch(&mut self, groups: &[Vec<&str>], jobs: usize) {
+        let (context, binary, serial) = (self.context, &self.binary, self.serial);
+        let next = AtomicUsize::new(0);
+        let results = std::sync::Mutex::new(Vec::new());
+        std::thread::scope(|scope| {
+            for _ in 0..jobs.min(groups.len()) {
+                scope.spawn(|| {
+                    let Ok(waker) = Waker::new() else { return };
+                    while let Some(names) = groups.get(next.fetch_add(1, Ordering::SeqCst)) {
+                        let result = run_group(context, &waker, binary, serial, names);
+                        results.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).push((names.clone(), result));
+                    }
+                });
+            }
+        });
+        for (names, result) in results.into_inner().unwrap_or_else(|poisoned| poisoned.into_inner()) {
+            let key: Vec<String> = names.iter().map(|name| (*name).to_owned()).collect();
+            self.runs.insert(key, result);
+        }
+    }
+}
+
+/// One group run: the tests `names` of `binary` together in one process,
+/// `--test-threads=1`, under the exit probe, settled with the whole grace.
+fn run_group(
+    context: &RunContext,
+    waker: &Waker,
+    binary: &Arc<crate::cargo::TestBinary>,
+    serial: &AtomicUsize,
+    names: &[&str],
+) -> GroupRun {
+    let started = std::time::Instant::now();
+    let result = run_group_once(context, waker, binary, serial, names);
+    if context.verbose {
+        let what = match &result {
+            GroupRun::Left(left) => {
+                let shapes: Vec<String> = left.iter().map(|(shape, count)| format!("{count} x `{shape}`")).collect();
+                format!("left {}", if shapes.is_empty() { "nothing".to_owned() } else { shapes.join(", ") })
+            }
+            GroupRun::Failed(failing) => format!("{} failed (left out of the next group)", failing.join(", ")),
+            GroupRun::Inconclusive => "inconclusive".to_owned(),
+        };
+        eprintln!(
+            "       Group {}: {} tests together: {what} ({:.3}s)",
+            binary.id,
+            names.len(),
+            started.elapsed().as_secs_f64()
+        );
+    }
+    result
+}
+
+fn run_group_once(
+    context: &RunContext,
+    waker: &Waker,
+    binary: &Arc<crate::cargo::TestBinary>,
+    serial: &AtomicUsize,
+    names: &[&str],
+) -> GroupRun {
+    if context.supervisor.interrupted().is_some() {
+        return GroupRun::Inconclusive;
+    }
+    let case = TestCase {
+        binary: binary.clone(),
+        name: format!("{} tests together", names.len()),
+        ignored: false,
+        serial: serial.fetch_add(1, Ordering::SeqCst),
+    };
+    let mut args: Vec<String> = names.iter().map(|name| (*name).to_owned()).collect();
+    args.extend(["--exact", "--nocapture", "--test-threads=1"].map(String::from));
+    args.extend(context.test_args.iter().cloned());
+    let Ok(mut process) = spawn::start(context, waker, &case, &args, None) else {
+        return GroupRun::Inconclusive;
+    };
+    process.settle = Settle::Full;
+    let ended = watch::watch(context, waker, &case, &mut process);
+    let finished = ended.exit_view.as_ref().is_some_and(|view| view.by_main_thread);
+    let _ = std::fs::remove_file(&process.record_file);
+    if ended.timed_out || ended.exit_view.is_none() {
+        return GroupRun::Inconclusive;
+    }
+    if ended.status == super::reaper::ExitStatus::Code(101) {
+        let failing = failed_tests(&process.stdout.into_text(), names);
+        return if failing.is_empty() { GroupRun::Inconclusive } else { GroupRun::Failed(failing) };
+    }
+    if !finished || ended.status != super::reaper::ExitStatus::Code(0) {
+        return GroupRun::Inconclusive;
+    }
+    GroupRun::Left(counts(&ended.leaks, names))
+}
+
+/// The tests of `names` that libtest's output says failed: its closing
+/// `failures:` list (one indented name a line), or `test NAME ... FAILED`.
+fn failed_tests(output: &str, names: &[&str]) -> Vec<String> {
+    let listed = output.rsplit_once("\nfailures:\n").map_or("", |(_, list)| list);
+    let mut failing: Vec<String> = listed
+        .lines()
+        .map_while(|line| line.strip_prefix("    "))
+        .chain(output.lines().filter_map(|line| line.strip_prefix("test ")?.strip_suffix(" ... FAILED")))
+        .filter(|name| names.contains(name))
+        .map(str::to_owned)
+        .collect();
+    failing.sort();
+    failing.dedup();
+    failing
 }
 
 #[cfg(test)]
@@ -341,6 +480,13 @@ mod tests {
 
     fn fd(fd: i32, target: &str, detail: &str) -> Leak {
         Leak::Fd { fd, target: target.into(), detail: detail.into(), sites: vec![] }
+    }
+
+    #[test]
+    fn failing_members_are_read_from_libtests_closing_list() {
+        let output = "running 3 tests\ntest a ... ok\ntest b ... thread panicked\nFAILED\n\nfailures:\n\n---- b stdout ----\n\n\nfailures:\n    b\n    c\n\ntest result: FAILED.";
+        assert_eq!(failed_tests(output, &["a", "b", "c"]), ["b", "c"]);
+        assert_eq!(failed_tests("test x ... FAILED\n", &["x"]), ["x"]);
     }
 
     #[test]
