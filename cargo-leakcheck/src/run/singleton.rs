@@ -369,6 +369,11 @@ impl GroupRunner<'_> {
     /// each showed for [`GroupRunner::run`].
     fn prefetch(&mut self, groups: &[Vec<&str>], jobs: usize) {
         let (context, binary, serial) = (self.context, &self.binary, self.serial);
+        let known = |names: &Vec<&str>| {
+            self.runs.contains_key(&names.iter().map(|name| (*name).to_owned()).collect::<Vec<_>>())
+        };
+        let groups: Vec<Vec<&str>> = groups.iter().filter(|names| !known(names)).cloned().collect();
+        let groups = &groups;
         let next = AtomicUsize::new(0);
         let results = std::sync::Mutex::new(Vec::new());
         std::thread::scope(|scope| {

@@ -184,8 +184,22 @@ fn serve_exit_call(
         // not go away by waiting), and, most likely, for what outlasted the
         // grace in another test. An accepted thread or child is waited for:
         // one that was ending would otherwise count as a match of its rule.
+        // The last delta judged and its leaks, described once (a socket's
+        // description reads its address table).
+        let described: std::cell::RefCell<Option<(Delta, Vec<Leak>)>> = Default::default();
+        let describe = |delta: &Delta| -> Vec<Leak> {
+            let mut described = described.borrow_mut();
+            match &*described {
+                Some((known, leaks)) if known == delta => leaks.clone(),
+                _ => {
+                    let leaks = delta.clone().into_leaks(pid);
+                    *described = Some((delta.clone(), leaks.clone()));
+                    leaks
+                }
+            }
+        };
         let accepted = |delta: &Delta| {
-            let leaks = delta.clone().into_leaks(pid);
+            let leaks = describe(delta);
             let only_fds = delta.threads.is_empty() && delta.children.is_empty();
             if only_fds && context.policy.accepts_all(&case.binary.id, test_name, leaks.clone()) {
                 return true;
@@ -198,7 +212,7 @@ fn serve_exit_call(
         *exit_view = Some(match delta {
             Ok(delta) => {
                 let closed = delta.closed.clone();
-                let mut leaks = delta.into_leaks(pid);
+                let mut leaks = describe(&delta);
                 // libtest names each test's thread after the test.
                 mark_unnamed_threads(&mut leaks, test_name);
                 if started.elapsed() >= context.grace {

@@ -23,6 +23,11 @@ pub fn describe_fd_with(tables: &mut SocketTables, fd: i32, target: &str) -> Str
     let pid = tables.pid;
     if let Some(inode) = bracketed(target, "socket:") {
         let protocol = socket_protocol(pid, fd);
+        // An inet socket is read from itself where it can be (no table walk).
+        let inet = protocol.as_deref().is_some_and(|p| p.starts_with("TCP") || p.starts_with("UDP"));
+        if let Some(described) = inet.then(|| super::socket_fd::describe(pid, fd)).flatten() {
+            return described;
+        }
         return inode
             .parse()
             .ok()

@@ -11,6 +11,8 @@ mod identity;
 #[cfg(target_os = "linux")]
 mod proc;
 #[cfg(target_os = "linux")]
+mod socket_fd;
+#[cfg(target_os = "linux")]
 mod stat;
 mod types;
 
