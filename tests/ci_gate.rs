@@ -325,3 +325,35 @@ reason = "would match a thread that ends 30 ms after its test"
     assert_eq!(run.code, Some(0), "stderr:\n{}", run.stderr);
     assert!(run.stdout.contains("short-lived.toml:2: thread `short-lived`: matched 0 times (stale"), "{}", run.stdout);
 }
+
+/// CI habits: `--locked`, `--offline`, `--frozen` go to every cargo command.
+#[test]
+fn cargo_manifest_flags_reach_cargo() {
+    let _serial = serial();
+    for flag in ["--locked", "--offline", "--frozen"] {
+        let run = run_to_end(leakcheck(&["-p", "leaky", "--list", "-v", flag]));
+        assert_eq!(run.code, Some(0), "{flag}: stderr:\n{}", run.stderr);
+        for command in ["cargo metadata", "cargo test --no-run"] {
+            let line = run.stderr.lines().find(|line| line.contains(command)).unwrap_or_default();
+            assert!(line.contains(flag), "{flag} missing from `{command}`:\n{}", run.stderr);
+        }
+        assert!(run.stdout.contains("leaky::leaks fd::forgotten_file"), "{}", run.stdout);
+    }
+}
+
+#[test]
+fn a_zero_timeout_and_a_missing_config_are_usage_errors_said_once() {
+    let _serial = serial();
+    let run = run_to_end(leakcheck(&["-p", "leaky", "--timeout", "0"]));
+    assert_eq!(run.code, Some(2), "stderr:\n{}", run.stderr);
+    assert!(run.stderr.contains("is no time at all"), "{}", run.stderr);
+    let missing = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("no-such-config.toml");
+    let run = run_to_end(leakcheck(&["-p", "leaky", "--config", missing.to_str().unwrap()]));
+    assert_eq!(run.code, Some(2), "stderr:\n{}", run.stderr);
+    assert_eq!(run.stderr.matches("No such file or directory").count(), 1, "{}", run.stderr);
+    assert!(run.stderr.contains("could not read the configuration file "), "{}", run.stderr);
+    let config = temp_file("zero-timeout.toml", "[profile.default]\ntimeout = \"0s\"\n");
+    let run = run_to_end(leakcheck(&["-p", "leaky", "--config", config.to_str().unwrap()]));
+    assert_eq!(run.code, Some(2), "stderr:\n{}", run.stderr);
+    assert!(run.stderr.contains("`timeout` must be more than zero"), "{}", run.stderr);
+}

@@ -44,9 +44,24 @@ pub(crate) struct CargoSelection {
     pub(crate) all_features: bool,
     pub(crate) no_default_features: bool,
     pub(crate) release: bool,
+    /// `--locked`, `--offline`, `--frozen`: given to every cargo command.
+    pub(crate) locked: bool,
+    pub(crate) offline: bool,
+    pub(crate) frozen: bool,
     pub(crate) target_dir: Option<PathBuf>,
     /// Print each cargo command before running it.
     pub(crate) verbose: bool,
+}
+
+impl CargoSelection {
+    /// The manifest flags every cargo command takes.
+    fn manifest_flags(&self) -> Vec<String> {
+        [("--locked", self.locked), ("--offline", self.offline), ("--frozen", self.frozen)]
+            .into_iter()
+            .filter(|(_, set)| *set)
+            .map(|(flag, _)| flag.to_owned())
+            .collect()
+    }
 }
 
 /// Whether `executable` embeds the marker of `leakcheck::main!()`.
@@ -65,6 +80,7 @@ pub(crate) fn metadata(args: &CargoSelection) -> Result<Metadata, RunError> {
     if let Some(cargo) = std::env::var_os("CARGO") {
         request.cargo_path(cargo);
     }
+    request.other_options(args.manifest_flags());
     let mut command = request.cargo_command();
     crate::run::unblock_signals_on_exec(&mut command);
     process::announce(&command, args.verbose);
@@ -142,6 +158,7 @@ pub(crate) fn build_tests(
     if args.release {
         command.arg("--release");
     }
+    command.args(args.manifest_flags());
     if let Some(dir) = &args.target_dir {
         command.arg("--target-dir").arg(dir);
     }

@@ -6,7 +6,7 @@ use std::time::Duration;
 use clap::{Args, Parser, ValueEnum};
 
 use crate::cargo::CargoSelection;
-use crate::duration::parse_duration;
+use crate::duration::{parse_duration, parse_positive_duration};
 use crate::partition::Partition;
 
 const AFTER_HELP: &str = "\
@@ -120,6 +120,18 @@ pub(crate) struct LeakcheckArgs {
     #[arg(long, help_heading = "Compilation Options")]
     pub(crate) release: bool,
 
+    /// Assert that Cargo.lock will remain unchanged (passed to cargo)
+    #[arg(long, help_heading = "Manifest Options")]
+    pub(crate) locked: bool,
+
+    /// Run without accessing the network (passed to cargo)
+    #[arg(long, help_heading = "Manifest Options")]
+    pub(crate) offline: bool,
+
+    /// Equivalent to --locked and --offline (passed to cargo)
+    #[arg(long, help_heading = "Manifest Options")]
+    pub(crate) frozen: bool,
+
     /// Directory for all generated artifacts
     #[arg(long, value_name = "DIRECTORY", help_heading = "Compilation Options")]
     pub(crate) target_dir: Option<PathBuf>,
@@ -133,7 +145,7 @@ pub(crate) struct LeakcheckArgs {
     pub(crate) jobs: Option<u16>,
 
     /// Kill a test (and every process it started) after this long: 90s, 500ms, 2m [default: 120s]
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration, help_heading = "Run Options")]
+    #[arg(long, value_name = "DURATION", value_parser = parse_positive_duration, help_heading = "Run Options")]
     pub(crate) timeout: Option<Duration>,
 
     /// How long a leak may take to go away by itself before it counts (a thread
@@ -239,6 +251,9 @@ impl LeakcheckArgs {
             all_features: self.all_features,
             no_default_features: self.no_default_features,
             release: self.release,
+            locked: self.locked,
+            offline: self.offline,
+            frozen: self.frozen,
             target_dir: self.target_dir.clone(),
             verbose: self.verbose,
         }
@@ -272,7 +287,7 @@ pub(crate) struct WrapArgs {
     pub(crate) grace: Option<Duration>,
 
     /// Kill the test (and every process it started) after this long [default: 120s]
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", value_parser = parse_positive_duration)]
     pub(crate) timeout: Option<Duration>,
 
     /// Do not use the exit probe: check only the processes the test leaves running

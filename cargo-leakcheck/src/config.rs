@@ -289,6 +289,9 @@ fn parse(text: &str, path: &Path, name: &str) -> Result<Profile, ConfigError> {
     if profile.jobs == Some(0) {
         return Err(invalid(None, "`jobs` must be at least 1".into()));
     }
+    if profile.timeout == Some(Duration::ZERO) {
+        return Err(invalid(None, "`timeout` must be more than zero: every test would be killed as it starts".into()));
+    }
     if profile.repeat == Some(0) {
         return Err(invalid(None, "`repeat` must be at least 1".into()));
     }

@@ -2,6 +2,15 @@
 
 use std::time::Duration;
 
+/// A duration that must not be zero: `--timeout 0` would kill every test
+/// as it starts.
+pub(crate) fn parse_positive_duration(text: &str) -> Result<Duration, String> {
+    match parse_duration(text)? {
+        Duration::ZERO => Err(format!("`{text}` is no time at all: every test would be killed as it starts")),
+        duration => Ok(duration),
+    }
+}
+
 /// Parses `120s`, `500ms`, `2m`, `1.5s` or a bare number of seconds.
 pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
@@ -29,5 +38,9 @@ mod tests {
         assert_eq!(parse_duration("1.5"), Ok(Duration::from_millis(1500)));
         assert!(parse_duration("soon").is_err());
         assert!(parse_duration("5 parsecs").is_err());
+        assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
+        assert!(parse_positive_duration("0s").is_err());
+        assert!(parse_positive_duration("0ms").is_err());
+        assert_eq!(parse_positive_duration("1ms"), Ok(Duration::from_millis(1)));
     }
 }

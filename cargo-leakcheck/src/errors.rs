@@ -22,7 +22,7 @@ pub(crate) mod exit_code {
 /// A config file that could not be used.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum ConfigError {
-    #[error("could not read {path}: {source}")]
+    #[error("could not read the configuration file {path}")]
     Read {
         path: std::path::PathBuf,
         #[source]
@@ -37,7 +37,7 @@ pub(crate) enum ConfigError {
 /// A baseline file that could not be read.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum BaselineError {
-    #[error("could not read the baseline {path}: {source}")]
+    #[error("could not read the baseline {path}")]
     Read {
         path: std::path::PathBuf,
         #[source]
