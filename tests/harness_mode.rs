@@ -208,17 +208,60 @@ fn cargo_in_fixtures(args: &[&str]) -> std::process::Command {
     command
 }
 
+/// `sleep 37` processes on the machine (the isolated fixture's child).
+fn sleeps_37() -> usize {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|entry| std::fs::read(entry.path().join("cmdline")).ok())
+        .filter(|cmdline| String::from_utf8_lossy(cmdline).replace('\0', " ").trim_end() == "sleep 37")
+        .count()
+}
+
 #[test]
-fn plain_cargo_test_in_parallel_reports_no_leak_it_cannot_attribute() {
+fn plain_cargo_test_in_parallel_checks_each_attributed_test_alone() {
     let _serial = serial();
+    // Five times: untagged neighbours churn fds and threads in the shared
+    // process meanwhile, and must never be blamed.
+    for round in 0..5 {
+        let output = cargo_in_fixtures(&["test", "-p", "harnessed", "--test", "isolated"]).output().unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert_eq!(output.status.code(), Some(101), "round {round}:\n{stdout}");
+        assert!(stdout.contains("test result: FAILED. 6 passed; 4 failed; 1 ignored"), "round {round}:\n{stdout}");
+        let failed: Vec<&str> = stdout
+            .rsplit_once("\nfailures:\n")
+            .map_or("", |(_, list)| list)
+            .lines()
+            .filter_map(|line| line.strip_prefix("    "))
+            .collect();
+        assert_eq!(failed, ["iso_forgotten_file", "iso_heap_leak", "iso_parked_thread", "iso_running_child"]);
+        for (test, leak) in [
+            ("iso_forgotten_file", "fd 3 -> "),
+            ("iso_forgotten_file", "/leakcheck-isolated-forgotten.txt (regular file)"),
+            ("iso_parked_thread", "thread \"iso-parked\""),
+            ("iso_running_child", "child `sleep 37`"),
+            ("iso_heap_leak", "heap: 4096 bytes in 1 block"),
+        ] {
+            let section = stdout.split(&format!("---- {test} stdout ----")).nth(1).unwrap_or_default();
+            let section = section.split("\n---- ").next().unwrap_or_default();
+            assert!(section.contains(leak), "round {round}: {test} should name {leak}:\n{stdout}");
+            // The leak report once, with no panic location of leakcheck's.
+            assert_eq!(section.matches("leakcheck: the test left resources behind:").count(), 1, "{section}");
+            assert!(!section.contains("panicked at"), "{section}");
+        }
+        assert!(stdout.contains("test iso_should_panic - should panic ... ok"), "round {round}:\n{stdout}");
+        assert_eq!(sleeps_37(), 0, "round {round}: the isolated child's `sleep 37` must be gone");
+    }
+    // An ignored attributed test runs isolated when asked for.
+    let output =
+        cargo_in_fixtures(&["test", "-p", "harnessed", "--test", "isolated", "--", "--ignored"]).output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.contains("test result: FAILED. 0 passed; 1 failed; 0 ignored"), "{stdout}");
+    assert!(stdout.contains("fd 3 -> /dev/null (character device)"), "{stdout}");
+    // The attribute target too: its two leaking tests fail, in parallel threads.
     let output = cargo_in_fixtures(&["test", "-p", "harnessed", "--test", "attribute"]).output().unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    // Two tests leak on purpose, but in parallel threads nothing can be
-    // attributed: all pass, and one note says the checks are off.
-    assert!(output.status.success(), "stdout:\n{stdout}\nstderr:\n{stderr}");
-    assert!(stdout.contains("test result: ok. 7 passed"), "{stdout}");
-    assert_eq!(stderr.matches("note: leakcheck: leak checks are off in this process").count(), 1, "{stderr}");
+    assert!(stdout.contains("test result: FAILED. 5 passed; 2 failed"), "{stdout}");
 }
 
 #[test]
@@ -261,7 +304,11 @@ fn harness_and_attribute_run_unchanged_under_nextest() {
     assert_eq!(output.status.code(), Some(100), "{stderr}");
     let failed: Vec<&str> = stderr
         .lines()
-        .filter(|line| line.trim_start().starts_with("FAIL [") && line.contains(") harnessed::"))
+        .filter(|line| {
+            let line = line.trim_start();
+            // nextest says "FAIL + LEAK" when a process the test left holds its output.
+            (line.starts_with("FAIL [") || line.starts_with("FAIL + LEAK [")) && line.contains(") harnessed::")
+        })
         .filter_map(|line| line.split(") ").nth(1))
         .collect::<std::collections::BTreeSet<_>>()
         .into_iter()
@@ -288,11 +335,15 @@ fn harness_and_attribute_run_unchanged_under_nextest() {
             "harnessed::harness resources::pipe_from_child",
             "harnessed::harness resources::running_child",
             "harnessed::harness resources::zombie_child",
+            "harnessed::isolated iso_forgotten_file",
+            "harnessed::isolated iso_heap_leak",
+            "harnessed::isolated iso_parked_thread",
+            "harnessed::isolated iso_running_child",
             "harnessed::reuse a3_leaks_an_fd",
         ],
         "{stderr}"
     );
-    assert!(stderr.contains("44 tests run: 24 passed, 20 failed, 1 skipped"), "{stderr}");
+    assert!(stderr.contains("54 tests run: 30 passed, 24 failed, 2 skipped"), "{stderr}");
 }
 
 /// Runs the `reuse` fixture target with one job (tests in name order) and

@@ -54,6 +54,14 @@ pub fn isolation() -> Isolation {
     Isolation::Shared
 }
 
+/// Whether libtest captures the test's output (no `--nocapture`): its
+/// capture buffer grows on the test's heap as the test prints, so an
+/// in-process heap check there would count it.
+pub(crate) fn output_captured() -> bool {
+    let asked = std::env::args().any(|arg| arg == "--nocapture" || arg == "--no-capture");
+    !asked && std::env::var("RUST_TEST_NOCAPTURE").map_or(true, |value| value == "0")
+}
+
 /// `--test-threads N` / `--test-threads=N` from the command line, else `RUST_TEST_THREADS`.
 fn test_threads() -> Option<usize> {
     let mut args = std::env::args();

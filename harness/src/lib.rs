@@ -14,11 +14,10 @@
 //!   fn pool_shuts_down() { /* ... */ }
 //!   ```
 //!
-//!   It checks when the test has its process to itself: under `cargo
-//!   leakcheck`, `cargo nextest run`, `cargo test -- --test-threads=1`, or the
-//!   harness below. Under plain `cargo test` (tests in parallel threads of one
-//!   process) it cannot attribute what it sees, so it says so once and runs
-//!   the tests unchecked; it never reports a leak it cannot attribute.
+//!   It checks where the test has its process to itself (under `cargo
+//!   leakcheck`, `cargo nextest run`, or the harness below); under plain
+//!   `cargo test`, where tests share one process on parallel threads, the
+//!   test runs itself again alone in a fresh process and is checked there.
 //! - **`leakcheck::main!()`** in a `harness = false` test target checks every
 //!   `#[leakcheck::test]` of the target in forked children (a child whose
 //!   test left nothing behind runs the next one), heap included:
@@ -68,11 +67,15 @@ mod isolation;
 #[cfg(target_os = "linux")]
 mod one_time;
 pub mod options;
+#[cfg(target_os = "linux")]
+mod panic_text;
 pub mod record;
 #[cfg(target_os = "linux")]
 mod registry;
 #[cfg(target_os = "linux")]
 mod reuse;
+#[cfg(target_os = "linux")]
+mod self_isolation;
 pub mod shape;
 pub mod sites;
 pub mod snapshot;

@@ -46,24 +46,34 @@ impl<E: std::fmt::Debug> IntoTestResult for Result<(), E> {
 static SHARED_NOTE: Once = Once::new();
 
 /// Runs a `#[leakcheck::test]` under the default libtest harness: checked
-/// when the test is alone in its process, run unchecked (with one note per
-/// process) when other tests may run beside it.
+/// in place when the test is alone in its process; when other tests may run
+/// beside it (or libtest captures its output), run again alone in a fresh
+/// process and checked there (see `crate::self_isolation`).
 ///
 /// The body runs on a fresh thread (named like the test's) that is joined
 /// before the check, so the test thread's thread-locals are gone by then, as
 /// they are in the harness. A failure or a leak panics, as libtest expects.
 pub fn run_test(options: &Options, body: fn() -> Result<(), String>) {
-    if isolation() == Isolation::Shared {
-        SHARED_NOTE.call_once(|| {
-            // Straight to fd 2: libtest captures eprintln! of passing tests.
-            let _ = std::io::Write::write_all(
-                &mut std::io::stderr(),
-                b"note: leakcheck: leak checks are off in this process: cargo test runs tests in parallel \
-                  threads, so a leak could not be told apart from another test's resources. Run \
-                  `cargo leakcheck`, `cargo nextest run`, or `cargo test -- --test-threads=1` to check.\n",
-            );
-        });
-        return finish_body(body());
+    // Other tests run beside this one, or libtest captures its output (a
+    // buffer that grows on the heap as it prints): run it alone in a fresh
+    // process, output not captured there, and check it there.
+    let mode = isolation();
+    if mode == Isolation::Shared || (mode == Isolation::SingleThreaded && crate::isolation::output_captured()) {
+        let name = std::thread::current().name().map(str::to_owned);
+        match name.as_deref().and_then(crate::self_isolation::run_alone) {
+            Some(isolated) => return conclude_isolated(isolated),
+            None => {
+                SHARED_NOTE.call_once(|| {
+                    // Straight to fd 2: libtest captures eprintln! of passing tests.
+                    let _ = std::io::Write::write_all(
+                        &mut std::io::stderr(),
+                        b"note: leakcheck: leak checks are off in this process: the test could not be run \
+                          again alone in a process of its own.\n",
+                    );
+                });
+                return finish_body(body());
+            }
+        }
     }
     // Spawning a thread initialises std's lazy thread state on first use
     // (the main thread's handle, stack-size settings); do that before the
@@ -164,11 +174,21 @@ fn report_verdict(
         unchecked: finding.unchecked.clone(),
         closed_fds: finding.closed_fds.clone(),
         singletons: singletons.to_vec(),
+        failure: match &outcome {
+            Ok(Err(message)) => Some(message.clone()),
+            Err(payload) => Some(crate::panic_text::payload_text(payload.as_ref())),
+            Ok(Ok(())) => None,
+        },
     });
-    if !singletons.is_empty() && std::env::var_os("LEAKCHECK_RECORD_FILE").is_none() {
-        eprintln!("note: leakcheck: made once per process (a second run did not leave them again), not counted:");
-        for leak in singletons {
-            eprintln!("  - {}", leak.describe());
+    if std::env::var_os("LEAKCHECK_RECORD_FILE").is_none() {
+        if !singletons.is_empty() {
+            eprintln!("note: leakcheck: made once per process (a second run did not leave them again), not counted:");
+            for leak in singletons {
+                eprintln!("  - {}", leak.describe());
+            }
+        }
+        if !finding.unchecked.is_empty() {
+            eprintln!("note: leakcheck: not checked: {}", finding.unchecked.join(", "));
         }
     }
     let leaks = &finding.judgement.leaks;
@@ -215,6 +235,37 @@ fn explain_after_leak(body: fn() -> Result<(), String>, options: &Options, leaks
             recorder.finish(&mut rerun.judgement.leaks);
             crate::sites::attach(leaks, &rerun.judgement.leaks);
         }
+    }
+}
+
+/// The parent's verdict on a test that ran alone in a fresh process: pass,
+/// or fail with the body's own failure or with the leak report. The failure
+/// is raised with `resume_unwind`: no panic location in leakcheck's code,
+/// and `#[should_panic(expected = ...)]` sees the body's message.
+fn conclude_isolated(isolated: crate::self_isolation::Isolated) {
+    let report = match isolated {
+        crate::self_isolation::Isolated::Report(report) => report,
+        crate::self_isolation::Isolated::NoReport(why) => {
+            eprintln!("{why}");
+            resume_unwind(Box::new(why));
+        }
+    };
+    if !report.singletons.is_empty() {
+        eprintln!("note: leakcheck: made once per process (a second run did not leave them again), not counted:");
+        for leak in &report.singletons {
+            eprintln!("  - {}", leak.describe());
+        }
+    }
+    if let Some(failure) = report.failure {
+        resume_unwind(Box::new(failure));
+    }
+    if !report.leaks.is_empty() {
+        let message = crate::record::describe_leaks(&report.leaks);
+        eprintln!("{message}");
+        resume_unwind(Box::new(message));
+    }
+    if !report.unchecked.is_empty() {
+        eprintln!("note: leakcheck: not checked: {}", report.unchecked.join(", "));
     }
 }
 

@@ -469,6 +469,9 @@ pub struct InProcessReport {
     /// not leave again: made once per process, not a leak of the test.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub singletons: Vec<Leak>,
+    /// Why the body failed (its error or panic message), when it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure: Option<String>,
 }
 
 /// The message of a test failed by its leaks.

@@ -191,14 +191,14 @@ fn run_on_fresh_thread(def: &'static TestDef, name: &str) -> (Result<(), String>
         Ok(Err(_)) | Ok(Ok(Err(_))) if def.should_panic == ShouldPanic::Yes => Ok(()),
         Ok(Ok(Err(payload))) => match def.should_panic {
             ShouldPanic::WithMessage(expected) => {
-                let message = payload_text(payload.as_ref());
+                let message = crate::panic_text::payload_text(payload.as_ref());
                 if message.contains(expected) {
                     Ok(())
                 } else {
                     Err(format!("panic did not contain expected string\n      panic message: {message:?}\n expected substring: {expected:?}"))
                 }
             }
-            _ => Err(format!("the test panicked: {}", payload_text(payload.as_ref()))),
+            _ => Err(format!("the test panicked: {}", crate::panic_text::payload_text(payload.as_ref()))),
         },
         Ok(Err(_)) => Err("the test thread panicked".to_owned()),
         Ok(Ok(Ok(result))) => match (result, def.should_panic) {
@@ -208,14 +208,6 @@ fn run_on_fresh_thread(def: &'static TestDef, name: &str) -> (Result<(), String>
         },
     };
     (body, panicked)
-}
-
-fn payload_text(payload: &(dyn std::any::Any + Send)) -> String {
-    payload
-        .downcast_ref::<&str>()
-        .map(|text| (*text).to_owned())
-        .or_else(|| payload.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "Box<dyn Any>".to_owned())
 }
 
 /// Panics so far in this process, on any thread (see [`count_panics`]).
