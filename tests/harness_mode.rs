@@ -208,14 +208,60 @@ fn cargo_in_fixtures(args: &[&str]) -> std::process::Command {
     command
 }
 
-/// `sleep 37` processes on the machine (the isolated fixture's child).
-fn sleeps_37() -> usize {
+/// Pids of live processes whose command line contains `needle`.
+fn processes_with(needle: &str) -> Vec<i32> {
     std::fs::read_dir("/proc")
         .unwrap()
         .flatten()
-        .filter_map(|entry| std::fs::read(entry.path().join("cmdline")).ok())
-        .filter(|cmdline| String::from_utf8_lossy(cmdline).replace('\0', " ").trim_end() == "sleep 37")
-        .count()
+        .filter_map(|entry| Some((entry.file_name().to_str()?.parse::<i32>().ok()?, entry.path())))
+        .filter(|(_, path)| {
+            let cmdline = std::fs::read(path.join("cmdline")).unwrap_or_default();
+            let stat = std::fs::read_to_string(path.join("stat")).unwrap_or_default();
+            let zombie = stat.rsplit(')').next().is_some_and(|rest| rest.trim_start().starts_with('Z'));
+            !zombie && String::from_utf8_lossy(&cmdline).replace('\0', " ").contains(needle)
+        })
+        .map(|(pid, _)| pid)
+        .collect()
+}
+
+/// A hanging attributed test under plain `cargo test`: when the test binary
+/// is killed, its isolated copy dies with it.
+#[test]
+fn an_isolated_test_dies_with_the_test_binary_waiting_for_it() {
+    let _serial = serial();
+    let build =
+        cargo_in_fixtures(&["test", "-p", "harnessed", "--test", "isolated", "--no-run", "--message-format=json"])
+            .output()
+            .unwrap();
+    let executable = String::from_utf8_lossy(&build.stdout)
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|message| message["target"]["name"] == "isolated")
+        .find_map(|message| message["executable"].as_str().map(str::to_owned))
+        .expect("the isolated target's executable");
+    let mut parent = std::process::Command::new(executable)
+        .args(["iso_hangs", "--exact", "--ignored"])
+        .env_remove("LEAKCHECK_TEST_ID")
+        .env_remove("NEXTEST")
+        .env_remove("NEXTEST_EXECUTION_MODE")
+        .env_remove("RUST_TEST_THREADS")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let isolated = "iso_hangs --exact --test-threads=1";
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while processes_with(isolated).is_empty() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(!processes_with(isolated).is_empty(), "the isolated copy never started");
+    parent.kill().unwrap();
+    parent.wait().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !processes_with(isolated).is_empty() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert_eq!(processes_with(isolated), Vec::<i32>::new(), "the isolated copy outlived its parent");
 }
 
 #[test]
@@ -224,10 +270,12 @@ fn plain_cargo_test_in_parallel_checks_each_attributed_test_alone() {
     // Five times: untagged neighbours churn fds and threads in the shared
     // process meanwhile, and must never be blamed.
     for round in 0..5 {
+        // (Another runner's test may have left one: nextest does not end them.)
+        let before = processes_with("sleep 37");
         let output = cargo_in_fixtures(&["test", "-p", "harnessed", "--test", "isolated"]).output().unwrap();
         let stdout = String::from_utf8_lossy(&output.stdout);
         assert_eq!(output.status.code(), Some(101), "round {round}:\n{stdout}");
-        assert!(stdout.contains("test result: FAILED. 6 passed; 4 failed; 1 ignored"), "round {round}:\n{stdout}");
+        assert!(stdout.contains("test result: FAILED. 6 passed; 4 failed; 2 ignored"), "round {round}:\n{stdout}");
         let failed: Vec<&str> = stdout
             .rsplit_once("\nfailures:\n")
             .map_or("", |(_, list)| list)
@@ -250,11 +298,14 @@ fn plain_cargo_test_in_parallel_checks_each_attributed_test_alone() {
             assert!(!section.contains("panicked at"), "{section}");
         }
         assert!(stdout.contains("test iso_should_panic - should panic ... ok"), "round {round}:\n{stdout}");
-        assert_eq!(sleeps_37(), 0, "round {round}: the isolated child's `sleep 37` must be gone");
+        let left: Vec<i32> = processes_with("sleep 37").into_iter().filter(|pid| !before.contains(pid)).collect();
+        assert_eq!(left, Vec::<i32>::new(), "round {round}: the isolated child's `sleep 37` must be gone");
     }
     // An ignored attributed test runs isolated when asked for.
     let output =
-        cargo_in_fixtures(&["test", "-p", "harnessed", "--test", "isolated", "--", "--ignored"]).output().unwrap();
+        cargo_in_fixtures(&["test", "-p", "harnessed", "--test", "isolated", "--", "--ignored", "iso_ignored_leak"])
+            .output()
+            .unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(stdout.contains("test result: FAILED. 0 passed; 1 failed; 0 ignored"), "{stdout}");
     assert!(stdout.contains("fd 3 -> /dev/null (character device)"), "{stdout}");
@@ -297,9 +348,16 @@ fn harness_and_attribute_run_unchanged_under_nextest() {
         return;
     }
     let _serial = serial();
+    let before = processes_with("sleep 37");
     let output = cargo_in_fixtures(&["nextest", "run", "-p", "harnessed", "--no-fail-fast", "--color", "never"])
         .output()
         .unwrap();
+    // Under nextest, iso_running_child's `sleep 37` outlives its test (nextest
+    // reports it, "LEAK", and leaves it): end it here, not 37 s later.
+    for pid in processes_with("sleep 37").into_iter().filter(|pid| !before.contains(pid)) {
+        // SAFETY: kill of a `sleep 37` this run started.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    }
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(100), "{stderr}");
     let failed: Vec<&str> = stderr
@@ -343,7 +401,7 @@ fn harness_and_attribute_run_unchanged_under_nextest() {
         ],
         "{stderr}"
     );
-    assert!(stderr.contains("54 tests run: 30 passed, 24 failed, 2 skipped"), "{stderr}");
+    assert!(stderr.contains("54 tests run: 30 passed, 24 failed, 3 skipped"), "{stderr}");
 }
 
 /// Runs the `reuse` fixture target with one job (tests in name order) and
