@@ -361,14 +361,18 @@ impl GroupRunner<'_> {
         result
     }
 
+    fn site(&self) -> GroupSite<'_> {
+        GroupSite { context: self.context, binary: &self.binary, serial: self.serial }
+    }
+
     fn run_once(&mut self, names: &[&str]) -> GroupRun {
-        run_group(self.context, self.waker, &self.binary, self.serial, names)
+        run_group(self.site(), self.waker, names)
     }
 
     /// Runs the groups `groups` at once, `jobs` at a time, and keeps what
     /// each showed for [`GroupRunner::run`].
     fn prefetch(&mut self, groups: &[Vec<&str>], jobs: usize) {
-        let (context, binary, serial) = (self.context, &self.binary, self.serial);
+        let site = self.site();
         let known = |names: &Vec<&str>| {
             self.runs.contains_key(&names.iter().map(|name| (*name).to_owned()).collect::<Vec<_>>())
         };
@@ -381,7 +385,7 @@ impl GroupRunner<'_> {
                 scope.spawn(|| {
                     let Ok(waker) = Waker::new() else { return };
                     while let Some(names) = groups.get(next.fetch_add(1, Ordering::SeqCst)) {
-                        let result = run_group(context, &waker, binary, serial, names);
+                        let result = run_group(site, &waker, names);
                         results.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).push((names.clone(), result));
                     }
                 });
@@ -394,17 +398,21 @@ impl GroupRunner<'_> {
     }
 }
 
+/// What every group run of one binary shares.
+#[derive(Debug, Clone, Copy)]
+struct GroupSite<'a> {
+    context: &'a RunContext,
+    binary: &'a Arc<crate::cargo::TestBinary>,
+    /// Serial numbers for the group runs' markers, after the tests' own.
+    serial: &'a AtomicUsize,
+}
+
 /// One group run: the tests `names` of `binary` together in one process,
 /// `--test-threads=1`, under the exit probe, settled with the whole grace.
-fn run_group(
-    context: &RunContext,
-    waker: &Waker,
-    binary: &Arc<crate::cargo::TestBinary>,
-    serial: &AtomicUsize,
-    names: &[&str],
-) -> GroupRun {
+fn run_group(site: GroupSite<'_>, waker: &Waker, names: &[&str]) -> GroupRun {
     let started = std::time::Instant::now();
-    let result = run_group_once(context, waker, binary, serial, names);
+    let result = run_group_once(site, waker, names);
+    let GroupSite { context, binary, .. } = site;
     if context.verbose {
         let what = match &result {
             GroupRun::Left(left) => {
@@ -424,13 +432,8 @@ fn run_group(
     result
 }
 
-fn run_group_once(
-    context: &RunContext,
-    waker: &Waker,
-    binary: &Arc<crate::cargo::TestBinary>,
-    serial: &AtomicUsize,
-    names: &[&str],
-) -> GroupRun {
+fn run_group_once(site: GroupSite<'_>, waker: &Waker, names: &[&str]) -> GroupRun {
+    let GroupSite { context, binary, serial } = site;
     if context.supervisor.interrupted().is_some() {
         return GroupRun::Inconclusive;
     }
