@@ -22,6 +22,9 @@ pub(super) struct LiveSite {
 pub(super) struct HeapRecorder {
     profiler: dhat::Profiler,
     report: PathBuf,
+    /// A private directory (random name, 0700) for dhat's report, removed
+    /// on drop: a predictable path could be planted by another user.
+    _dir: tempfile::TempDir,
 }
 
 impl HeapRecorder {
@@ -29,10 +32,11 @@ impl HeapRecorder {
     /// allocator (then no heap leak is measured either).
     pub(super) fn start() -> Option<HeapRecorder> {
         crate::alloc::heap_usage()?;
-        let report = std::env::temp_dir().join(format!("leakcheck-dhat-{}.json", std::process::id()));
+        let dir = tempfile::Builder::new().prefix("leakcheck-dhat-").tempdir().ok()?;
+        let report = dir.path().join("dhat.json");
         let profiler = dhat::Profiler::builder().file_name(&report).trim_backtraces(None).build();
         crate::alloc::route_through_dhat(true);
-        Some(HeapRecorder { profiler, report })
+        Some(HeapRecorder { profiler, report, _dir: dir })
     }
 
     /// Stops recording; the program points with live blocks, largest first.
@@ -40,7 +44,6 @@ impl HeapRecorder {
         crate::alloc::route_through_dhat(false);
         drop(self.profiler);
         let report = std::fs::read(&self.report);
-        let _ = std::fs::remove_file(&self.report);
         report.ok().and_then(|json| serde_json::from_slice(&json).ok()).map(live_sites).unwrap_or_default()
     }
 }

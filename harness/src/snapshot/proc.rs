@@ -296,7 +296,7 @@ mod tests {
     fn snapshot_of_self_sees_a_new_thread_and_file() {
         let pid = std::process::id() as i32;
         let before = take(pid).unwrap();
-        let file = tempfile_in_target();
+        let file = tempfile::Builder::new().prefix("leakcheck-snapshot-selftest-").tempfile().unwrap();
         let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
         let (ready_tx, ready_rx) = std::sync::mpsc::channel::<()>();
         // std names the thread from inside it, so wait until it runs.
@@ -313,11 +313,11 @@ mod tests {
         assert!(!before.threads.iter().any(|thread| thread.name == "snap-probe"));
         let new: Vec<i32> =
             after.fds.iter().filter(|fd| !before.fds.iter().any(|old| old.fd == fd.fd)).map(|fd| fd.fd).collect();
-        assert!(new.iter().any(|&fd| fd_target(pid, fd).ends_with("leakcheck-snapshot-selftest")), "{new:?}");
+        let name = file.path().to_string_lossy().into_owned();
+        assert!(new.iter().any(|&fd| fd_target(pid, fd) == name), "{new:?}");
         drop(stop_tx);
         worker.join().unwrap().unwrap_err();
         drop(file);
-        fs::remove_file(path()).unwrap();
     }
 
     #[test]
@@ -336,13 +336,5 @@ mod tests {
         unsafe { libc::close(high) };
         assert!(plain && since, "take: {plain}, take_since: {since}");
         assert!(!seen(take(pid).unwrap()), "closed again");
-    }
-
-    fn path() -> std::path::PathBuf {
-        std::env::temp_dir().join(format!("{}-leakcheck-snapshot-selftest", std::process::id()))
-    }
-
-    fn tempfile_in_target() -> fs::File {
-        fs::File::create(path()).unwrap()
     }
 }
