@@ -603,3 +603,17 @@ fn pipe_details_name_an_orphan_holding_the_other_end_and_a_duplicate_of_stdout()
     let program: Vec<String> = children(exiting).iter().map(|child| leakcheck::shape::program_of(child.0)).collect();
     assert_eq!(program, ["true"]);
 }
+
+#[test]
+fn an_unknown_test_target_or_test_argument_is_a_usage_error_that_names_it() {
+    let _serial = serial();
+    let run = run_to_end(leakcheck(&["-p", "leaky", "--test", "nosuch"]));
+    assert_eq!(run.code, Some(2), "stderr:\n{}", run.stderr);
+    assert!(run.stderr.contains("no target `nosuch` for --test in this workspace"), "{}", run.stderr);
+    assert!(run.stderr.contains("leaks, outcomes"), "{}", run.stderr);
+    assert!(!run.stderr.contains("the build failed"), "{}", run.stderr);
+    let run = run_to_end(leakcheck(&["-p", "leaky", "--", "--frobnicate"]));
+    assert_eq!(run.code, Some(2), "stderr:\n{}", run.stderr);
+    assert!(run.stderr.contains("the test binaries do not take `--frobnicate`"), "{}", run.stderr);
+    assert!(!run.stderr.contains("libtest-compatible"), "{}", run.stderr);
+}

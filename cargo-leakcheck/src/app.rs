@@ -56,6 +56,7 @@ fn try_main(args: &LeakcheckArgs, supervisor: &'static Supervisor) -> Result<u8,
     let build = args.cargo_selection();
     let metadata = cargo::metadata(&build)?;
     cargo::check_packages(&build, &metadata)?;
+    cargo::check_targets(&build, &metadata)?;
     let plan = plan::make(args, metadata.workspace_root.as_std_path())?;
     let binaries = cargo::build_tests(&build, &metadata, supervisor)?;
     let selection = Selection::new(args.filter.as_deref(), &args.test_args);

@@ -110,6 +110,28 @@ pub(crate) fn check_packages(args: &CargoSelection, metadata: &Metadata) -> Resu
     Ok(())
 }
 
+/// Checks that each plain `--test NAME` and `--bin NAME` names a target of a
+/// workspace package, so a typo is a usage error listing the targets there
+/// are, rather than a failed build. Globs are left to cargo.
+pub(crate) fn check_targets(args: &CargoSelection, metadata: &Metadata) -> Result<(), RunError> {
+    let packages = metadata.workspace_packages();
+    for (names, kind, flag) in [(&args.tests, TargetKind::Test, "--test"), (&args.bins, TargetKind::Bin, "--bin")] {
+        let known: Vec<&str> = packages
+            .iter()
+            .flat_map(|package| &package.targets)
+            .filter(|target| target.kind.contains(&kind))
+            .map(|target| target.name.as_str())
+            .collect();
+        for name in names.iter().filter(|name| !name.contains(['*', '?', '['])) {
+            if !known.contains(&name.as_str()) {
+                let known = if known.is_empty() { "none".to_owned() } else { known.join(", ") };
+                return Err(RunError::UnknownTarget { flag, name: name.clone(), known });
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Builds the selected test targets and returns their executables, sorted by id.
 /// cargo's own diagnostics go straight to our stderr.
 pub(crate) fn build_tests(

@@ -62,11 +62,18 @@ pub(crate) enum RunError {
     BuildFailed { status: std::process::ExitStatus },
     #[error("no package `{name}` in this workspace (its packages: {known})")]
     UnknownPackage { name: String, known: String },
+    #[error("no target `{name}` for {flag} in this workspace (its targets of that kind: {known})")]
+    UnknownTarget { flag: &'static str, name: String, known: String },
     #[error(
         "could not list the tests of {binary} (`{command}` {status}); is it a libtest-compatible test binary? \
          Leave it out by selecting other targets (--lib, --test NAME).\n{stderr}"
     )]
     ListTests { binary: String, command: String, status: String, stderr: String },
+    #[error(
+        "the test binaries do not take `--{option}` (after `--` cargo leakcheck passes libtest's \
+         --exact, --skip PATTERN, --ignored, --include-ignored; see --help)"
+    )]
+    UnknownTestArgument { option: String },
     #[error("no test matched the filter `{filter}`")]
     NothingMatched { filter: String },
     #[error("the selected targets contain no tests")]
@@ -99,6 +106,8 @@ impl RunError {
         match self {
             RunError::Metadata { .. }
             | RunError::UnknownPackage { .. }
+            | RunError::UnknownTarget { .. }
+            | RunError::UnknownTestArgument { .. }
             | RunError::Config(_)
             | RunError::Baseline(_)
             | RunError::UsageMessage(_) => exit_code::USAGE,

@@ -113,6 +113,11 @@ fn run_list(
     let output = command.output().map_err(|error| failure(format!("could not start: {error}"), String::new()))?;
     let stderr = String::from_utf8_lossy(&output.stderr).trim_end().to_owned();
     if !output.status.success() {
+        // libtest refusing an argument the user gave after `--` is bad usage,
+        // not a binary that does not speak libtest.
+        if let Some(option) = stderr.lines().find_map(|line| line.strip_prefix("error: Unrecognized option: ")) {
+            return Err(RunError::UnknownTestArgument { option: option.trim_matches('\'').to_owned() });
+        }
         return Err(failure(format!("failed with {}", output.status), stderr));
     }
     parse_terse_list(&String::from_utf8_lossy(&output.stdout))
