@@ -304,7 +304,10 @@ fn parse(text: &str, path: &Path, name: &str) -> Result<Profile, ConfigError> {
     for rule in rules {
         let span = rule.span();
         let (line, _) = line_column(text, span.start);
-        let checked = check_rule(rule.get_ref(), format!("{}:{line}", path.display()))
+        // Relative to where the run started, when the file is below it.
+        let shown = std::env::current_dir().ok().and_then(|cwd| path.strip_prefix(cwd).ok().map(Path::to_owned));
+        let shown = shown.as_deref().unwrap_or(path);
+        let checked = check_rule(rule.get_ref(), format!("{}:{line}", shown.display()))
             .map_err(|message| invalid(Some(span), message))?;
         profile.allow.push(checked);
     }

@@ -283,7 +283,8 @@ pub struct TestRecord {
     pub name: String,
     /// How it ended.
     pub outcome: Outcome,
-    /// Wall time from spawn to exit, in milliseconds.
+    /// Wall time from spawn to exit, in milliseconds; the time the exit
+    /// snapshot waited for leftovers to go away (the grace) is not counted.
     pub duration_ms: u64,
     /// Why a failed or timed-out test failed ("exit status 101", "killed by
     /// signal SIGSEGV"); absent when it passed.

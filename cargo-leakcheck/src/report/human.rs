@@ -95,6 +95,9 @@ pub(crate) fn progress_line(record: &TestRecord) -> String {
 /// Heap sites shown per leak (the JSON report has up to five).
 const SITES_SHOWN: usize = 3;
 
+const NO_SITES_AT_ALL_NOTE: &str = "note: no creation site was found for these leaks. Stacks come from re-running a \
+leaking test with leakcheck's code inside it: #[leakcheck::test] or leakcheck::main!().";
+
 const NO_SITE_NOTE: &str = "note: no creation site for some leaks (\"-\"). Stacks come from re-running a leaking \
 test with leakcheck's code inside it: #[leakcheck::test] or leakcheck::main!() (fds and children on x86_64 Linux). \
 For a plain #[test], \"named at\" is the line of the test that names the file, thread or program; a leak with \
@@ -155,8 +158,10 @@ pub(crate) fn final_report(records: &[TestRecord], summary: &Summary) -> String 
             }
         }
         let _ = writeln!(out, "\nLeaks:\n{table}");
-        if records.iter().flat_map(|record| &record.leaks).any(|leak| leak.sites().is_empty()) {
+        if any_site && records.iter().flat_map(|record| &record.leaks).any(|leak| leak.sites().is_empty()) {
             let _ = writeln!(out, "{NO_SITE_NOTE}");
+        } else if !any_site {
+            let _ = writeln!(out, "{NO_SITES_AT_ALL_NOTE}");
         }
         let mut hinted: Vec<&str> = Vec::new();
         for leak in records.iter().flat_map(|record| &record.leaks) {

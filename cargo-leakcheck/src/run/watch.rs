@@ -31,6 +31,9 @@ pub(super) struct ExitView {
     pub(super) closed: Vec<i32>,
     /// Settling stopped early for lasting shapes ([`Settle::SkipLasting`]).
     pub(super) hurried: bool,
+    /// How long the exit snapshot waited for leaks to go away: not the
+    /// test's time.
+    settled_for: Duration,
 }
 
 /// How the watched process ended.
@@ -99,7 +102,8 @@ pub(super) fn watch(context: &RunContext, waker: &Waker, case: &TestCase, proces
             kill_all();
         }
     };
-    let duration = process.started.elapsed();
+    let settled_for = exit_view.as_ref().map_or(Duration::ZERO, |view| view.settled_for);
+    let duration = process.started.elapsed().saturating_sub(settled_for);
     context.supervisor.unregister(pid);
     let leaks = end_leftovers(context, process, exit_view.as_ref(), killed, timed_out);
     Ended { status, duration, timed_out, exit_view, leaks }
@@ -222,9 +226,16 @@ fn serve_exit_call(
                 } else if !leaks.is_empty() && settle == Settle::SkipLasting && lasting(&leaks) {
                     hurried = true;
                 }
-                ExitView { leaks, children, by_main_thread, closed, hurried }
+                ExitView { leaks, children, by_main_thread, closed, hurried, settled_for: started.elapsed() }
             }
-            Err(_) => ExitView { leaks: Vec::new(), children, by_main_thread, closed: Vec::new(), hurried },
+            Err(_) => ExitView {
+                leaks: Vec::new(),
+                children,
+                by_main_thread,
+                closed: Vec::new(),
+                hurried,
+                settled_for: started.elapsed(),
+            },
         });
     }
     listener.proceed(call);
