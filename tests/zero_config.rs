@@ -324,6 +324,15 @@ fn help_explains_the_exit_codes() {
     for line in ["100  some test failed, leaked or timed out", "101  the build failed", "--no-fail-fast", "--timeout"] {
         assert!(help.contains(line), "--help lacks `{line}`:\n{help}");
     }
+    // The configuration summary states the defaults as they are.
+    for line in [
+        "kinds = { fd, thread, child, heap }: \"fail\" (default), \"warn\" or \"off\"",
+        "(default: fd and thread \"pass\", child \"fail\")",
+        "--fail-singletons",
+        "--locked",
+    ] {
+        assert!(help.contains(line), "--help lacks `{line}`:\n{help}");
+    }
 }
 
 fn interrupt_mid_run(signal: &str, package: &str, test: &str, daemon: &str) {

@@ -28,9 +28,10 @@ Exit codes:
   130  interrupted by SIGINT, SIGTERM or SIGHUP (running tests were killed)
 
 Configuration (.config/leakcheck.toml; flags win over the file):
-  [profile.default]        grace, timeout, jobs, fail-fast,
-                           kinds = { fd = \"fail\", thread = \"fail\", child = \"fail\", heap = \"warn\" }
-                           singletons = { fd = \"pass\", thread = \"pass\", child = \"fail\" }
+  [profile.default]        grace, timeout, jobs, fail-fast, repeat,
+                           kinds = { fd, thread, child, heap }: \"fail\" (default), \"warn\" or \"off\"
+                           singletons = { fd, thread, child }: \"pass\" or \"fail\"
+                             (default: fd and thread \"pass\", child \"fail\")
   [profile.ci]             the same keys; unset ones fall back to profile.default
   [[allow]]                kind, target | name | cmdline | bytes, tests, max, reason (required);
                            detail (fd), waiting-in (thread); name = \"(unnamed)\" for unnamed threads
