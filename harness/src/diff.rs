@@ -105,21 +105,12 @@ fn link_target(_pid: i32, _fd: i32) -> String {
 /// were never named: Linux gives a new thread its creator's name, cut to 15
 /// bytes).
 pub fn mark_unnamed_threads(leaks: &mut [Leak], test_thread_name: &str) {
-    let inherited = comm_of(test_thread_name);
+    let inherited = crate::shape::comm_of(test_thread_name);
     for leak in leaks {
         if let Leak::Thread { name, unnamed, .. } = leak {
             *unnamed = !inherited.is_empty() && *name == inherited;
         }
     }
-}
-
-/// What the kernel keeps of a thread name: its first 15 bytes.
-fn comm_of(name: &str) -> &str {
-    let mut end = name.len().min(15);
-    while !name.is_char_boundary(end) {
-        end -= 1;
-    }
-    &name[..end]
 }
 
 /// A leaked process as a [`Leak`]; `orphaned` when it was not the test's own child.

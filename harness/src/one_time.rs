@@ -14,52 +14,30 @@
 use std::collections::BTreeMap;
 
 use crate::record::Leak;
-use crate::shape::shape_of;
+use crate::shape::{shape_counts, take_by_shape};
 
 /// Splits `first` into the test's own leaks and the one-time ones, by the
 /// leaks of a second run in the same process; `test_thread` is the name of
 /// the test's thread (inherited by threads it does not name).
 pub(crate) fn split(first: Vec<Leak>, second: &[Leak], test_thread: &str) -> (Vec<Leak>, Vec<Leak>) {
-    let mut again: BTreeMap<String, usize> = BTreeMap::new();
-    for shape in second.iter().filter_map(|leak| shape_of(leak, &[test_thread])) {
-        *again.entry(shape).or_insert(0) += 1;
-    }
-    let heap_again = second.iter().any(|leak| matches!(leak, Leak::Heap { .. }));
-    let mut first_counts: BTreeMap<String, usize> = BTreeMap::new();
-    for shape in first.iter().filter_map(|leak| shape_of(leak, &[test_thread])) {
-        *first_counts.entry(shape).or_insert(0) += 1;
-    }
-    // One-time instances per shape: those not left again; the lowest fd
-    // numbers (oldest threads, children) first, as start-up makes them.
-    let mut one_time: BTreeMap<String, usize> = first_counts
+    let threads = [test_thread];
+    let again = shape_counts(second, &threads);
+    // One-time instances per shape: those the second run did not leave
+    // again. A child the second run did not leave again may have been
+    // reaped by it (a runtime reaping orphaned children): never one-time.
+    let countable: Vec<Leak> = first.iter().filter(|leak| !matches!(leak, Leak::Child { .. })).cloned().collect();
+    let one_time: BTreeMap<String, usize> = shape_counts(&countable, &threads)
         .into_iter()
         .map(|(shape, count)| {
             let again = again.get(&shape).copied().unwrap_or(0);
             (shape, count.saturating_sub(again))
         })
         .collect();
-    let mut order: Vec<usize> = (0..first.len()).collect();
-    order.sort_by_key(|&index| identity_number(&first[index]));
-    let mut is_one_time = vec![false; first.len()];
-    for index in order {
-        let leak = &first[index];
-        is_one_time[index] = match (leak, shape_of(leak, &[test_thread])) {
-            // A child the second run did not leave again may have been
-            // reaped by it (a runtime reaping orphaned children): always
-            // the test's own.
-            (Leak::Child { .. }, _) => false,
-            (_, Some(shape)) => one_time.get_mut(&shape).filter(|left| **left > 0).map(|left| *left -= 1).is_some(),
-            (_, None) => matches!(leak, Leak::Heap { .. }) && !heap_again,
-        };
-    }
-    let (mut own, mut once) = (Vec::new(), Vec::new());
-    for (leak, one_time) in first.into_iter().zip(is_one_time) {
-        if one_time {
-            once.push(leak);
-        } else {
-            own.push(leak);
-        }
-    }
+    let (mut once, rest) = take_by_shape(first, &one_time, &threads);
+    let heap_again = second.iter().any(|leak| matches!(leak, Leak::Heap { .. }));
+    let (heap, own): (Vec<Leak>, Vec<Leak>) =
+        rest.into_iter().partition(|leak| matches!(leak, Leak::Heap { .. }) && !heap_again);
+    once.extend(heap);
     (own, once)
 }
 
@@ -82,15 +60,6 @@ pub(crate) fn end_children(second: &[Leak]) {
                 libc::waitpid(*pid, std::ptr::null_mut(), 0);
             }
         }
-    }
-}
-
-fn identity_number(leak: &Leak) -> i64 {
-    match leak {
-        Leak::Fd { fd, .. } => i64::from(*fd),
-        Leak::Thread { tid, .. } => i64::from(*tid),
-        Leak::Child { pid, .. } => i64::from(*pid),
-        Leak::Heap { .. } => i64::MAX,
     }
 }
 

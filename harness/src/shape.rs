@@ -2,6 +2,8 @@
 //! same resource in another process (or in another run of the test).
 //! Singleton detection compares counts of each shape.
 
+use std::collections::BTreeMap;
+
 use crate::record::Leak;
 
 /// The shape of a leak: its kind and an identity that is the same in every
@@ -45,8 +47,49 @@ pub fn program_of(cmdline: &str) -> String {
     comm_of(program).to_owned()
 }
 
+/// Instances of each shape among `leaks`.
+pub fn shape_counts(leaks: &[Leak], test_threads: &[&str]) -> BTreeMap<String, usize> {
+    let mut counts = BTreeMap::new();
+    for shape in leaks.iter().filter_map(|leak| shape_of(leak, test_threads)) {
+        *counts.entry(shape).or_insert(0) += 1;
+    }
+    counts
+}
+
+/// Splits `leaks` into the ones taken, `counts[shape]` of each shape, and
+/// the rest, in their order. The lowest fd numbers (oldest threads and
+/// children) are taken first: a library's start-up makes them first.
+pub fn take_by_shape(
+    leaks: Vec<Leak>,
+    counts: &BTreeMap<String, usize>,
+    test_threads: &[&str],
+) -> (Vec<Leak>, Vec<Leak>) {
+    let mut left = counts.clone();
+    let mut order: Vec<usize> = (0..leaks.len()).collect();
+    order.sort_by_key(|&index| match &leaks[index] {
+        Leak::Fd { fd, .. } => i64::from(*fd),
+        Leak::Thread { tid, .. } => i64::from(*tid),
+        Leak::Child { pid, .. } => i64::from(*pid),
+        Leak::Heap { .. } => i64::MAX,
+    });
+    let mut taken = vec![false; leaks.len()];
+    for index in order {
+        let Some(shape) = shape_of(&leaks[index], test_threads) else { continue };
+        taken[index] = left.get_mut(&shape).filter(|left| **left > 0).map(|left| *left -= 1).is_some();
+    }
+    let (mut take, mut rest) = (Vec::new(), Vec::new());
+    for (leak, taken) in leaks.into_iter().zip(taken) {
+        if taken {
+            take.push(leak);
+        } else {
+            rest.push(leak);
+        }
+    }
+    (take, rest)
+}
+
 /// What the kernel keeps of a thread name: its first 15 bytes.
-fn comm_of(name: &str) -> &str {
+pub(crate) fn comm_of(name: &str) -> &str {
     let mut end = name.len().min(15);
     while !name.is_char_boundary(end) {
         end -= 1;

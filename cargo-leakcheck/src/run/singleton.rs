@@ -34,7 +34,7 @@ use leakcheck::{Leak, Outcome, TestRecord};
 use super::context::{RunContext, Settle, Waker};
 use super::{spawn, watch};
 use crate::list::TestCase;
-use leakcheck::shape::shape_of;
+use leakcheck::shape::{shape_counts, shape_of, take_by_shape};
 
 /// A record held back from the report until its binary's singletons are known.
 #[derive(Debug)]
@@ -48,8 +48,7 @@ pub(super) struct Held {
 /// Whether `record` has a leak that could be a singleton: the test passed
 /// apart from its leaks, and some leak is of a kind the plan detects.
 pub(super) fn is_candidate(context: &RunContext, record: &TestRecord) -> bool {
-    record.outcome == Outcome::Leaked
-        && record.leaks.iter().any(|leak| kind_index(leak).is_some_and(|kind| context.detect_singletons[kind]))
+    record.outcome == Outcome::Leaked && record.leaks.iter().any(|leak| detected(context, leak))
 }
 
 fn kind_index(leak: &Leak) -> Option<usize> {
@@ -59,15 +58,6 @@ fn kind_index(leak: &Leak) -> Option<usize> {
         Leak::Child { .. } => Some(2),
         Leak::Heap { .. } => None,
     }
-}
-
-/// Instances of each shape among `leaks`.
-fn counts(leaks: &[Leak], test_threads: &[&str]) -> BTreeMap<String, usize> {
-    let mut counts = BTreeMap::new();
-    for shape in leaks.iter().filter_map(|leak| shape_of(leak, test_threads)) {
-        *counts.entry(shape).or_insert(0) += 1;
-    }
-    counts
 }
 
 /// Group runs at most per shape: 4 per halving level, 4·(1 + log2(tests)).
@@ -109,7 +99,7 @@ pub(super) fn resolve(
         .map(|held| {
             let name = held.record.name.as_str();
             let leaks: Vec<Leak> = held.record.leaks.iter().filter(|leak| detected(context, leak)).cloned().collect();
-            counts(&leaks, &[name])
+            shape_counts(&leaks, &[name])
         })
         .collect();
     let mut shapes: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
@@ -287,30 +277,9 @@ pub(super) fn move_singletons(record: &mut TestRecord, shared: &Shared) {
         return;
     }
     let name = record.name.clone();
-    let mut remaining = shared.clone();
-    let mut order: Vec<usize> = (0..record.leaks.len()).collect();
-    order.sort_by_key(|&index| match &record.leaks[index] {
-        Leak::Fd { fd, .. } => *fd as i64,
-        Leak::Thread { tid, .. } => *tid as i64,
-        Leak::Child { pid, .. } => *pid as i64,
-        Leak::Heap { .. } => i64::MAX,
-    });
-    let mut singleton = BTreeSet::new();
-    for index in order {
-        let Some(shape) = shape_of(&record.leaks[index], &[&name]) else { continue };
-        if let Some(left) = remaining.get_mut(&shape).filter(|left| **left > 0) {
-            *left -= 1;
-            singleton.insert(index);
-        }
-    }
-    let leaks = std::mem::take(&mut record.leaks);
-    for (index, leak) in leaks.into_iter().enumerate() {
-        if singleton.contains(&index) {
-            record.singletons.push(leak);
-        } else {
-            record.leaks.push(leak);
-        }
-    }
+    let (singletons, own) = take_by_shape(std::mem::take(&mut record.leaks), shared, &[&name]);
+    record.singletons.extend(singletons);
+    record.leaks = own;
     if record.leaks.is_empty() && record.outcome == Outcome::Leaked {
         record.outcome = Outcome::Passed;
         record.output = None;
@@ -463,7 +432,7 @@ fn run_group_once(site: GroupSite<'_>, waker: &Waker, names: &[&str]) -> GroupRu
     if !finished || ended.status != super::reaper::ExitStatus::Code(0) {
         return GroupRun::Inconclusive;
     }
-    GroupRun::Left(counts(&ended.leaks, names))
+    GroupRun::Left(shape_counts(&ended.leaks, names))
 }
 
 /// The tests of `names` that libtest's output says failed: its closing
