@@ -180,16 +180,9 @@ fn report_verdict(
             Ok(Ok(())) => None,
         },
     });
+    // Under cargo leakcheck (or a self-isolating parent), the record says it.
     if std::env::var_os("LEAKCHECK_RECORD_FILE").is_none() {
-        if !singletons.is_empty() {
-            eprintln!("note: leakcheck: made once per process (a second run did not leave them again), not counted:");
-            for leak in singletons {
-                eprintln!("  - {}", leak.describe());
-            }
-        }
-        if !finding.unchecked.is_empty() {
-            eprintln!("note: leakcheck: not checked: {}", finding.unchecked.join(", "));
-        }
+        print_notes(singletons, &finding.unchecked);
     }
     let leaks = &finding.judgement.leaks;
     if body_passed && !leaks.is_empty() {
@@ -250,12 +243,7 @@ fn conclude_isolated(isolated: crate::self_isolation::Isolated) {
             resume_unwind(Box::new(why));
         }
     };
-    if !report.singletons.is_empty() {
-        eprintln!("note: leakcheck: made once per process (a second run did not leave them again), not counted:");
-        for leak in &report.singletons {
-            eprintln!("  - {}", leak.describe());
-        }
-    }
+    print_notes(&report.singletons, &report.unchecked);
     if let Some(failure) = report.failure {
         resume_unwind(Box::new(failure));
     }
@@ -264,8 +252,19 @@ fn conclude_isolated(isolated: crate::self_isolation::Isolated) {
         eprintln!("{message}");
         resume_unwind(Box::new(message));
     }
-    if !report.unchecked.is_empty() {
-        eprintln!("note: leakcheck: not checked: {}", report.unchecked.join(", "));
+}
+
+/// The notes of a verdict that are not failures: singletons, and kinds that
+/// could not be checked (the heap without `leakcheck::Alloc`).
+fn print_notes(singletons: &[crate::Leak], unchecked: &[String]) {
+    if !singletons.is_empty() {
+        eprintln!("note: leakcheck: made once per process (a second run did not leave them again), not counted:");
+        for leak in singletons {
+            eprintln!("  - {}", leak.describe());
+        }
+    }
+    if !unchecked.is_empty() {
+        eprintln!("note: leakcheck: not checked: {}", unchecked.join(", "));
     }
 }
 

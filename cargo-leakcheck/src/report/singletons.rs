@@ -24,31 +24,28 @@ pub(crate) struct Singleton<'a> {
 pub(crate) fn singletons(records: &[TestRecord]) -> Vec<Singleton<'_>> {
     let mut found: Vec<Singleton<'_>> = Vec::new();
     for record in records {
-        let mut per_shape: Vec<(String, usize, &Leak)> = Vec::new();
+        // Per shape: its count, one example, and the fd numbers it sits at
+        // (two singletons of one shape, tokio's socket pair and another
+        // library's, sit at different fd numbers in every process).
+        let mut per_shape: Vec<(String, usize, &Leak, Vec<String>)> = Vec::new();
         for leak in &record.singletons {
             let Some(shape) = shape_of(leak, &[&record.name]) else { continue };
-            match per_shape.iter_mut().find(|(known, _, _)| *known == shape) {
-                Some((_, count, _)) => *count += 1,
-                None => per_shape.push((shape, 1, leak)),
+            let at = match leak {
+                Leak::Fd { fd, .. } => Some(fd.to_string()),
+                _ => None,
+            };
+            match per_shape.iter_mut().find(|(known, ..)| *known == shape) {
+                Some((_, count, _, fds)) => {
+                    *count += 1;
+                    fds.extend(at);
+                }
+                None => per_shape.push((shape, 1, leak, at.into_iter().collect())),
             }
         }
-        // Two singletons of one shape (tokio's socket pair, another
-        // library's) sit at different fd numbers in every process: the
-        // numbers tell them apart here.
-        for (shape, _, _) in &mut per_shape {
-            let fds: Vec<String> = record
-                .singletons
-                .iter()
-                .filter(|leak| shape_of(leak, &[&record.name]).as_deref() == Some(shape.as_str()))
-                .filter_map(|leak| match leak {
-                    Leak::Fd { fd, .. } => Some(fd.to_string()),
-                    _ => None,
-                })
-                .collect();
-            if !fds.is_empty() {
-                *shape = format!("{shape} @{}", fds.join(","));
-            }
-        }
+        let per_shape = per_shape.into_iter().map(|(shape, count, example, fds)| {
+            let shape = if fds.is_empty() { shape } else { format!("{shape} @{}", fds.join(",")) };
+            (shape, count, example)
+        });
         for (shape, count, example) in per_shape {
             match found.iter_mut().find(|s| s.binary == record.binary && s.shape == shape) {
                 Some(singleton) => {
