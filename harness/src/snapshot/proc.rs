@@ -232,10 +232,25 @@ pub fn age_ms(start_time: u64) -> Option<u64> {
 }
 
 /// The kernel function thread `tid` of `pid` waits in, if it waits.
+///
+/// A thread that sleeps in short steps (a flusher polling every few
+/// milliseconds) is runnable now and then, and on a loaded machine it may
+/// wait for a CPU for a while; the kernel then shows no wait. So a running
+/// thread is looked at a few more times, a millisecond apart (about 10 ms at
+/// most, paid only on a leaked thread), before we say it waits nowhere.
 pub fn wchan(pid: i32, tid: i32) -> Option<String> {
-    let function = fs::read_to_string(format!("/proc/{pid}/task/{tid}/wchan")).ok()?;
-    let function = function.trim();
-    (!function.is_empty() && function != "0").then(|| function.to_owned())
+    const LOOKS: u32 = 10;
+    for look in 0..LOOKS {
+        let function = fs::read_to_string(format!("/proc/{pid}/task/{tid}/wchan")).ok()?;
+        let function = function.trim();
+        if !function.is_empty() && function != "0" {
+            return Some(function.to_owned());
+        }
+        if look + 1 < LOOKS {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+    }
+    None
 }
 
 /// Where fd `fd` of process `pid` points (`/tmp/x`, `socket:[123]`); empty
