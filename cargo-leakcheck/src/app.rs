@@ -7,6 +7,7 @@ use leakcheck::{Outcome, Summary};
 use crate::cargo::{self, TestBinary};
 use crate::cli::{self, LeakcheckArgs, MessageFormat};
 use crate::errors::{exit_code, RunError};
+use crate::heap::HeapCheck;
 use crate::list::{self, Selection, TestCase};
 use crate::plan::{self, Plan};
 use crate::report::{self, print_stdout, Finished, Outputs};
@@ -70,9 +71,11 @@ fn try_main(args: &LeakcheckArgs, supervisor: &'static Supervisor) -> Result<u8,
         .prefix("cargo-leakcheck-")
         .tempdir()
         .map_err(|source| RunError::Setup { what: "create its scratch directory", source })?;
-    let (context, settings) = run_context(args, plan, &selection, supervisor, scratch.path());
+    let heap = heap_check(plan.heap, &cases)?;
+    let (context, settings) = run_context(args, plan, heap, &selection, supervisor, scratch.path());
     supervisor.begin_test_phase().map_err(|source| RunError::Setup { what: "become a child subreaper", source })?;
     announce(args, &settings, &cases);
+    announce_heap(context.heap.as_ref(), &cases);
     let result = run_tests(args, &context, &cases, &selection, &settings);
     report_strays(supervisor);
     let interrupted = supervisor.interrupted();
@@ -124,15 +127,27 @@ struct Settings {
     config: Option<std::path::PathBuf>,
 }
 
+/// With `--heap`: the runtime, and which selected binaries it cannot check.
+/// Binaries of `leakcheck::main!()` check their heap themselves.
+fn heap_check(wanted: bool, cases: &[TestCase]) -> Result<Option<HeapCheck>, RunError> {
+    if !wanted {
+        return Ok(None);
+    }
+    let runtime = crate::heap::runtime::find().map_err(|reason| RunError::UsageMessage(format!("--heap: {reason}")))?;
+    let executables = cases.iter().filter(|case| !case.binary.harness).map(|case| case.binary.executable.as_path());
+    Ok(Some(HeapCheck::new(runtime, executables)))
+}
+
 /// The plan, turned into what every test run reads.
 fn run_context(
     args: &LeakcheckArgs,
     plan: Plan,
+    heap: Option<HeapCheck>,
     selection: &Selection,
     supervisor: &'static Supervisor,
     scratch: &std::path::Path,
 ) -> (RunContext, Settings) {
-    let Plan { grace, timeout, jobs, fail_fast, repeat, policy, detect_singletons, config } = plan;
+    let Plan { grace, timeout, jobs, fail_fast, repeat, policy, detect_singletons, config, heap: _ } = plan;
     let context = RunContext {
         supervisor,
         filter: (!args.no_probe).then(ExitFilter::new),
@@ -147,6 +162,7 @@ fn run_context(
         fork_per_test: args.fork_per_test,
         verbose: args.verbose,
         detect_singletons,
+        heap,
         lasting: Default::default(),
     };
     (context, Settings { jobs, fail_fast, repeat, config })
@@ -177,6 +193,17 @@ fn announce(args: &LeakcheckArgs, settings: &Settings, cases: &[TestCase]) {
         cases.len() - runnable,
         settings.jobs
     );
+}
+
+/// Says once that the heap is checked, by which runtime, and once per
+/// binary it cannot check, why (its tests then say `not checked: heap`).
+fn announce_heap(heap: Option<&HeapCheck>, cases: &[TestCase]) {
+    let Some(heap) = heap else { return };
+    eprintln!("        Heap checked by LeakSanitizer ({})", heap.runtime().display());
+    for (executable, reason) in heap.unsupported_binaries() {
+        let id = cases.iter().find(|case| case.binary.executable == executable).map(|case| case.binary.id.as_str());
+        eprintln!("        Note heap not checked in {}: {reason}", id.unwrap_or(&executable.to_string_lossy()));
+    }
 }
 
 /// Runs every test, printing a progress line as each one ends.

@@ -11,6 +11,7 @@ mod cli;
 mod config;
 mod duration;
 mod errors;
+mod heap;
 mod list;
 mod mentions;
 mod partition;

@@ -31,6 +31,9 @@ pub(crate) struct Plan {
     pub(crate) detect_singletons: [bool; 3],
     /// The configuration file read, if any.
     pub(crate) config: Option<PathBuf>,
+    /// `--heap`: preload the heap runtime into plain tests (off when the
+    /// heap kind is `off` in the profile, or with `--no-heap`).
+    pub(crate) heap: bool,
 }
 
 /// Reads the configuration (if any) and merges it with the flags.
@@ -69,6 +72,7 @@ pub(crate) fn make(args: &LeakcheckArgs, workspace_root: &std::path::Path) -> Re
             }
             detect
         },
+        heap: args.heap && !args.no_heap && profile.kinds[3] != Some(config::Severity::Off),
         policy: Policy::new(profile.kinds, profile.allow, baseline),
         config,
     })

@@ -234,7 +234,7 @@ mod tests {
 
     #[test]
     fn warn_and_off_do_not_fail_the_test() {
-        let heap = Leak::Heap { bytes: 10, blocks: 1, sites: vec![] };
+        let heap = Leak::Heap { bytes: 10, blocks: 1, indirect: false, sites: vec![] };
         let policy = Policy::new([None, Some(Severity::Off), None, Some(Severity::Warn)], vec![], None);
         let mut both = record(vec![thread("t"), heap.clone()]);
         policy.apply(&mut both);

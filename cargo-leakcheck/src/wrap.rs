@@ -33,6 +33,18 @@ pub(crate) fn wrap(args: &WrapArgs, supervisor: &'static Supervisor) -> Result<u
         .prefix("cargo-leakcheck-wrap-")
         .tempdir()
         .map_err(|source| RunError::Setup { what: "create its scratch directory", source })?;
+    let heap = match args.heap {
+        true => {
+            let runtime =
+                crate::heap::runtime::find().map_err(|reason| RunError::UsageMessage(format!("--heap: {reason}")))?;
+            let checked = crate::heap::HeapCheck::new(runtime, std::iter::once(case.binary.executable.as_path()));
+            if let Some(reason) = checked.unsupported(&case.binary.executable) {
+                eprintln!("note: heap not checked: {reason}");
+            }
+            Some(checked)
+        }
+        false => None,
+    };
     let context = RunContext {
         supervisor,
         filter: (!args.no_probe).then(ExitFilter::new),
@@ -48,6 +60,7 @@ pub(crate) fn wrap(args: &WrapArgs, supervisor: &'static Supervisor) -> Result<u
         // One test per invocation: nothing to compare it with.
         detect_singletons: [false; 3],
         verbose: false,
+        heap,
         lasting: Default::default(),
     };
     supervisor.begin_test_phase().map_err(|source| RunError::Setup { what: "become a child subreaper", source })?;

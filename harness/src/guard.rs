@@ -93,6 +93,7 @@ impl Guard {
                     leaks.push(Leak::Heap {
                         bytes: grown.0.max(0) as u64,
                         blocks: grown.1.max(0) as u64,
+                        indirect: false,
                         sites: Vec::new(),
                     });
                 }
@@ -178,7 +179,7 @@ mod tests {
     fn a_kind_leaks_in_repeat_mode_only_if_every_run_leaked_it() {
         let fd =
             |n: i32| Leak::Fd { fd: n, target: "/dev/null".into(), detail: "character device".into(), sites: vec![] };
-        let heap = Leak::Heap { bytes: 64, blocks: 1, sites: vec![] };
+        let heap = Leak::Heap { bytes: 64, blocks: 1, indirect: false, sites: vec![] };
         let (combined, warnings) =
             combine_runs(vec![finding(vec![fd(3), heap.clone()]), finding(vec![fd(4)]), finding(vec![fd(5)])]);
         assert_eq!(combined.judgement.leaks, vec![fd(5)], "grew on every run: reported from the last");

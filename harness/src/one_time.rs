@@ -77,7 +77,7 @@ mod tests {
     }
 
     fn heap(bytes: u64) -> Leak {
-        Leak::Heap { bytes, blocks: 1, sites: vec![] }
+        Leak::Heap { bytes, blocks: 1, indirect: false, sites: vec![] }
     }
 
     #[test]

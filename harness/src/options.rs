@@ -189,7 +189,7 @@ mod tests {
             thread("pool-1"),
             thread("pool-2"),
             thread("flusher"),
-            Leak::Heap { bytes: 10, blocks: 1, sites: vec![] },
+            Leak::Heap { bytes: 10, blocks: 1, indirect: false, sites: vec![] },
         ]);
         assert_eq!(judgement.allowed, vec![(thread("pool-1"), "one pool")]);
         assert_eq!(judgement.leaks, vec![thread("pool-2"), thread("flusher")]);

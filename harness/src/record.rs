@@ -107,12 +107,19 @@ pub enum Leak {
         sites: Vec<Site>,
     },
     /// Heap memory allocated during the test and still live at its end
-    /// (measured by [`crate::Alloc`]).
+    /// (measured by [`crate::Alloc`]), or, in zero-config runs with the heap
+    /// check on, blocks LeakSanitizer found unreachable at the test
+    /// process's exit (one leak per group it reports).
     Heap {
         /// Growth of live bytes.
         bytes: u64,
         /// Growth of live blocks (may be 0 when an existing block grew).
         blocks: u64,
+        /// LeakSanitizer (zero-config runs): these blocks are reachable only
+        /// from other leaked blocks, so they go when those are freed. Fix the
+        /// direct leak first.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        indirect: bool,
         /// The allocation sites of the blocks still live, largest first,
         /// each with its bytes and blocks (from a re-run under dhat).
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -195,8 +202,9 @@ impl Leak {
                 let age = age_ms.map(|ms| format!(", {:.1}s old", ms as f64 / 1000.0)).unwrap_or_default();
                 format!("child `{cmdline}` (pid {pid}, {state}{orphan}{age})")
             }
-            Leak::Heap { bytes, blocks, .. } => {
-                format!("heap: {bytes} bytes in {blocks} {}", if *blocks == 1 { "block" } else { "blocks" })
+            Leak::Heap { bytes, blocks, indirect, .. } => {
+                let reach = if *indirect { " (indirect: reachable only from other leaked blocks)" } else { "" };
+                format!("heap: {bytes} bytes in {blocks} {}{reach}", if *blocks == 1 { "block" } else { "blocks" })
             }
         }
     }

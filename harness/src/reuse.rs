@@ -123,7 +123,7 @@ mod tests {
         let closed = TestRecord { closed_fds: vec![0], ..clean.clone() };
         assert!(!record_is_clean(&closed));
         let leaked = TestRecord {
-            leaks: vec![Leak::Heap { bytes: 8, blocks: 1, sites: vec![] }],
+            leaks: vec![Leak::Heap { bytes: 8, blocks: 1, indirect: false, sites: vec![] }],
             ..TestRecord::new("bin", "t", Outcome::Leaked)
         };
         assert!(!record_is_clean(&leaked));

@@ -80,7 +80,7 @@ mod tests {
                     waiting_in: None,
                     sites: vec![],
                 },
-                leakcheck::Leak::Heap { bytes: 100, blocks: 1, sites: vec![] },
+                leakcheck::Leak::Heap { bytes: 100, blocks: 1, indirect: false, sites: vec![] },
             ],
             unchecked: vec![],
             allowed: vec![],

@@ -39,6 +39,9 @@ pub(crate) struct RunContext {
     /// fd, thread, child: tell process-wide singletons of that kind from
     /// per-test leaks (group runs) rather than fail every test touching one.
     pub(crate) detect_singletons: [bool; 3],
+    /// The heap check (`--heap`): the preloaded runtime, and the binaries it
+    /// cannot check. `None`: heap not checked in zero-config runs.
+    pub(crate) heap: Option<crate::heap::HeapCheck>,
     /// Per binary, the shapes of leaks that outlasted a whole grace in some
     /// test: later tests do not wait for those again (see `watch::Settle`).
     pub(crate) lasting: std::sync::Mutex<HashMap<String, HashSet<String>>>,

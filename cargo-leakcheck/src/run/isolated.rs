@@ -13,6 +13,7 @@ use leakcheck::{Leak, Outcome, TestRecord};
 
 use super::context::Settle;
 use super::context::{RunContext, Waker};
+use super::spawn::Launch;
 use super::{judge, spawn, watch};
 use crate::list::TestCase;
 
@@ -29,6 +30,8 @@ pub(crate) fn libtest_args(context: &RunContext, case: &TestCase) -> Vec<String>
 /// A test checked in-process (`#[leakcheck::test]`) that leaked is run once
 /// more with `LEAKCHECK_EXPLAIN=record`, which records where its leaks were
 /// created; those sites go to the first run's leaks, whose verdict stands.
+/// A plain test whose heap leaked under the heap runtime is run once more
+/// with full allocation stacks, for the sites of its heap leaks.
 ///
 /// With [`Settle::SkipLasting`] the returned flag says whether the exit
 /// snapshot skipped settling for lasting shapes (see [`Settle`]).
@@ -39,13 +42,20 @@ pub(crate) fn run_test(
     args: &[String],
     settle: Settle,
 ) -> io::Result<Option<(TestRecord, bool)>> {
-    let Some((mut record, checked_in_process, hurried)) = run_once(context, waker, case, args, None, settle)? else {
+    let Some((mut record, checked_in_process, hurried)) = run_once(context, waker, case, args, Launch::Check, settle)?
+    else {
         return Ok(None);
     };
-    if context.explain && checked_in_process && !record.leaks.is_empty() && record.outcome != Outcome::TimedOut {
-        let heap = record.leaks.iter().any(|leak| matches!(leak, Leak::Heap { .. }));
-        if let Ok(Some((explained, _, _))) = run_once(context, waker, case, args, Some(heap), Settle::Full) {
-            leakcheck::sites::attach(&mut record.leaks, &explained.leaks);
+    let explainable = context.explain && !record.leaks.is_empty() && record.outcome != Outcome::TimedOut;
+    let heap = record.leaks.iter().any(|leak| matches!(leak, Leak::Heap { .. }));
+    if explainable && (checked_in_process || heap) {
+        let launch = Launch::Explain { heap };
+        if let Ok(Some((explained, _, _))) = run_once(context, waker, case, args, launch, Settle::Full) {
+            if checked_in_process {
+                leakcheck::sites::attach(&mut record.leaks, &explained.leaks);
+            } else {
+                take_heap_sites(&mut record.leaks, explained.leaks);
+            }
         }
     }
     // A plain #[test] has no stacks; the line of its body naming a leak is
@@ -56,19 +66,31 @@ pub(crate) fn run_test(
     Ok(Some((record, hurried)))
 }
 
+/// The heap runtime's groups of an explain re-run carry allocation stacks;
+/// the first run's (which recorded almost none) carry only totals. When the
+/// re-run leaked heap too, its groups replace the first run's; the verdict,
+/// made by the first run, stands.
+fn take_heap_sites(leaks: &mut Vec<Leak>, explained: Vec<Leak>) {
+    let explained: Vec<Leak> = explained.into_iter().filter(|leak| matches!(leak, Leak::Heap { .. })).collect();
+    if explained.is_empty() {
+        return;
+    }
+    leaks.retain(|leak| !matches!(leak, Leak::Heap { .. }));
+    leaks.extend(explained);
+}
+
 /// One run of `case`; with it, whether a `#[leakcheck::test]` checked it
-/// from inside, and whether its settling was hurried. `explain: Some(heap)`
-/// makes it an explain re-run. `None`
-/// when the run was interrupted before the test finished.
+/// from inside, and whether its settling was hurried. `None` when the run
+/// was interrupted before the test finished.
 fn run_once(
     context: &RunContext,
     waker: &Waker,
     case: &TestCase,
     args: &[String],
-    explain: Option<bool>,
+    launch: Launch,
     settle: Settle,
 ) -> io::Result<Option<(TestRecord, bool, bool)>> {
-    let mut process = spawn::start(context, waker, case, args, explain)?;
+    let mut process = spawn::start(context, waker, case, args, launch)?;
     process.settle = settle;
     let ended = watch::watch(context, waker, case, &mut process);
     if context.supervisor.interrupted().is_some() && !ended.timed_out && ended.exit_view.is_none() {

@@ -25,6 +25,21 @@ pub(super) fn record(context: &RunContext, case: &TestCase, process: TestProcess
         None => process.stdout.contains(b"\ntest result: ok."),
     };
     let in_process = read_in_process_report(&process.record_file);
+    // The heap runtime's report, unless leakcheck's allocator checked the
+    // heap from inside (its verdict then knows the heap better).
+    let in_process_heap = in_process.as_ref().is_some_and(|report| !report.unchecked.iter().any(|kind| kind == "heap"));
+    let heap_leaks = match &process.heap_log {
+        Some(prefix) => {
+            let found = crate::heap::take_report(prefix, process.pid, &case.binary.cwd);
+            if in_process_heap {
+                Vec::new()
+            } else {
+                found
+            }
+        }
+        None => Vec::new(),
+    };
+    leaks.extend(heap_leaks.iter().cloned());
     let mut unchecked = Vec::new();
     let mut allowed = Vec::new();
     let mut singletons = Vec::new();
@@ -42,8 +57,12 @@ pub(super) fn record(context: &RunContext, case: &TestCase, process: TestProcess
                 .collect();
             leaks = report.leaks.clone();
             leaks.extend(orphans);
+            leaks.extend(heap_leaks);
             allowed = report.allowed.clone();
             unchecked = report.unchecked.clone();
+            if process.heap_log.is_some() {
+                unchecked.retain(|kind| kind != "heap");
+            }
             singletons = report.singletons.clone();
             let failed_by_leak_only = report.body_passed && status == ExitStatus::Code(101) && !report.leaks.is_empty();
             if failed_by_leak_only || (report.body_passed && status == ExitStatus::Code(0)) {
@@ -56,6 +75,11 @@ pub(super) fn record(context: &RunContext, case: &TestCase, process: TestProcess
     };
     if in_process.is_none() && process.listener.is_none() {
         unchecked.extend(["fd".to_owned(), "thread".to_owned()]);
+    }
+    let heap_unsupported =
+        context.heap.as_ref().is_some_and(|heap| heap.unsupported(&case.binary.executable).is_some());
+    if heap_unsupported && !in_process_heap && !unchecked.iter().any(|kind| kind == "heap") {
+        unchecked.push("heap".to_owned());
     }
     let output = (outcome != Outcome::Passed).then(|| {
         let mut text = process.stdout.into_text();

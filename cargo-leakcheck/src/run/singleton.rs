@@ -415,7 +415,7 @@ fn run_group_once(site: GroupSite<'_>, waker: &Waker, names: &[&str]) -> GroupRu
     let mut args: Vec<String> = names.iter().map(|name| (*name).to_owned()).collect();
     args.extend(["--exact", "--nocapture", "--test-threads=1"].map(String::from));
     args.extend(context.test_args.iter().cloned());
-    let Ok(mut process) = spawn::start(context, waker, &case, &args, None) else {
+    let Ok(mut process) = spawn::start(context, waker, &case, &args, spawn::Launch::Group) else {
         return GroupRun::Inconclusive;
     };
     process.settle = Settle::Full;

@@ -37,16 +37,29 @@ pub(super) struct TestProcess {
     pub(super) record_file: std::path::PathBuf,
     /// How long its exit snapshot may wait for leaks to go away.
     pub(super) settle: Settle,
+    /// The heap check's report prefix (`PREFIX.PID`), when the heap is checked.
+    pub(super) heap_log: Option<std::path::PathBuf>,
 }
 
-/// Spawns `case`'s binary with `args`. `explain: Some(heap)` makes it an
-/// explain re-run (`LEAKCHECK_EXPLAIN=record[-heap]`).
+/// Why a test process is started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Launch {
+    /// The test's run: everything checked, cheaply.
+    Check,
+    /// An explain re-run (`LEAKCHECK_EXPLAIN=record[-heap]` for leakcheck's
+    /// code in the test; full allocation stacks for the heap runtime).
+    Explain { heap: bool },
+    /// A group run of singleton detection: the heap is not looked at.
+    Group,
+}
+
+/// Spawns `case`'s binary with `args`, for the reason `launch` gives.
 pub(super) fn start(
     context: &RunContext,
     waker: &Waker,
     case: &TestCase,
     args: &[String],
-    explain: Option<bool>,
+    launch: Launch,
 ) -> std::io::Result<TestProcess> {
     waker.drain();
     let binary = &case.binary;
@@ -61,11 +74,17 @@ pub(super) fn start(
         .env(MARKER_VAR, &marker)
         .env("LEAKCHECK_RECORD_FILE", &record_file)
         .envs(context.repeat.map(|runs| ("LEAKCHECK_REPEAT", runs.to_string())))
-        .envs(explain.map(|heap| (leakcheck::sites::EXPLAIN_ENV, if heap { "record-heap" } else { "record" })))
+        .envs(match launch {
+            Launch::Explain { heap } => {
+                Some((leakcheck::sites::EXPLAIN_ENV, if heap { "record-heap" } else { "record" }))
+            }
+            Launch::Check | Launch::Group => None,
+        })
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0);
+    let heap_log = heap_check(context, case, launch, &mut command);
 
     let probe_socket = match context.filter {
         Some(_) if context.probe_refused.get().is_none() => {
@@ -123,7 +142,33 @@ pub(super) fn start(
         started,
         record_file,
         settle: Settle::Full,
+        heap_log,
     })
+}
+
+/// Preloads the heap runtime into `command` when this run checks the heap
+/// and `case`'s binary can be checked; the report prefix when it does.
+fn heap_check(
+    context: &RunContext,
+    case: &TestCase,
+    launch: Launch,
+    command: &mut Command,
+) -> Option<std::path::PathBuf> {
+    let heap = context.heap.as_ref()?;
+    if launch == Launch::Group || heap.unsupported(&case.binary.executable).is_some() {
+        return None;
+    }
+    let log_prefix = context.scratch.join(format!("heap-{}", case.serial));
+    crate::heap::remove_reports(&log_prefix);
+    let preload = case
+        .binary
+        .env
+        .iter()
+        .find(|(key, _)| key == "LD_PRELOAD")
+        .map(|(_, value)| value.into())
+        .or_else(|| std::env::var_os("LD_PRELOAD"));
+    command.envs(heap.environment(&log_prefix, matches!(launch, Launch::Explain { .. }), preload));
+    Some(log_prefix)
 }
 
 /// What one of our pipe ends refers to: the child's end is the same pipe.

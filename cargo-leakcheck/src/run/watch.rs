@@ -82,8 +82,13 @@ pub(super) fn watch(context: &RunContext, waker: &Waker, case: &TestCase, proces
         }
         if ready[2] {
             if let Some(listener) = &process.listener {
-                let served =
-                    serve_exit_call(listener, (pid, &process.baseline, process.settle), case, context, &mut exit_view);
+                let served = serve_exit_call(
+                    listener,
+                    (pid, &process.baseline, process.settle, process.heap_log.as_deref()),
+                    case,
+                    context,
+                    &mut exit_view,
+                );
                 if served.is_err() && !killed {
                     // The probe broke: the test cannot be judged; end it.
                     killed = true;
@@ -149,12 +154,15 @@ fn end_leftovers(
 /// snapshotted first (once), while it still holds everything.
 fn serve_exit_call(
     listener: &Listener,
-    process: (i32, &Baseline, Settle),
+    process: (i32, &Baseline, Settle, Option<&std::path::Path>),
     case: &TestCase,
     context: &RunContext,
     exit_view: &mut Option<ExitView>,
 ) -> io::Result<()> {
-    let (pid, baseline, settle) = process;
+    let (pid, baseline, settle, heap_log) = process;
+    // The heap runtime keeps its report open after writing it: ours, not
+    // the test's.
+    let heap_report = heap_log.map(|prefix| format!("{}.", prefix.display()));
     let test_name = case.name.as_str();
     let Some(call) = listener.receive()? else { return Ok(()) };
     let is_test_process = call.tid == pid || snapshot::tgid_of(call.tid).is_ok_and(|tgid| tgid == pid);
@@ -169,7 +177,11 @@ fn serve_exit_call(
             let _ = serve_exit_call_nowait(listener);
             let snapshot = snapshot::take(pid)?;
             children = snapshot.children.iter().map(|child| child.pid).collect();
-            Ok(Delta::between(&baseline, snapshot))
+            let mut delta = Delta::between(&baseline, snapshot);
+            if let Some(report) = &heap_report {
+                delta.fds.retain(|entry| !entry.target.starts_with(report.as_str()));
+            }
+            Ok(delta)
         };
         let binary = case.binary.id.as_str();
         // Only fds: a thread or child of a lasting shape may be one that is

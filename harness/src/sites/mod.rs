@@ -177,9 +177,7 @@ fn merge_same_location(mut sites: Vec<Site>, site: Site) -> Vec<Site> {
 fn site_of(ips: &[usize], allocation: bool) -> Option<Site> {
     let executable = executable_ranges();
     let mut made_by_leakcheck = false;
-    // (function, file:line, (full path, line)).
-    let mut own: Vec<Frame> = Vec::new();
-    let mut dependency: Vec<Frame> = Vec::new();
+    let mut frames: Vec<(String, String, u32)> = Vec::new();
     // Shared libraries (libc, ...) are never the code under test.
     for &ip in ips.iter().filter(|&&ip| executable.iter().any(|(start, end)| (*start..*end).contains(&ip))) {
         // A return address points after its call; the call is one byte back.
@@ -187,29 +185,47 @@ fn site_of(ips: &[usize], allocation: bool) -> Option<Site> {
             let (Some(name), Some(file), Some(line)) = (symbol.name(), symbol.filename(), symbol.lineno()) else {
                 return;
             };
-            // The attribute's generated body function carries the test's name.
-            let function = format!("{name:#}").replace("__leakcheck_body_", "");
-            let file = file.to_string_lossy();
-            let frame = (function, format!("{}:{line}", shorten(&file)), (file.clone().into_owned(), line));
-            match origin(&frame.0, &file) {
-                Origin::CodeUnderTest => own.push(frame),
-                Origin::Dependency => dependency.push(frame),
-                Origin::Runtime if own.is_empty() && dependency.is_empty() => {
-                    let leakcheck = frame.0.starts_with("leakcheck::") || frame.0.starts_with("<leakcheck::");
-                    made_by_leakcheck |= leakcheck && !frame.0.contains("leakcheck::alloc::Alloc");
-                }
-                Origin::Runtime => {}
+            let function = format!("{name:#}");
+            let file = file.to_string_lossy().into_owned();
+            let outside_runtime =
+                frames.iter().any(|(function, file, _)| !matches!(origin(function, file), Origin::Runtime));
+            if !outside_runtime && matches!(origin(&function, &file), Origin::Runtime) {
+                let leakcheck = function.starts_with("leakcheck::") || function.starts_with("<leakcheck::");
+                made_by_leakcheck |= leakcheck && !function.contains("leakcheck::alloc::Alloc");
             }
+            frames.push((function, file, line));
         });
-        if own.len() >= FRAMES_PER_SITE {
+        let own = frames.iter().filter(|(function, file, _)| matches!(origin(function, file), Origin::CodeUnderTest));
+        if own.count() >= FRAMES_PER_SITE {
             break;
         }
     }
     if allocation && made_by_leakcheck {
         return None;
     }
+    let current = std::env::current_dir().unwrap_or_default();
+    site_of_frames(&frames, &current)
+}
+
+/// The site of a stack given as resolved frames (function, source file,
+/// line), innermost first: its frames in the code under test, or else in
+/// dependencies (a thread a library started runs only library code), or
+/// `None` when it has neither (std, the runtime, leakcheck only). Files
+/// are shown relative to `base` when below it.
+pub fn site_of_frames(frames: &[(String, String, u32)], base: &std::path::Path) -> Option<Site> {
+    let mut own: Vec<Frame> = Vec::new();
+    let mut dependency: Vec<Frame> = Vec::new();
+    for (function, file, line) in frames {
+        // The attribute's generated body function carries the test's name.
+        let function = function.replace("__leakcheck_body_", "");
+        let frame = (function, format!("{}:{line}", shorten(file, base)), (file.clone(), *line));
+        match origin(&frame.0, file) {
+            Origin::CodeUnderTest if own.len() < FRAMES_PER_SITE => own.push(frame),
+            Origin::Dependency if dependency.len() < FRAMES_PER_SITE => dependency.push(frame),
+            _ => {}
+        }
+    }
     let mut frames = if own.is_empty() { dependency } else { own };
-    frames.truncate(FRAMES_PER_SITE);
     frames.dedup();
     let (function, location, (file, line)) = frames.first().cloned()?;
     Some(Site {
@@ -276,14 +292,13 @@ fn origin(function: &str, file: &str) -> Origin {
 
 /// A path relative to the current directory when it is below it; a
 /// registry crate's path from the crate's directory (`tokio-1.48.0/src/..`).
-fn shorten(file: &str) -> String {
+fn shorten(file: &str, base: &std::path::Path) -> String {
     if let Some((_, in_index)) = file.split_once("/registry/src/") {
         if let Some((_, in_crate)) = in_index.split_once('/') {
             return in_crate.to_owned();
         }
     }
-    let Ok(current) = std::env::current_dir() else { return file.to_owned() };
-    match std::path::Path::new(file).strip_prefix(&current) {
+    match std::path::Path::new(file).strip_prefix(base) {
         Ok(relative) => relative.to_string_lossy().into_owned(),
         Err(_) => file.to_owned(),
     }
