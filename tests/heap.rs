@@ -104,18 +104,35 @@ fn heap_rules_accept_a_leak_and_kinds_off_turns_the_check_off() {
     std::fs::write(
         config.path(),
         "[profile.default]\n[[profile.default.allow]]\nkind = \"heap\"\ntests = \"forgotten_vec_leaks\"\nbytes = 4096\nreason = \"a buffer kept for the process\"\n\
+         [[profile.default.allow]]\nkind = \"heap\"\nsite = \"*::discarded_box_leak_leaks\"\nreason = \"leaked on purpose\"\n\
          [profile.off]\nkinds = { heap = \"off\" }\n",
     )
     .unwrap();
     let path = config.path().to_str().unwrap();
-    let filter = ["-p", "heap-leaks", "--test", "leaks", "--heap", "--config", path, "--message-format", "json"];
-    let run = run_to_end(leakcheck(&[&filter[..], &["--", "forgotten_vec_leaks", "box_into_raw_leaks"]].concat()));
+    let filter = [
+        "-p",
+        "heap-leaks",
+        "--test",
+        "leaks",
+        "--heap",
+        "--no-fail-fast",
+        "--config",
+        path,
+        "--message-format",
+        "json",
+    ];
+    let tests = ["--", "forgotten_vec_leaks", "box_into_raw_leaks", "discarded_box_leak_leaks"];
+    let run = run_to_end(leakcheck(&[&filter[..], &tests[..]].concat()));
     assert_eq!(run.code, Some(100), "stderr:\n{}", run.stderr);
     let report = run.report();
     let accepted = record(&report, "heap-leaks::leaks", "forgotten_vec_leaks");
     assert_outcome(accepted, Outcome::Passed);
     assert_eq!(accepted.allowed.len(), 1, "{accepted:#?}");
     assert_outcome(record(&report, "heap-leaks::leaks", "box_into_raw_leaks"), Outcome::Leaked);
+    // By site: both groups of the test were allocated in its own function.
+    let by_site = record(&report, "heap-leaks::leaks", "discarded_box_leak_leaks");
+    assert_outcome(by_site, Outcome::Passed);
+    assert_eq!(by_site.allowed.len(), 2, "{by_site:#?}");
 
     let run = run_to_end(leakcheck(&[&filter[..], &["--profile", "off", "--", "box_into_raw_leaks"]].concat()));
     assert_eq!(run.code, Some(0), "stderr:\n{}", run.stderr);
@@ -131,4 +148,44 @@ fn heap_without_a_runtime_is_a_usage_error() {
     assert_eq!(run.code, Some(2), "stderr:\n{}", run.stderr);
     assert!(run.stderr.contains("LEAKCHECK_HEAP_RUNTIME=/nonexistent/libasan.so names no file"), "{}", run.stderr);
     assert_eq!(run.stderr.matches("error").count(), 1, "{}", run.stderr);
+}
+
+#[test]
+fn the_nextest_wrapper_checks_the_heap_with_heap() {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let nextest = std::process::Command::new(&cargo)
+        .args(["nextest", "--version"])
+        .output()
+        .is_ok_and(|output| output.status.success());
+    if !nextest {
+        assert!(std::env::var_os("CI").is_none(), "cargo-nextest must be installed in CI");
+        return;
+    }
+    let _serial = serial();
+    let mut config = tempfile::NamedTempFile::new().unwrap();
+    std::io::Write::write_all(
+        &mut config,
+        format!(
+            "experimental = [\"wrapper-scripts\"]\n\n[scripts.wrapper.leakcheck]\ncommand = ['{}', 'wrap', '--heap', '--']\n\n\
+             [[profile.default.scripts]]\nfilter = 'all()'\nrun-wrapper = 'leakcheck'\n",
+            env!("CARGO_BIN_EXE_cargo-leakcheck")
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    let output = std::process::Command::new(&cargo)
+        .args(["nextest", "run", "--config-file", config.path().to_str().unwrap(), "-p", "heap-leaks"])
+        .args(["--test", "leaks", "--no-fail-fast", "--color", "never"])
+        .args(["-E", "test(=forgotten_vec_leaks) | test(=once_lock_cache_is_clean) | test(=children_are_undisturbed)"])
+        .current_dir(fixtures())
+        .env("CARGO_TARGET_DIR", fixture_target_dir())
+        .env_remove("LEAKCHECK_TEST_ID")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let all = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    assert_eq!(output.status.code(), Some(100), "{all}");
+    assert!(all.contains("3 tests run: 2 passed, 1 failed"), "{all}");
+    assert!(all.contains("leaked heap: 4096 bytes in 1 block"), "{all}");
+    assert!(all.contains("allocated at tests/leaks.rs:"), "{all}");
 }

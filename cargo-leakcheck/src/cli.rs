@@ -29,11 +29,12 @@ Exit codes:
 
 Configuration (.config/leakcheck.toml; flags win over the file):
   [profile.default]        grace, timeout, jobs, fail-fast, repeat,
+                           check-heap = true: as --heap (default false),
                            kinds = { fd, thread, child, heap }: \"fail\" (default), \"warn\" or \"off\"
                            singletons = { fd, thread, child }: \"pass\" or \"fail\"
                              (default: fd and thread \"pass\", child \"fail\")
   [profile.ci]             the same keys; unset ones fall back to profile.default
-  [[allow]]                kind, target | name | cmdline | bytes, tests, max, reason (required);
+  [[allow]]                kind, target | name | cmdline | bytes/site, tests, max, reason (required);
                            detail (fd), waiting-in (thread); name = \"(unnamed)\" for unnamed threads
 
 Process-wide singletons:
@@ -42,8 +43,19 @@ Process-wide singletons:
   running the tests that leak it together in one process: it passes, and is
   listed once under Singletons. --fail-singletons makes it fail instead.
 
+Heap (--heap):
+  Plain tests have no allocator of ours inside; with --heap each test process
+  gets LeakSanitizer's runtime preloaded (GCC's libasan, or clang's), and a
+  test fails for memory left unreachable at its exit, named with its bytes and
+  the line that allocated it. Memory still reachable (a cache, a static, a
+  thread-local) is not a leak. About 15 ms per test, so off by default. A
+  binary with its own #[global_allocator], static or musl, or already built
+  with a sanitizer is named once, and its tests say `not checked: heap`.
+
 Environment:
   LEAKCHECK_NO_PROBE=1   same as --no-probe
+  LEAKCHECK_HEAP=1       same as --heap
+  LEAKCHECK_HEAP_RUNTIME=PATH   the leak-checking runtime to preload (libasan.so)
   LEAKCHECK_PROFILE      same as --profile
   GITHUB_ACTIONS=true    also print GitHub annotations for failing tests
   NO_COLOR, CARGO_TERM_COLOR=always|never|auto   colours";

@@ -7,6 +7,7 @@
 //! timeout = "120s"
 //! jobs = 4
 //! fail-fast = true
+//! check-heap = false    # true: as --heap, LeakSanitizer in plain tests
 //! kinds = { fd = "fail", thread = "fail", child = "fail", heap = "warn" }
 //!
 //! [profile.ci]          # unset keys fall back to profile.default
@@ -14,7 +15,7 @@
 //!
 //! [[allow]]             # every profile
 //! kind = "thread"
-//! name = "tokio-*"      # fd: target (and/or detail), thread: name, child: cmdline, heap: bytes
+//! name = "tokio-*"      # fd: target (and/or detail), thread: name, child: cmdline, heap: bytes and/or site
 //! tests = "server::*"   # optional glob on the test name (or "binary test")
 //! max = 4               # optional, per test
 //! reason = "the shared runtime is started once per process"
@@ -93,6 +94,7 @@ struct ProfileFile {
     jobs: Option<u16>,
     fail_fast: Option<bool>,
     repeat: Option<u32>,
+    check_heap: Option<bool>,
     kinds: Option<KindsFile>,
     singletons: Option<SingletonsFile>,
     #[serde(default)]
@@ -138,6 +140,7 @@ struct AllowFile {
     waiting_in: Option<String>,
     cmdline: Option<String>,
     bytes: Option<u64>,
+    site: Option<String>,
     max: Option<usize>,
     reason: String,
 }
@@ -148,7 +151,8 @@ pub(crate) struct AllowRule {
     pub(crate) kind: KindName,
     /// Glob on the test name, or on "binary test".
     pub(crate) tests: Option<String>,
-    /// Glob on the fd target, thread name or child command line.
+    /// Glob on the fd target, thread name, child command line or (heap) an
+    /// allocation site's `file:line` or function.
     pub(crate) pattern: Option<String>,
     /// For fds: glob on the description ("unix stream (connected, unnamed)").
     pub(crate) detail: Option<String>,
@@ -170,6 +174,8 @@ pub(crate) struct Profile {
     pub(crate) timeout: Option<Duration>,
     pub(crate) jobs: Option<u16>,
     pub(crate) fail_fast: Option<bool>,
+    /// `check-heap`: preload the heap runtime into plain tests (`--heap`).
+    pub(crate) check_heap: Option<bool>,
     pub(crate) repeat: Option<u32>,
     /// fd, thread, child, heap.
     pub(crate) kinds: [Option<Severity>; 4],
@@ -191,24 +197,29 @@ fn unknown_profile(file: &ConfigFile, path: &Path, name: &str) -> ConfigError {
 /// One allow rule of the file, checked: the key that matches its kind, and
 /// a reason.
 fn check_rule(rule: &AllowFile, origin: String) -> Result<AllowRule, String> {
-    let expected = match rule.kind {
-        KindName::Fd => "target",
-        KindName::Thread => "name",
-        KindName::Child => "cmdline",
-        KindName::Heap => "bytes",
+    let expected: &[&str] = match rule.kind {
+        KindName::Fd => &["target"],
+        KindName::Thread => &["name"],
+        KindName::Child => &["cmdline"],
+        KindName::Heap => &["bytes", "site"],
     };
     let given: Vec<&str> = [
         ("target", rule.target.is_some()),
         ("name", rule.name.is_some()),
         ("cmdline", rule.cmdline.is_some()),
         ("bytes", rule.bytes.is_some()),
+        ("site", rule.site.is_some()),
     ]
     .into_iter()
     .filter(|(_, set)| *set)
     .map(|(key, _)| key)
     .collect();
-    if let Some(wrong) = given.iter().find(|key| **key != expected) {
-        return Err(format!("an allow rule of kind `{}` matches with `{expected}`, not `{wrong}`", rule.kind.as_str()));
+    if let Some(wrong) = given.iter().find(|key| !expected.contains(key)) {
+        return Err(format!(
+            "an allow rule of kind `{}` matches with `{}`, not `{wrong}`",
+            rule.kind.as_str(),
+            expected.join("` and `")
+        ));
     }
     if rule.detail.is_some() && rule.kind != KindName::Fd {
         return Err("`detail` matches the description of an fd; use it with kind = \"fd\"".into());
@@ -225,7 +236,12 @@ fn check_rule(rule: &AllowFile, origin: String) -> Result<AllowRule, String> {
     Ok(AllowRule {
         kind: rule.kind,
         tests: rule.tests.clone(),
-        pattern: rule.target.clone().or_else(|| rule.name.clone()).or_else(|| rule.cmdline.clone()),
+        pattern: rule
+            .target
+            .clone()
+            .or_else(|| rule.name.clone())
+            .or_else(|| rule.cmdline.clone())
+            .or_else(|| rule.site.clone()),
         detail: rule.detail.clone(),
         waiting_in: rule.waiting_in.clone(),
         bytes: rule.bytes,
@@ -276,6 +292,7 @@ fn parse(text: &str, path: &Path, name: &str) -> Result<Profile, ConfigError> {
         timeout: chosen.timeout.or(base.timeout).map(|d| d.0),
         jobs: chosen.jobs.or(base.jobs),
         fail_fast: chosen.fail_fast.or(base.fail_fast),
+        check_heap: chosen.check_heap.or(base.check_heap),
         repeat: chosen.repeat.or(base.repeat),
         kinds: [
             pick(|p| p.kinds.and_then(|k| k.fd)),

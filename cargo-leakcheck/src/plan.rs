@@ -72,7 +72,9 @@ pub(crate) fn make(args: &LeakcheckArgs, workspace_root: &std::path::Path) -> Re
             }
             detect
         },
-        heap: args.heap && !args.no_heap && profile.kinds[3] != Some(config::Severity::Off),
+        heap: (args.heap || profile.check_heap == Some(true))
+            && !args.no_heap
+            && profile.kinds[3] != Some(config::Severity::Off),
         policy: Policy::new(profile.kinds, profile.allow, baseline),
         config,
     })

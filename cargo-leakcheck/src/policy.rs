@@ -101,7 +101,12 @@ impl Policy {
                                 .is_none_or(|p| waiting_in.as_deref().is_some_and(|w| glob_match(p, w)))
                     }
                     Leak::Child { cmdline, .. } => rule.pattern.as_deref().is_none_or(|p| cmdline_matches(p, cmdline)),
-                    Leak::Heap { bytes, .. } => rule.bytes.is_none_or(|limit| *bytes <= limit),
+                    Leak::Heap { bytes, sites, .. } => {
+                        rule.bytes.is_none_or(|limit| *bytes <= limit)
+                            && rule.pattern.as_deref().is_none_or(|p| {
+                                sites.iter().any(|site| glob_match(p, &site.location) || glob_match(p, &site.function))
+                            })
+                    }
                 }
         })
     }

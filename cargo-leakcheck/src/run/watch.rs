@@ -150,6 +150,18 @@ fn end_leftovers(
     leaks
 }
 
+/// Whether every leak is an fd of a shape that outlasted a whole grace in
+/// another test of `binary`.
+fn all_lasting_fds(context: &RunContext, binary: &str, test_name: &str, leaks: &[Leak]) -> bool {
+    let lasting = context.lasting.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let known = lasting.get(binary);
+    leaks.iter().all(|leak| {
+        matches!(leak, Leak::Fd { .. })
+            && leakcheck::shape::shape_of(leak, &[test_name])
+                .is_some_and(|shape| known.is_some_and(|k| k.contains(&shape)))
+    })
+}
+
 /// Answers one pending `exit_group` call. The test process's own call is
 /// snapshotted first (once), while it still holds everything.
 fn serve_exit_call(
@@ -186,15 +198,7 @@ fn serve_exit_call(
         let binary = case.binary.id.as_str();
         // Only fds: a thread or child of a lasting shape may be one that is
         // ending (a pool dropped without joining), which is worth the wait.
-        let lasting = |leaks: &[Leak]| {
-            let lasting = context.lasting.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-            let known = lasting.get(binary);
-            leaks.iter().all(|leak| {
-                matches!(leak, Leak::Fd { .. })
-                    && leakcheck::shape::shape_of(leak, &[test_name])
-                        .is_some_and(|shape| known.is_some_and(|k| k.contains(&shape)))
-            })
-        };
+        let lasting = |leaks: &[Leak]| all_lasting_fds(context, binary, test_name, leaks);
         let mut hurried = false;
         // Settling stops early for fds the configuration accepts (they do
         // not go away by waiting), and, most likely, for what outlasted the
