@@ -73,13 +73,17 @@ time_one() { # prints seconds; runs in $dir
 median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 
 declare -A times
-contenders=("cargo test" "cargo nextest run" "cargo leakcheck" "cargo leakcheck, harness" "harness, --fork-per-test")
+contenders=("cargo test" "cargo nextest run" "cargo leakcheck" "cargo leakcheck --heap" "cargo leakcheck, harness" "harness, --fork-per-test")
 for round in $(seq "$rounds"); do
   times["cargo test"]+="$(time_one cargo test -q) "
   if cargo nextest --version >/dev/null 2>&1; then
     times["cargo nextest run"]+="$(time_one cargo nextest run --no-fail-fast) "
   fi
   times["cargo leakcheck"]+="$(time_one "$tool" leakcheck --no-fail-fast) "
+  # Heap checked by LeakSanitizer's runtime (skipped where none is found).
+  if [ -n "${LEAKCHECK_HEAP_RUNTIME:-}" ] || [ -e "$(gcc -print-file-name=libasan.so 2>/dev/null)" ]; then
+    times["cargo leakcheck --heap"]+="$(time_one "$tool" leakcheck --no-fail-fast --heap) "
+  fi
   times["cargo leakcheck, harness"]+="$(dir=$harness_suite time_one "$tool" leakcheck --no-fail-fast) "
   times["harness, --fork-per-test"]+="$(dir=$harness_suite time_one "$tool" leakcheck --no-fail-fast --fork-per-test) "
 done
@@ -98,6 +102,12 @@ if [ -n "${medians["cargo nextest run"]:-}" ]; then
     "$(awk -v a="${medians["cargo nextest run"]}" -v b="${medians["harness, --fork-per-test"]}" 'BEGIN { print a / b }')"
   printf '  ratio leakcheck / nextest: %.2f (goal: at most 1.0)\n' \
     "$(awk -v a="${medians["cargo leakcheck"]}" -v b="${medians["cargo nextest run"]}" 'BEGIN { print a / b }')"
+  if [ -n "${medians["cargo leakcheck --heap"]:-}" ]; then
+    printf '  ratio leakcheck --heap / nextest: %.2f (on by default only at or under 1.0)\n' \
+      "$(awk -v a="${medians["cargo leakcheck --heap"]}" -v b="${medians["cargo nextest run"]}" 'BEGIN { print a / b }')"
+    printf '  heap check cost per test: %.1f ms of wall time (2 cores)\n' \
+      "$(awk -v a="${medians["cargo leakcheck --heap"]}" -v b="${medians["cargo leakcheck"]}" -v n="$n" 'BEGIN { print (a - b) * 1000 / n }')"
+  fi
 fi
 printf '  ratio leakcheck / cargo test: %.2f\n' "$(awk -v a="${medians["cargo leakcheck"]}" -v b="${medians["cargo test"]}" 'BEGIN { print a / b }')"
 
