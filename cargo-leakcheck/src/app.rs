@@ -216,6 +216,7 @@ fn run_tests(
 ) -> RunResult {
     let progress = report::Progress::start(cases.len(), args.message_format == MessageFormat::Human);
     let mut warned = false;
+    let mut heap_warned = false;
     let result = run::run_all(context, cases, &selection.list_args, settings.jobs, settings.fail_fast, |record| {
         if let (Some(error), false) = (context.probe_refused.get(), warned) {
             warned = true;
@@ -224,6 +225,10 @@ fn run_tests(
                     "warning: the exit probe is unavailable ({error}); only processes left running are checked, not fds or threads"
                 )
             });
+        }
+        if let (Some(failure), false) = (context.heap.as_ref().and_then(|heap| heap.failure()), heap_warned) {
+            heap_warned = true;
+            progress.suspend(|| eprintln!("warning: {failure}; such tests are `not checked: heap`"));
         }
         let line = report::progress_line(record);
         progress.suspend(|| match args.message_format {

@@ -79,6 +79,9 @@ pub(crate) fn wrap(args: &WrapArgs, supervisor: &'static Supervisor) -> Result<u
     if let Some(output) = &record.output {
         let _ = std::io::stdout().write_all(output.as_bytes());
     }
+    if let Some(failure) = context.heap.as_ref().and_then(|heap| heap.failure()) {
+        eprintln!("warning: {failure}; the heap was not checked");
+    }
     if let Some(error) = context.probe_refused.get() {
         eprintln!("warning: the exit probe is unavailable ({error}); only processes left running are checked");
     }

@@ -23,6 +23,9 @@ pub(crate) struct HeapCheck {
     runtime: runtime::Runtime,
     /// Test executables whose heap the runtime cannot check, with the reason.
     unsupported: HashMap<PathBuf, binary::Unsupported>,
+    /// Set when the runtime said it could not check a process (it cannot
+    /// work under ptrace, for one): reported once, by the caller.
+    failure: std::sync::OnceLock<String>,
 }
 
 impl HeapCheck {
@@ -37,7 +40,7 @@ impl HeapCheck {
                 unsupported.insert(executable.to_owned(), reason);
             }
         }
-        HeapCheck { runtime, unsupported }
+        HeapCheck { runtime, unsupported, failure: std::sync::OnceLock::new() }
     }
 
     /// Why `executable`'s heap is not checked, when it is not.
@@ -51,6 +54,22 @@ impl HeapCheck {
             self.unsupported.iter().map(|(path, reason)| (path.as_path(), reason.as_str())).collect();
         list.sort();
         list
+    }
+
+    /// The first failure of the runtime in this run, if any.
+    pub(crate) fn failure(&self) -> Option<&str> {
+        self.failure.get().map(String::as_str)
+    }
+
+    /// The heap leaks of process `pid` from its report under `log_prefix`
+    /// (see [`take_report`]); `None` when the runtime could not check it,
+    /// which is remembered for [`HeapCheck::failure`].
+    pub(crate) fn leaks_of(&self, log_prefix: &Path, pid: i32, package_dir: &Path) -> Option<Vec<Leak>> {
+        take_report(log_prefix, pid, package_dir)
+            .map_err(|reason| {
+                let _ = self.failure.set(reason);
+            })
+            .ok()
     }
 
     pub(crate) fn runtime(&self) -> &Path {
@@ -83,12 +102,20 @@ impl HeapCheck {
 /// The heap leaks of process `pid` from its report under `log_prefix`, read
 /// and then removed with every other report under that prefix (the test's
 /// children's, which are not its leaks). No report: nothing leaked, or
-/// the process never got to its exit check (killed, crashed).
-pub(crate) fn take_report(log_prefix: &Path, pid: i32, package_dir: &Path) -> Vec<Leak> {
+/// the process never got to its exit check (killed, crashed). `Err`: the
+/// runtime said it could not check the process.
+fn take_report(log_prefix: &Path, pid: i32, package_dir: &Path) -> Result<Vec<Leak>, String> {
     let own = PathBuf::from(format!("{}.{pid}", log_prefix.display()));
-    let leaks = std::fs::read_to_string(&own).map(|text| lsan::parse(&text, package_dir)).unwrap_or_default();
+    let text = std::fs::read_to_string(&own).unwrap_or_default();
     remove_reports(log_prefix);
-    leaks
+    if text.contains("LeakSanitizer has encountered a fatal error") {
+        let hint = text.lines().filter_map(|line| line.split_once("HINT: ")).map(|(_, hint)| hint).last();
+        return Err(format!(
+            "LeakSanitizer could not check a test process{}",
+            hint.map(|h| format!(" ({h})")).unwrap_or_default()
+        ));
+    }
+    Ok(lsan::parse(&text, package_dir))
 }
 
 /// Removes every `PREFIX.*` report.
@@ -100,5 +127,52 @@ pub(crate) fn remove_reports(log_prefix: &Path) {
         if entry.file_name().to_string_lossy().starts_with(&stem) {
             let _ = std::fs::remove_file(entry.path());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check() -> HeapCheck {
+        HeapCheck::new(runtime::Runtime { path: "/lib/libasan.so".into() }, std::iter::empty())
+    }
+
+    #[test]
+    fn the_own_report_is_read_and_every_report_of_the_prefix_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let prefix = dir.path().join("heap-3");
+        std::fs::write(dir.path().join("heap-3.100"), "Direct leak of 8 byte(s) in 1 object(s) allocated from:\n")
+            .unwrap();
+        std::fs::write(dir.path().join("heap-3.101"), "Direct leak of 99 byte(s) in 9 object(s) allocated from:\n")
+            .unwrap();
+        std::fs::write(dir.path().join("heap-30.100"), "not ours").unwrap();
+        let leaks = check().leaks_of(&prefix, 100, dir.path()).unwrap();
+        assert_eq!(leaks, [Leak::Heap { bytes: 8, blocks: 1, indirect: false, sites: vec![] }]);
+        let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(left, ["heap-30.100"]);
+    }
+
+    #[test]
+    fn a_runtime_that_could_not_check_is_a_failure_not_a_pass() {
+        let dir = tempfile::tempdir().unwrap();
+        let prefix = dir.path().join("heap-1");
+        std::fs::write(
+            dir.path().join("heap-1.7"),
+            "==7==LeakSanitizer has encountered a fatal error.\n==7==HINT: LeakSanitizer does not work under ptrace (strace, gdb, etc)\n",
+        )
+        .unwrap();
+        let heap = check();
+        assert_eq!(heap.leaks_of(&prefix, 7, dir.path()), None);
+        assert!(heap.failure().unwrap().contains("does not work under ptrace"), "{:?}", heap.failure());
+    }
+
+    #[test]
+    fn the_runtime_comes_first_in_ld_preload() {
+        let [(_, preload), (_, options), (_, lsan)] =
+            check().environment(Path::new("/s/heap-1"), false, Some("/x/other.so".into()));
+        assert_eq!(preload, "/lib/libasan.so:/x/other.so");
+        assert!(options.to_string_lossy().contains("exitcode=0"));
+        assert_eq!(lsan, "");
     }
 }

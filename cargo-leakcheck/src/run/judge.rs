@@ -28,17 +28,12 @@ pub(super) fn record(context: &RunContext, case: &TestCase, process: TestProcess
     // The heap runtime's report, unless leakcheck's allocator checked the
     // heap from inside (its verdict then knows the heap better).
     let in_process_heap = in_process.as_ref().is_some_and(|report| !report.unchecked.iter().any(|kind| kind == "heap"));
-    let heap_leaks = match &process.heap_log {
-        Some(prefix) => {
-            let found = crate::heap::take_report(prefix, process.pid, &case.binary.cwd);
-            if in_process_heap {
-                Vec::new()
-            } else {
-                found
-            }
-        }
-        None => Vec::new(),
+    let heap_report = match (&process.heap_log, &context.heap) {
+        (Some(prefix), Some(heap)) => Some(heap.leaks_of(prefix, process.pid, &case.binary.cwd)),
+        _ => None,
     };
+    let heap_failed = matches!(heap_report, Some(None)) && !in_process_heap;
+    let heap_leaks = if in_process_heap { Vec::new() } else { heap_report.flatten().unwrap_or_default() };
     leaks.extend(heap_leaks.iter().cloned());
     let mut unchecked = Vec::new();
     let mut allowed = Vec::new();
@@ -78,7 +73,7 @@ pub(super) fn record(context: &RunContext, case: &TestCase, process: TestProcess
     }
     let heap_unsupported =
         context.heap.as_ref().is_some_and(|heap| heap.unsupported(&case.binary.executable).is_some());
-    if heap_unsupported && !in_process_heap && !unchecked.iter().any(|kind| kind == "heap") {
+    if (heap_unsupported || heap_failed) && !in_process_heap && !unchecked.iter().any(|kind| kind == "heap") {
         unchecked.push("heap".to_owned());
     }
     let output = (outcome != Outcome::Passed).then(|| {
