@@ -109,7 +109,7 @@ fn take_report(log_prefix: &Path, pid: i32, package_dir: &Path) -> Result<Vec<Le
     let text = std::fs::read_to_string(&own).unwrap_or_default();
     remove_reports(log_prefix);
     if text.contains("LeakSanitizer has encountered a fatal error") {
-        let hint = text.lines().filter_map(|line| line.split_once("HINT: ")).map(|(_, hint)| hint).last();
+        let hint = text.lines().filter_map(|line| line.split_once("HINT: ")).map(|(_, hint)| hint).next_back();
         return Err(format!(
             "LeakSanitizer could not check a test process{}",
             hint.map(|h| format!(" ({h})")).unwrap_or_default()
