@@ -282,6 +282,8 @@ fn the_nextest_wrapper_catches_a_leak_inside_cargo_nextest_run() {
     let all = format!("{stdout}{stderr}");
     assert!(all.contains("leaked fd 3 -> /tmp/leakcheck-fixture-forgotten.txt (regular file)"), "{all}");
     assert!(all.contains("leaked thread \"flusher\""), "{all}");
+    // The label keeps the package, as cargo leakcheck prints it.
+    assert!(all.contains("LEAK [") && all.contains("] leaky::leaks fd::forgotten_file"), "{all}");
     assert!(all.contains("arithmetic is broken on purpose"), "{all}");
 }
 

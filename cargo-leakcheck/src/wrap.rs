@@ -19,8 +19,11 @@ use crate::run::{run_test, ExitFilter, RunContext, Settle, Supervisor, Waker};
 pub(crate) fn wrap(args: &WrapArgs, supervisor: &'static Supervisor) -> Result<u8, RunError> {
     let program = std::path::PathBuf::from(&args.command[0]);
     let name = args.command[1..].iter().find(|arg| !arg.starts_with('-')).cloned().unwrap_or_default();
+    // nextest names the binary as we do (`leaky::leaks`); its file name alone
+    // loses the package.
+    let id = std::env::var("NEXTEST_BINARY_ID").ok().filter(|id| !id.is_empty()).unwrap_or_else(|| binary_name(&program));
     let binary = TestBinary {
-        id: binary_name(&program),
+        id,
         executable: program,
         cwd: std::env::current_dir()
             .map_err(|source| RunError::Setup { what: "read the working directory", source })?,
