@@ -359,3 +359,74 @@ fn a_zero_timeout_and_a_missing_config_are_usage_errors_said_once() {
     assert_eq!(run.code, Some(2), "stderr:\n{}", run.stderr);
     assert!(run.stderr.contains("`timeout` must be more than zero"), "{}", run.stderr);
 }
+
+/// (binary, test, outcome, leak kinds) of every test of a JSON report, sorted.
+fn verdicts(report: &leakcheck::Report) -> Vec<(String, String, &'static str, Vec<&'static str>)> {
+    let mut verdicts: Vec<_> = report
+        .tests
+        .iter()
+        .map(|test| {
+            let mut kinds: Vec<&'static str> = test.leaks.iter().map(|leak| leak.kind()).collect();
+            kinds.sort();
+            (test.binary.clone(), test.name.clone(), test.outcome.as_str(), kinds)
+        })
+        .collect();
+    verdicts.sort();
+    verdicts
+}
+
+#[test]
+fn two_shards_merged_equal_one_full_run_and_a_broken_record_is_refused() {
+    let _serial = serial();
+    let scratch = tempfile::tempdir().unwrap();
+    let path = |name: &str| scratch.path().join(name).to_str().unwrap().to_owned();
+    let base = ["-p", "leaky", "--no-fail-fast"];
+    let full = run_to_end(leakcheck(&[&base[..], &["--report-json", &path("full.json")]].concat()));
+    assert_eq!(full.code, Some(100), "{}", full.stderr);
+    // Shard 1 leaves a records directory, shard 2 a JSON report.
+    let mut first = leakcheck(&[&base[..], &["--partition", "count:1/2"]].concat());
+    first.env("LEAKCHECK_RECORDS_DIR", path("records-1"));
+    assert_eq!(run_to_end(first).code, Some(100));
+    let second =
+        run_to_end(leakcheck(&[&base[..], &["--partition", "count:2/2", "--report-json", &path("2.json")]].concat()));
+    assert_eq!(second.code, Some(100), "{}", second.stderr);
+
+    let merge = |inputs: &[&str]| {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_cargo-leakcheck"));
+        command.args(["leakcheck", "merge"]).args(inputs).stdin(std::process::Stdio::null());
+        run_to_end(command)
+    };
+    let merged = merge(&[
+        "--junit",
+        &path("merged.xml"),
+        "--report-json",
+        &path("merged.json"),
+        &path("records-1"),
+        &path("2.json"),
+    ]);
+    assert_eq!(merged.code, Some(100), "{}", merged.stderr);
+    assert!(merged.stdout.contains("Summary") && merged.stdout.contains("leaked fd"), "{}", merged.stdout);
+    let read = |name: &str| -> leakcheck::Report {
+        serde_json::from_str(&std::fs::read_to_string(scratch.path().join(name)).unwrap()).unwrap()
+    };
+    let (full, merged_report) = (read("full.json"), read("merged.json"));
+    assert_eq!(verdicts(&merged_report), verdicts(&full));
+    assert_eq!(merged_report.summary.leaked, full.summary.leaked);
+    // The JUnit file, read back: one testcase per test, a failure per failing one.
+    let junit = std::fs::read_to_string(scratch.path().join("merged.xml")).unwrap();
+    let failing = full.tests.iter().filter(|test| test.outcome.is_failure()).count();
+    assert_eq!(junit.matches("<testcase ").count(), full.tests.len(), "{junit}");
+    assert_eq!(junit.matches("<failure").count(), failing, "{junit}");
+
+    // The same shard twice, and a truncated record: errors, exit 2.
+    let twice = merge(&[&path("2.json"), &path("2.json")]);
+    assert_eq!(twice.code, Some(2), "{}", twice.stderr);
+    assert!(twice.stderr.contains("is recorded twice"), "{}", twice.stderr);
+    let record = std::fs::read_dir(scratch.path().join("records-1")).unwrap().next().unwrap().unwrap().path();
+    let text = std::fs::read_to_string(&record).unwrap();
+    std::fs::write(&record, &text[..text.len() - 10]).unwrap();
+    let broken = merge(&[&path("records-1"), &path("2.json")]);
+    assert_eq!(broken.code, Some(2), "{}", broken.stderr);
+    assert!(broken.stderr.contains("not a whole record"), "{}", broken.stderr);
+    assert_eq!(broken.stderr.lines().filter(|line| line.starts_with("error")).count(), 1, "{}", broken.stderr);
+}

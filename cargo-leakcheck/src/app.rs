@@ -33,6 +33,7 @@ pub(crate) fn main() -> u8 {
     let result = match &args {
         cli::Invocation::Run(args) => try_main(args, supervisor),
         cli::Invocation::Wrap(args) => crate::wrap::wrap(args, supervisor),
+        cli::Invocation::Merge(args) => crate::merge::merge(args),
     };
     if std::env::var_os("LEAKCHECK_REPORT_OWN_USAGE").is_some() {
         report_own_usage();
@@ -76,13 +77,18 @@ fn try_main(args: &LeakcheckArgs, supervisor: &'static Supervisor) -> Result<u8,
     supervisor.begin_test_phase().map_err(|source| RunError::Setup { what: "become a child subreaper", source })?;
     announce(args, &settings, &cases);
     announce_heap(context.heap.as_ref(), &cases);
-    let result = run_tests(args, &context, &cases, &selection, &settings);
+    let (result, record_error) = run_tests(args, &context, &cases, &selection, &settings);
     report_strays(supervisor);
     let interrupted = supervisor.interrupted();
     let summary = Summary::from_records(&result.records, result.not_run, result.duration_ms, interrupted.is_some());
     let finished =
         Finished { records: &result.records, summary, duration_ms: result.duration_ms, policy: &context.policy };
     outputs(args).write(finished)?;
+    // A record missing from the directory would be a test missing from the
+    // merged gate: the run fails instead.
+    if let Some((dir, source)) = record_error {
+        return Err(RunError::WriteReport { path: dir, source });
+    }
     if let Some(signal) = interrupted {
         eprintln!("error: interrupted by {signal}; running tests and their processes were killed");
         return Ok(exit_code::INTERRUPTED);
@@ -206,17 +212,21 @@ fn announce_heap(heap: Option<&HeapCheck>, cases: &[TestCase]) {
     }
 }
 
-/// Runs every test, printing a progress line as each one ends.
+/// Runs every test, printing a progress line as each one ends and, with
+/// `LEAKCHECK_RECORDS_DIR`, writing its record there (with the first error
+/// writing one, if any).
 fn run_tests(
     args: &LeakcheckArgs,
     context: &RunContext,
     cases: &[TestCase],
     selection: &Selection,
     settings: &Settings,
-) -> RunResult {
+) -> (RunResult, Option<(std::path::PathBuf, std::io::Error)>) {
     let progress = report::Progress::start(cases.len(), args.message_format == MessageFormat::Human);
     let mut warned = false;
     let mut heap_warned = false;
+    let records_dir = leakcheck::records_dir::records_dir();
+    let mut record_error = None;
     let result = run::run_all(context, cases, &selection.list_args, settings.jobs, settings.fail_fast, |record| {
         if let (Some(error), false) = (context.probe_refused.get(), warned) {
             warned = true;
@@ -230,6 +240,9 @@ fn run_tests(
             heap_warned = true;
             progress.suspend(|| eprintln!("warning: {failure}; such tests are `not checked: heap`"));
         }
+        if let (Some(dir), None) = (&records_dir, &record_error) {
+            record_error = leakcheck::records_dir::write(dir, record).err().map(|error| (dir.clone(), error));
+        }
         let line = report::progress_line(record);
         progress.suspend(|| match args.message_format {
             MessageFormat::Human => print_stdout(&format!("{line}\n")),
@@ -238,7 +251,7 @@ fn run_tests(
         progress.advance();
     });
     progress.finish();
-    result
+    (result, record_error)
 }
 
 /// Processes left by some test that could not be told which one: killed.

@@ -173,7 +173,7 @@ pub(crate) struct LeakcheckArgs {
     pub(crate) repeat: Option<u32>,
 
     /// Run only shard K of N: `hash:K/N` (by a hash of the test's name: stable
-    /// as tests are added) or `slice:K/N` (every Nth test in list order)
+    /// as tests are added) or `slice:K/N` (every Nth test in list order; also `count:K/N`, as in nextest)
     #[arg(long, value_name = "PARTITION", value_parser = Partition::parse, help_heading = "Run Options")]
     pub(crate) partition: Option<Partition>,
 
@@ -330,17 +330,60 @@ pub(crate) struct WrapArgs {
     pub(crate) command: Vec<String>,
 }
 
+/// `cargo leakcheck merge PATH...`: shards combined into one run's outputs.
+#[derive(Debug, Parser)]
+#[command(
+    name = "cargo leakcheck merge",
+    about = "Merge the reports of several runs (shards) into the outputs and exit code of one run",
+    after_help = "PATH is a JSON report (--report-json, or --message-format json's stdout) or a
+records directory (LEAKCHECK_RECORDS_DIR=DIR, written by cargo leakcheck, its
+nextest wrapper and #[leakcheck::test] under any runner). Inputs are checked:
+a file that does not parse, a report whose summary disagrees with its tests, a
+record half written, an empty directory, or a test recorded twice is an error
+(exit 2), never a pass.
+
+Exit code: 0 when every test passed, 100 when one failed, leaked, timed out
+or was not run, 2 for unreadable or inconsistent inputs."
+)]
+pub(crate) struct MergeArgs {
+    /// Output format: human lines and tables, or one JSON report on stdout
+    #[arg(long, value_name = "FMT", value_enum, default_value_t = MessageFormat::Human)]
+    pub(crate) message_format: MessageFormat,
+
+    /// Write a JUnit XML report to PATH
+    #[arg(long, value_name = "PATH")]
+    pub(crate) junit: Option<PathBuf>,
+
+    /// Also write the merged JSON report to PATH
+    #[arg(long, value_name = "PATH")]
+    pub(crate) report_json: Option<PathBuf>,
+
+    /// Fail only on leaks that are not in this baseline file
+    #[arg(long, value_name = "PATH", conflicts_with = "write_baseline")]
+    pub(crate) baseline: Option<PathBuf>,
+
+    /// Write every leak of the merged run to a baseline file at PATH
+    #[arg(long, value_name = "PATH")]
+    pub(crate) write_baseline: Option<PathBuf>,
+
+    /// JSON reports and records directories
+    #[arg(required = true, value_name = "PATH")]
+    pub(crate) paths: Vec<PathBuf>,
+}
+
 /// What was asked.
 #[derive(Debug)]
 pub(crate) enum Invocation {
     Run(Box<LeakcheckArgs>),
     Wrap(WrapArgs),
+    Merge(MergeArgs),
 }
 
 /// Parses the process arguments. Accepts both `cargo leakcheck ...` (cargo
 /// passes `leakcheck` as the first argument) and `cargo-leakcheck ...`.
-/// `wrap` as the first word selects the nextest wrapper (a test filter that
-/// is literally `wrap` can be given after `--`).
+/// `wrap` as the first word selects the nextest wrapper, `merge` the merge
+/// of shards (a test filter that is literally `wrap` or `merge` can be given
+/// after `--`).
 pub(crate) fn parse() -> Invocation {
     let mut args: Vec<std::ffi::OsString> = std::env::args_os().collect();
     if args.get(1).is_none_or(|arg| arg != "leakcheck") {
@@ -349,6 +392,10 @@ pub(crate) fn parse() -> Invocation {
     if args.get(2).is_some_and(|arg| arg == "wrap") {
         let rest = args.split_off(3);
         return Invocation::Wrap(WrapArgs::parse_from(std::iter::once("cargo leakcheck wrap".into()).chain(rest)));
+    }
+    if args.get(2).is_some_and(|arg| arg == "merge") {
+        let rest = args.split_off(3);
+        return Invocation::Merge(MergeArgs::parse_from(std::iter::once("cargo leakcheck merge".into()).chain(rest)));
     }
     let CargoCli::Leakcheck(args) = CargoCli::parse_from(args);
     Invocation::Run(Box::new(args))

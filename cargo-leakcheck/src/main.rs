@@ -14,6 +14,7 @@ mod errors;
 mod heap;
 mod list;
 mod mentions;
+mod merge;
 mod partition;
 mod plan;
 mod policy;

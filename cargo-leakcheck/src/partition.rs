@@ -11,9 +11,10 @@ pub(crate) enum Partition {
 }
 
 impl Partition {
-    /// Parses `hash:K/N` or `slice:K/N` (1 <= K <= N).
+    /// Parses `hash:K/N` or `slice:K/N` (or nextest's name for it,
+    /// `count:K/N`), with 1 <= K <= N.
     pub(crate) fn parse(text: &str) -> Result<Partition, String> {
-        let usage = || format!("`{text}` is not a partition: use hash:K/N or slice:K/N, with 1 <= K <= N");
+        let usage = || format!("`{text}` is not a partition: use hash:K/N or slice:K/N (count:K/N), with 1 <= K <= N");
         let (kind, shares) = text.split_once(':').ok_or_else(usage)?;
         let (shard, total) = shares.split_once('/').ok_or_else(usage)?;
         let (shard, total): (u64, u64) = (shard.parse().map_err(|_| usage())?, total.parse().map_err(|_| usage())?);
@@ -22,7 +23,8 @@ impl Partition {
         }
         match kind {
             "hash" => Ok(Partition::Hash { shard, total }),
-            "slice" => Ok(Partition::Slice { shard, total }),
+            // nextest calls the same split `count`.
+            "slice" | "count" => Ok(Partition::Slice { shard, total }),
             _ => Err(usage()),
         }
     }

@@ -21,7 +21,8 @@ pub(crate) fn wrap(args: &WrapArgs, supervisor: &'static Supervisor) -> Result<u
     let name = args.command[1..].iter().find(|arg| !arg.starts_with('-')).cloned().unwrap_or_default();
     // nextest names the binary as we do (`leaky::leaks`); its file name alone
     // loses the package.
-    let id = std::env::var("NEXTEST_BINARY_ID").ok().filter(|id| !id.is_empty()).unwrap_or_else(|| binary_name(&program));
+    let id =
+        std::env::var("NEXTEST_BINARY_ID").ok().filter(|id| !id.is_empty()).unwrap_or_else(|| binary_name(&program));
     let binary = TestBinary {
         id,
         executable: program,
@@ -78,6 +79,9 @@ pub(crate) fn wrap(args: &WrapArgs, supervisor: &'static Supervisor) -> Result<u
     let Some(record) = record else {
         return Ok(exit_code::INTERRUPTED);
     };
+    if let Some(dir) = leakcheck::records_dir::records_dir() {
+        leakcheck::records_dir::write(&dir, &record).map_err(|source| RunError::WriteReport { path: dir, source })?;
+    }
     // The test's own output, whole when it did not pass (nextest shows it then).
     if let Some(output) = &record.output {
         let _ = std::io::stdout().write_all(output.as_bytes());

@@ -70,6 +70,7 @@ pub mod options;
 #[cfg(target_os = "linux")]
 mod panic_text;
 pub mod record;
+pub mod records_dir;
 #[cfg(target_os = "linux")]
 mod registry;
 #[cfg(target_os = "linux")]
