@@ -430,3 +430,87 @@ fn two_shards_merged_equal_one_full_run_and_a_broken_record_is_refused() {
     assert!(broken.stderr.contains("not a whole record"), "{}", broken.stderr);
     assert_eq!(broken.stderr.lines().filter(|line| line.starts_with("error")).count(), 1, "{}", broken.stderr);
 }
+
+/// The README's recipe: build once (`cargo nextest archive`), run the
+/// archive in two shards from another checkout (`--workspace-remap`) under
+/// the wrapper, each leaving a records directory, and merge them.
+#[test]
+fn a_nextest_archive_run_in_two_shards_and_merged_catches_every_leak() {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let nextest = std::process::Command::new(&cargo)
+        .args(["nextest", "--version"])
+        .output()
+        .is_ok_and(|output| output.status.success());
+    if !nextest {
+        assert!(std::env::var_os("CI").is_none(), "cargo-nextest must be installed in CI");
+        return;
+    }
+    let _serial = serial();
+    let scratch = tempfile::tempdir().unwrap();
+    let at = |name: &str| scratch.path().join(name);
+    let archive = at("tests.tar.zst");
+    let status = std::process::Command::new(&cargo)
+        .args(["nextest", "archive", "-p", "leaky", "--archive-file", archive.to_str().unwrap()])
+        .current_dir(fixtures())
+        .env("CARGO_TARGET_DIR", fixture_target_dir())
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert!(status.status.success(), "{}", String::from_utf8_lossy(&status.stderr));
+    // Another checkout of the sources: the fixtures without their target.
+    let checkout = at("checkout");
+    copy_sources(&fixtures(), &checkout);
+    std::fs::write(
+        at("nextest.toml"),
+        format!(
+            "experimental = [\"wrapper-scripts\"]\n\n[scripts.wrapper.leakcheck]\ncommand = ['{}', 'wrap', '--']\n\n\
+             [[profile.default.scripts]]\nfilter = 'all()'\nrun-wrapper = 'leakcheck'\n",
+            env!("CARGO_BIN_EXE_cargo-leakcheck")
+        ),
+    )
+    .unwrap();
+    for shard in 1..=2 {
+        let output = std::process::Command::new(&cargo)
+            .args(["nextest", "run", "--archive-file", archive.to_str().unwrap()])
+            .args(["--workspace-remap", checkout.to_str().unwrap(), "--config-file", at("nextest.toml").to_str().unwrap()])
+            .args(["--partition", &format!("count:{shard}/2"), "--no-fail-fast", "--color", "never"])
+            .current_dir(scratch.path())
+            .env("LEAKCHECK_RECORDS_DIR", at(&format!("records-{shard}")))
+            .env_remove("LEAKCHECK_TEST_ID")
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        assert_eq!(output.status.code(), Some(100), "{}", String::from_utf8_lossy(&output.stderr));
+    }
+    let mut merge = std::process::Command::new(env!("CARGO_BIN_EXE_cargo-leakcheck"));
+    merge.args(["leakcheck", "merge", "--message-format", "json", "--junit"]).arg(at("junit.xml"));
+    merge.arg(at("records-1")).arg(at("records-2")).stdin(std::process::Stdio::null());
+    let merged = run_to_end(merge);
+    assert_eq!(merged.code, Some(100), "{}", merged.stderr);
+    let merged = merged.report();
+
+    // The same verdicts as cargo leakcheck gives (nextest skips ignored tests).
+    let direct = run_to_end(leakcheck(&["-p", "leaky", "--no-fail-fast", "--message-format", "json"]));
+    let mut direct = direct.report();
+    direct.tests.retain(|test| test.outcome != Outcome::Ignored);
+    assert_eq!(verdicts(&merged), verdicts(&direct));
+    assert_eq!((merged.summary.leaked, merged.summary.failed), (11, 1), "{:#?}", merged.summary);
+    let junit = std::fs::read_to_string(at("junit.xml")).unwrap();
+    assert_eq!(junit.matches("<testcase ").count(), 12, "{junit}");
+}
+
+/// Copies `from` to `to`, leaving out `target` directories.
+fn copy_sources(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let (path, name) = (entry.path(), entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            if name != "target" {
+                copy_sources(&path, &to.join(&name));
+            }
+        } else {
+            std::fs::copy(&path, to.join(&name)).unwrap();
+        }
+    }
+}
