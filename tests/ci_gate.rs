@@ -35,7 +35,7 @@ reason = "matches nothing"
     let run = run_to_end(leakcheck(&[
         "-p",
         "leaky",
-        "--config",
+        "--config-file",
         config.to_str().unwrap(),
         "--message-format",
         "json",
@@ -69,14 +69,14 @@ kinds = { fd = "off" }
     let args =
         |profile: &'static str| ["-p", "leaky", "--no-fail-fast", "--message-format", "json", "--profile", profile];
     let mut command = leakcheck(&args("ci"));
-    command.args(["--config", config.to_str().unwrap(), "fd::forgotten_file"]);
+    command.args(["--config-file", config.to_str().unwrap(), "fd::forgotten_file"]);
     let report = run_to_end(command).report();
     let file = record(&report, "leaky::leaks", "fd::forgotten_file");
     assert_outcome(file, Outcome::Passed);
     assert_eq!(file.unchecked, ["fd"]);
 
     let mut command = leakcheck(&args("ci"));
-    command.args(["--config", config.to_str().unwrap(), "child::running_child"]);
+    command.args(["--config-file", config.to_str().unwrap(), "child::running_child"]);
     let run = run_to_end(command);
     assert_eq!(run.code, Some(0), "{}", run.stderr);
     let child = record(&run.report(), "leaky::leaks", "child::running_child").clone();
@@ -88,11 +88,11 @@ kinds = { fd = "off" }
 fn a_malformed_config_is_a_usage_error_with_file_line_and_column() {
     let _serial = serial();
     let config = temp_file("bad.toml", "[profile.default]\ngrace = \"200ms\"\ntimout = \"5s\"\n");
-    let run = run_to_end(leakcheck(&["-p", "leaky", "--config", config.to_str().unwrap()]));
+    let run = run_to_end(leakcheck(&["-p", "leaky", "--config-file", config.to_str().unwrap()]));
     assert_eq!(run.code, Some(2), "stderr:\n{}", run.stderr);
     assert!(run.stderr.contains("bad.toml:3:1: unknown field `timout`"), "{}", run.stderr);
     let config = temp_file("bad-rule.toml", "[[allow]]\nkind = \"heap\"\nbytes = 10\n");
-    let run = run_to_end(leakcheck(&["-p", "leaky", "--config", config.to_str().unwrap()]));
+    let run = run_to_end(leakcheck(&["-p", "leaky", "--config-file", config.to_str().unwrap()]));
     assert_eq!(run.code, Some(2), "stderr:\n{}", run.stderr);
     assert!(run.stderr.contains("bad-rule.toml:1:1: missing field `reason`"), "{}", run.stderr);
 }
@@ -322,7 +322,7 @@ name = "short-lived"
 reason = "would match a thread that ends 30 ms after its test"
 "#,
     );
-    let args = ["-p", "clean", "--config", config.to_str().unwrap(), "detached_thread_ends_soon_after_the_test"];
+    let args = ["-p", "clean", "--config-file", config.to_str().unwrap(), "detached_thread_ends_soon_after_the_test"];
     let run = run_to_end(leakcheck(&args));
     assert_eq!(run.code, Some(0), "stderr:\n{}", run.stderr);
     assert!(run.stdout.contains("short-lived.toml:2: thread `short-lived`: matched 0 times (stale"), "{}", run.stdout);
@@ -350,12 +350,12 @@ fn a_zero_timeout_and_a_missing_config_are_usage_errors_said_once() {
     assert_eq!(run.code, Some(2), "stderr:\n{}", run.stderr);
     assert!(run.stderr.contains("is no time at all"), "{}", run.stderr);
     let missing = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("no-such-config.toml");
-    let run = run_to_end(leakcheck(&["-p", "leaky", "--config", missing.to_str().unwrap()]));
+    let run = run_to_end(leakcheck(&["-p", "leaky", "--config-file", missing.to_str().unwrap()]));
     assert_eq!(run.code, Some(2), "stderr:\n{}", run.stderr);
     assert_eq!(run.stderr.matches("No such file or directory").count(), 1, "{}", run.stderr);
     assert!(run.stderr.contains("could not read the configuration file "), "{}", run.stderr);
     let config = temp_file("zero-timeout.toml", "[profile.default]\ntimeout = \"0s\"\n");
-    let run = run_to_end(leakcheck(&["-p", "leaky", "--config", config.to_str().unwrap()]));
+    let run = run_to_end(leakcheck(&["-p", "leaky", "--config-file", config.to_str().unwrap()]));
     assert_eq!(run.code, Some(2), "stderr:\n{}", run.stderr);
     assert!(run.stderr.contains("`timeout` must be more than zero"), "{}", run.stderr);
 }
@@ -472,7 +472,12 @@ fn a_nextest_archive_run_in_two_shards_and_merged_catches_every_leak() {
     for shard in 1..=2 {
         let output = std::process::Command::new(&cargo)
             .args(["nextest", "run", "--archive-file", archive.to_str().unwrap()])
-            .args(["--workspace-remap", checkout.to_str().unwrap(), "--config-file", at("nextest.toml").to_str().unwrap()])
+            .args([
+                "--workspace-remap",
+                checkout.to_str().unwrap(),
+                "--config-file",
+                at("nextest.toml").to_str().unwrap(),
+            ])
             .args(["--partition", &format!("count:{shard}/2"), "--no-fail-fast", "--color", "never"])
             .current_dir(scratch.path())
             .env("LEAKCHECK_RECORDS_DIR", at(&format!("records-{shard}")))

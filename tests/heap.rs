@@ -116,7 +116,7 @@ fn heap_rules_accept_a_leak_and_kinds_off_turns_the_check_off() {
         "leaks",
         "--heap",
         "--no-fail-fast",
-        "--config",
+        "--config-file",
         path,
         "--message-format",
         "json",

@@ -626,3 +626,34 @@ fn an_unknown_test_target_or_test_argument_is_a_usage_error_that_names_it() {
     assert!(run.stderr.contains("the test binaries do not take `--frobnicate`"), "{}", run.stderr);
     assert!(!run.stderr.contains("libtest-compatible"), "{}", run.stderr);
 }
+
+#[test]
+fn cargos_own_flags_pass_through_and_what_cannot_be_honoured_is_refused() {
+    let _serial = serial();
+    let flags = ["--locked", "--offline", "--frozen", "--config", "net.retry=2", "--color", "never"];
+    let run = run_to_end(leakcheck(&[&["-p", "leaky", "--list", "-v"][..], &flags[..]].concat()));
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    let commands: Vec<&str> =
+        run.stderr.lines().filter(|line| line.contains("cargo metadata ") || line.contains("cargo test ")).collect();
+    assert_eq!(commands.len(), 2, "{}", run.stderr);
+    for command in commands {
+        assert!(command.contains("--locked --offline --frozen --config net.retry=2 --color never"), "{command}");
+    }
+    assert!(run.stdout.contains("leaky::leaks fd::forgotten_file"), "{}", run.stdout);
+
+    // A file of ours given the old way is named, not handed to cargo.
+    let config = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(config.path(), "[profile.default]\ngrace = \"1s\"\n").unwrap();
+    let path = config.path().to_str().unwrap();
+    let run = run_to_end(leakcheck(&["-p", "leaky", "--list", "--config", path]));
+    assert_eq!(run.code, Some(2), "{}", run.stderr);
+    assert!(run.stderr.contains(&format!("give it with --config-file {path}")), "{}", run.stderr);
+    let run = run_to_end(leakcheck(&["-p", "leaky", "--list", "--config-file", path]));
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+
+    // Tests built for another machine cannot run here.
+    let run = run_to_end(leakcheck(&["-p", "leaky", "--list", "--target", "riscv64gc-unknown-linux-gnu"]));
+    assert_eq!(run.code, Some(2), "{}", run.stderr);
+    assert!(run.stderr.contains("--target riscv64gc-unknown-linux-gnu: cargo-leakcheck runs the tests it builds"));
+    assert_eq!(run.stderr.lines().count(), 1, "{}", run.stderr);
+}

@@ -21,9 +21,13 @@ pub(crate) fn main() -> u8 {
         return exit_code::TOOL_ERROR;
     }
     let args = cli::parse();
-    match std::env::var("CARGO_TERM_COLOR").as_deref() {
-        Ok("always") => anstream::ColorChoice::Always.write_global(),
-        Ok("never") => anstream::ColorChoice::Never.write_global(),
+    let color = match &args {
+        cli::Invocation::Run(args) => args.color.clone(),
+        _ => None,
+    };
+    match color.or_else(|| std::env::var("CARGO_TERM_COLOR").ok()).as_deref() {
+        Some("always") => anstream::ColorChoice::Always.write_global(),
+        Some("never") => anstream::ColorChoice::Never.write_global(),
         _ => {}
     }
     if let Err(error) = run::stop_fd_inheritance() {
@@ -59,6 +63,7 @@ fn try_main(args: &LeakcheckArgs, supervisor: &'static Supervisor) -> Result<u8,
     let metadata = cargo::metadata(&build)?;
     cargo::check_packages(&build, &metadata)?;
     cargo::check_targets(&build, &metadata)?;
+    cargo::check_target(&build)?;
     let plan = plan::make(args, metadata.workspace_root.as_std_path())?;
     let binaries = cargo::build_tests(&build, &metadata, supervisor)?;
     let selection = Selection::new(args.filter.as_deref(), &args.test_args);

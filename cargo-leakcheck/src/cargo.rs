@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::io::BufReader;
 use std::path::PathBuf;
-use std::process::Stdio;
+use std::process::{Command, Stdio};
 
 use cargo_metadata::{Message, Metadata, MetadataCommand, Package, TargetKind};
 
@@ -49,18 +49,58 @@ pub(crate) struct CargoSelection {
     pub(crate) offline: bool,
     pub(crate) frozen: bool,
     pub(crate) target_dir: Option<PathBuf>,
+    /// `--target TRIPLE`, for the build.
+    pub(crate) target: Option<String>,
+    /// `--config KEY=VALUE|PATH`, `-Z FLAG`, `--color WHEN`: given to every
+    /// cargo command.
+    pub(crate) cargo_config: Vec<String>,
+    pub(crate) unstable_flags: Vec<String>,
+    pub(crate) color: Option<String>,
     /// Print each cargo command before running it.
     pub(crate) verbose: bool,
 }
 
 impl CargoSelection {
-    /// The manifest flags every cargo command takes.
-    fn manifest_flags(&self) -> Vec<String> {
-        [("--locked", self.locked), ("--offline", self.offline), ("--frozen", self.frozen)]
-            .into_iter()
-            .filter(|(_, set)| *set)
-            .map(|(flag, _)| flag.to_owned())
-            .collect()
+    /// The flags every cargo command takes: manifest options, configuration
+    /// overrides, unstable flags, colour.
+    fn global_flags(&self) -> Vec<String> {
+        let mut flags: Vec<String> =
+            [("--locked", self.locked), ("--offline", self.offline), ("--frozen", self.frozen)]
+                .into_iter()
+                .filter(|(_, set)| *set)
+                .map(|(flag, _)| flag.to_owned())
+                .collect();
+        for value in &self.cargo_config {
+            flags.extend(["--config".to_owned(), value.clone()]);
+        }
+        for flag in &self.unstable_flags {
+            flags.extend(["-Z".to_owned(), flag.clone()]);
+        }
+        if let Some(when) = &self.color {
+            flags.extend(["--color".to_owned(), when.clone()]);
+        }
+        flags
+    }
+}
+
+/// Checks `--target`: the tests are built to be run here, so only this
+/// machine's own triple can be honoured.
+pub(crate) fn check_target(args: &CargoSelection) -> Result<(), RunError> {
+    let Some(target) = &args.target else { return Ok(()) };
+    let rustc = std::env::var_os("RUSTC").unwrap_or_else(|| "rustc".into());
+    let host = Command::new(&rustc)
+        .arg("-vV")
+        .stdin(Stdio::null())
+        .output()
+        .ok()
+        .and_then(|output| String::from_utf8(output.stdout).ok())
+        .and_then(|text| text.lines().find_map(|line| line.strip_prefix("host: ").map(str::to_owned)));
+    match host {
+        Some(host) if host == *target => Ok(()),
+        Some(host) => Err(RunError::UsageMessage(format!(
+            "--target {target}: cargo-leakcheck runs the tests it builds, and this machine runs {host} (build for {host}, or leave --target out)"
+        ))),
+        None => Err(RunError::UsageMessage(format!("--target {target}: could not ask rustc for this machine's triple"))),
     }
 }
 
@@ -80,7 +120,7 @@ pub(crate) fn metadata(args: &CargoSelection) -> Result<Metadata, RunError> {
     if let Some(cargo) = std::env::var_os("CARGO") {
         request.cargo_path(cargo);
     }
-    request.other_options(args.manifest_flags());
+    request.other_options(args.global_flags());
     let mut command = request.cargo_command();
     crate::run::unblock_signals_on_exec(&mut command);
     process::announce(&command, args.verbose);
@@ -180,7 +220,10 @@ pub(crate) fn build_tests(
     if args.release {
         command.arg("--release");
     }
-    command.args(args.manifest_flags());
+    command.args(args.global_flags());
+    if let Some(target) = &args.target {
+        command.args(["--target", target]);
+    }
     if let Some(dir) = &args.target_dir {
         command.arg("--target-dir").arg(dir);
     }

@@ -133,6 +133,18 @@ pub(crate) struct LeakcheckArgs {
     #[arg(long, help_heading = "Compilation Options")]
     pub(crate) release: bool,
 
+    /// Build for this target triple (it must be this machine's: the tests run here)
+    #[arg(long, value_name = "TRIPLE", help_heading = "Compilation Options")]
+    pub(crate) target: Option<String>,
+
+    /// Unstable (nightly-only) flags to cargo, as `cargo -Z FLAG` (repeatable)
+    #[arg(short = 'Z', value_name = "FLAG", help_heading = "Compilation Options")]
+    pub(crate) unstable_flags: Vec<String>,
+
+    /// Coloring of cargo's and cargo-leakcheck's output: auto, always, never
+    #[arg(long, value_name = "WHEN", value_parser = ["auto", "always", "never"], help_heading = "Reporting")]
+    pub(crate) color: Option<String>,
+
     /// Assert that Cargo.lock will remain unchanged (passed to cargo)
     #[arg(long, help_heading = "Manifest Options")]
     pub(crate) locked: bool,
@@ -181,9 +193,13 @@ pub(crate) struct LeakcheckArgs {
     #[arg(long, help_heading = "Run Options")]
     pub(crate) list: bool,
 
-    /// Configuration file [default: .config/leakcheck.toml in the workspace root, if present]
+    /// cargo-leakcheck's configuration file [default: .config/leakcheck.toml in the workspace root, if present]
     #[arg(long, value_name = "PATH", help_heading = "Configuration")]
-    pub(crate) config: Option<PathBuf>,
+    pub(crate) config_file: Option<PathBuf>,
+
+    /// Override a cargo configuration value, KEY=VALUE or a cargo config file (passed to cargo, repeatable)
+    #[arg(long = "config", value_name = "KEY=VALUE|PATH", help_heading = "Configuration")]
+    pub(crate) cargo_config: Vec<String>,
 
     /// Profile of the configuration file to use (`default`, `ci`, or one of yours)
     #[arg(
@@ -279,6 +295,10 @@ impl LeakcheckArgs {
             offline: self.offline,
             frozen: self.frozen,
             target_dir: self.target_dir.clone(),
+            target: self.target.clone(),
+            cargo_config: self.cargo_config.clone(),
+            unstable_flags: self.unstable_flags.clone(),
+            color: self.color.clone(),
             verbose: self.verbose,
         }
     }

@@ -259,7 +259,7 @@ fn singleton_rules(chosen: &ProfileFile, base: &ProfileFile) -> [Option<Singleto
     [pick(|s| s.fd), pick(|s| s.thread), pick(|s| s.child)]
 }
 
-/// Where the config is: `--config PATH`, else `.config/leakcheck.toml` in
+/// Where the config is: `--config-file PATH`, else `.config/leakcheck.toml` in
 /// the workspace root if it exists.
 pub(crate) fn locate(explicit: Option<&Path>, workspace_root: &Path) -> Option<PathBuf> {
     match explicit {

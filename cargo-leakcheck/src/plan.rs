@@ -38,13 +38,14 @@ pub(crate) struct Plan {
 
 /// Reads the configuration (if any) and merges it with the flags.
 pub(crate) fn make(args: &LeakcheckArgs, workspace_root: &std::path::Path) -> Result<Plan, RunError> {
-    let config = config::locate(args.config.as_deref(), workspace_root);
+    refuse_our_file_as_cargo_config(&args.cargo_config)?;
+    let config = config::locate(args.config_file.as_deref(), workspace_root);
     let profile = match &config {
         Some(path) => config::load(path, &args.profile)?,
         None if args.profile == "default" || args.profile == "ci" => Profile::default(),
         None => {
             return Err(RunError::UsageMessage(format!(
-                "--profile {} needs a configuration file (.config/leakcheck.toml, or --config PATH)",
+                "--profile {} needs a configuration file (.config/leakcheck.toml, or --config-file PATH)",
                 args.profile
             )))
         }
@@ -78,4 +79,20 @@ pub(crate) fn make(args: &LeakcheckArgs, workspace_root: &std::path::Path) -> Re
         policy: Policy::new(profile.kinds, profile.allow, baseline),
         config,
     })
+}
+
+/// `--config` is cargo's flag now (KEY=VALUE, or a cargo config file); our
+/// file is `--config-file`. A `--config PATH` naming a file of ours (one our
+/// loader reads) is the old spelling: say so rather than hand it to cargo.
+fn refuse_our_file_as_cargo_config(values: &[String]) -> Result<(), RunError> {
+    for value in values.iter().filter(|value| !value.contains('=')) {
+        let path = std::path::Path::new(value);
+        if path.is_file() && config::load(path, "default").is_ok() {
+            return Err(RunError::UsageMessage(format!(
+                "--config {value} is a cargo-leakcheck configuration file: give it with --config-file {value} \
+                 (--config now passes KEY=VALUE to cargo, as cargo's own flag does)"
+            )));
+        }
+    }
+    Ok(())
 }
