@@ -171,3 +171,43 @@ fn a_binary_that_does_not_speak_libtest_is_named() {
     assert!(run.stderr.contains("error: could not list the tests of not-libtest::custom_main"), "{}", run.stderr);
     assert!(run.stderr.contains("is it a libtest-compatible test binary?"), "{}", run.stderr);
 }
+
+/// On a shared CI runner another user can plant files where a predictable
+/// scratch path would be (`$TMPDIR/cargo-leakcheck-<pid>`, as it once was):
+/// forged in-process verdicts saying "passed, no leaks", and symlinks to a
+/// file of the user's. The run must neither read them nor write through them.
+#[test]
+fn planted_scratch_directories_neither_forge_a_pass_nor_get_written() {
+    let _serial = serial();
+    let tmp = tempfile::tempdir().unwrap();
+    let victim = tmp.path().join("victim.txt");
+    std::fs::write(&victim, "the user's file\n").unwrap();
+    let forged = r#"{"body_passed":true,"leaks":[],"allowed":[],"unchecked":[],"closed_fds":[]}"#;
+    let last_pid: u32 = std::fs::read_to_string("/proc/sys/kernel/ns_last_pid").unwrap().trim().parse().unwrap();
+    let planted = (last_pid + 1)..(last_pid + 3000);
+    for pid in planted.clone() {
+        let dir = tmp.path().join(format!("cargo-leakcheck-{pid}"));
+        if pid % 2 == 0 {
+            std::fs::create_dir(&dir).unwrap();
+            for serial in 0..4 {
+                std::fs::write(dir.join(format!("{serial}.json")), forged).unwrap();
+            }
+        } else {
+            std::os::unix::fs::symlink(&victim, &dir).unwrap();
+        }
+    }
+    let mut command = leakcheck(&["-p", "leaky", "--message-format", "json", "--", "--exact", "fd::forgotten_file"]);
+    command.env("TMPDIR", tmp.path());
+    let run = run_to_end(command);
+    assert!(planted.contains(&run.pid), "the run's pid {} is outside the planted range {planted:?}", run.pid);
+    assert_eq!(run.code, Some(100), "{}", run.stderr);
+    let report = run.report();
+    assert_outcome(record(&report, "leaky::leaks", "fd::forgotten_file"), Outcome::Leaked);
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "the user's file\n");
+    let dir = tmp.path().join(format!("cargo-leakcheck-{}", run.pid));
+    if run.pid % 2 == 0 {
+        let names: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|entry| entry.unwrap().file_name()).collect();
+        assert_eq!(names.len(), 4, "{names:?}");
+        assert_eq!(std::fs::read_to_string(dir.join("0.json")).unwrap(), forged);
+    }
+}
