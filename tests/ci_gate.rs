@@ -208,8 +208,11 @@ fn github_annotations_name_each_failing_test() {
     assert!(!run_to_end(command).stdout.contains("::error"));
 }
 
+/// The tests `--list` prints for three packages of several binaries each
+/// (not the whole workspace: building all of it here would make this the
+/// slowest test of the suite for no gain).
 fn listed(extra: &[&str]) -> Vec<String> {
-    let mut args = vec!["--workspace", "--list"];
+    let mut args = vec!["-p", "leaky", "-p", "clean", "-p", "field-cases", "--list"];
     args.extend_from_slice(extra);
     let run = run_to_end(leakcheck(&args));
     assert_eq!(run.code, Some(0), "{}", run.stderr);
@@ -220,7 +223,7 @@ fn listed(extra: &[&str]) -> Vec<String> {
 fn partitions_split_the_suite_without_overlap() {
     let _serial = serial();
     let mut everything = listed(&[]);
-    assert!(everything.len() > 90, "{everything:?}");
+    assert!(everything.len() > 30, "{everything:?}");
     assert!(everything.contains(&"leaky::outcomes ignored_test (ignored)".to_owned()));
     everything.sort();
     for kind in ["hash", "slice"] {
