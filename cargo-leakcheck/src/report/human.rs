@@ -4,7 +4,7 @@
 use std::fmt::Write;
 
 use comfy_table::presets::UTF8_FULL_CONDENSED;
-use comfy_table::{ContentArrangement, Table};
+use comfy_table::{ColumnConstraint, ContentArrangement, Table, Width};
 use leakcheck::{Outcome, Summary, TestRecord};
 
 /// Leaks listed per test in human output; the JSON report has them all.
@@ -123,6 +123,31 @@ fn where_column(leak: &leakcheck::Leak) -> String {
     }
 }
 
+/// A test's label in the leak table: `binary name` on one line when it is
+/// short; else the binary on its own line and the name broken after `::`
+/// into lines of at most [`LABEL_WIDTH`] characters (a longer piece stays
+/// whole).
+fn test_label(binary: &str, name: &str) -> String {
+    let whole = format!("{binary} {name}");
+    if whole.chars().count() <= LABEL_WIDTH {
+        return whole;
+    }
+    let mut lines = vec![binary.to_owned()];
+    let mut line = String::new();
+    let pieces: Vec<&str> = name.split_inclusive("::").collect();
+    for piece in pieces {
+        if !line.is_empty() && line.chars().count() + piece.chars().count() > LABEL_WIDTH {
+            lines.push(std::mem::take(&mut line));
+        }
+        line.push_str(piece);
+    }
+    lines.push(line);
+    lines.join("\n")
+}
+
+/// Widest line of a test label before it is broken.
+const LABEL_WIDTH: usize = 24;
+
 /// Everything printed after the last test: outputs, the leak table, the summary.
 pub(crate) fn final_report(records: &[TestRecord], summary: &Summary) -> String {
     let mut out = String::new();
@@ -146,8 +171,22 @@ pub(crate) fn final_report(records: &[TestRecord], summary: &Summary) -> String 
         let mut header = vec!["test", "kind", "what leaked"];
         header.extend(any_site.then_some("where"));
         table.set_header(header);
-        for record in leaking {
-            let test = format!("{} {}", record.binary, record.name);
+        // Test names break only at `::` (and between binary and name), never
+        // mid-word: the column is at least as wide as its longest line.
+        // Only on a narrow terminal: piped output is not wrapped at all.
+        let narrow = table.width().is_some_and(|width| width < 120);
+        let labels: Vec<String> = leaking
+            .iter()
+            .map(|record| match narrow {
+                true => test_label(&record.binary, &record.name),
+                false => format!("{} {}", record.binary, record.name),
+            })
+            .collect();
+        let widest = labels.iter().flat_map(|label| label.lines()).map(|line| line.chars().count()).max();
+        if let (Some(column), Some(widest)) = (table.column_mut(0), widest) {
+            column.set_constraint(ColumnConstraint::LowerBoundary(Width::Fixed(widest as u16)));
+        }
+        for (record, test) in leaking.into_iter().zip(labels) {
             for leak in record.leaks.iter().take(SHOWN_PER_TEST) {
                 let mut row = vec![test.clone(), leak.kind().to_owned(), leak.describe()];
                 row.extend(any_site.then(|| where_column(leak)));
@@ -220,5 +259,23 @@ mod tests {
         let output = "\nrunning 1 test\nhello from the test\ntest a::b ... ok\n\ntest result: ok. 1 passed; 0 failed\n";
         assert_eq!(without_libtest_framing(output), "hello from the test");
         assert_eq!(without_libtest_framing("\nrunning 1 test\ntest a ... ok\n"), "");
+    }
+}
+
+#[cfg(test)]
+mod label_tests {
+    use super::test_label;
+
+    #[test]
+    fn long_labels_break_after_double_colons_only() {
+        assert_eq!(test_label("leaky::leaks", "fd::x"), "leaky::leaks fd::x");
+        assert_eq!(
+            test_label("leaky::leaks", "thread::forgotten_tokio_runtime"),
+            "leaky::leaks\nthread::\nforgotten_tokio_runtime"
+        );
+        assert_eq!(
+            test_label("p::b", "a::b::c::some_rather_long_test_name"),
+            "p::b\na::b::c::\nsome_rather_long_test_name"
+        );
     }
 }
