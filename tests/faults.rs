@@ -187,7 +187,7 @@ fn planted_scratch_directories_neither_forge_a_pass_nor_get_written() {
     let planted = (last_pid + 1)..(last_pid + 3000);
     for pid in planted.clone() {
         let dir = tmp.path().join(format!("cargo-leakcheck-{pid}"));
-        if pid % 2 == 0 {
+        if pid.is_multiple_of(2) {
             std::fs::create_dir(&dir).unwrap();
             for serial in 0..4 {
                 std::fs::write(dir.join(format!("{serial}.json")), forged).unwrap();
@@ -205,7 +205,7 @@ fn planted_scratch_directories_neither_forge_a_pass_nor_get_written() {
     assert_outcome(record(&report, "leaky::leaks", "fd::forgotten_file"), Outcome::Leaked);
     assert_eq!(std::fs::read_to_string(&victim).unwrap(), "the user's file\n");
     let dir = tmp.path().join(format!("cargo-leakcheck-{}", run.pid));
-    if run.pid % 2 == 0 {
+    if run.pid.is_multiple_of(2) {
         let names: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|entry| entry.unwrap().file_name()).collect();
         assert_eq!(names.len(), 4, "{names:?}");
         assert_eq!(std::fs::read_to_string(dir.join("0.json")).unwrap(), forged);
