@@ -549,3 +549,38 @@ fn the_human_report_says_where_each_leak_was_made() {
     assert!(!out.contains(&format!("allocated at {box_line}")), "{out}");
     assert!(out.contains("note: no creation site"), "{out}");
 }
+
+/// Under plain `cargo test`, each `#[leakcheck::test]` writes its own record
+/// to `LEAKCHECK_RECORDS_DIR`, and `cargo leakcheck merge` reads them.
+#[test]
+fn attributed_tests_leave_records_under_cargo_test_for_merge() {
+    let _serial = serial();
+    let records = tempfile::tempdir().unwrap();
+    let output = cargo_in_fixtures(&["test", "-p", "harnessed", "--test", "isolated"])
+        .env("LEAKCHECK_RECORDS_DIR", records.path())
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(101), "{}", String::from_utf8_lossy(&output.stdout));
+    let mut merge = std::process::Command::new(env!("CARGO_BIN_EXE_cargo-leakcheck"));
+    merge.args(["leakcheck", "merge", "--message-format", "json"]).arg(records.path());
+    let run = run_to_end(merge);
+    assert_eq!(run.code, Some(100), "{}", run.stderr);
+    let report = run.report();
+    let mut verdicts: Vec<(&str, &str, Outcome)> =
+        report.tests.iter().map(|test| (test.binary.as_str(), test.name.as_str(), test.outcome)).collect();
+    verdicts.sort_by_key(|(_, name, _)| *name);
+    let binary = "harnessed::isolated";
+    assert_eq!(
+        verdicts,
+        [
+            (binary, "iso_clean", Outcome::Passed),
+            (binary, "iso_forgotten_file", Outcome::Leaked),
+            (binary, "iso_heap_leak", Outcome::Leaked),
+            (binary, "iso_parked_thread", Outcome::Leaked),
+            (binary, "iso_running_child", Outcome::Leaked),
+            (binary, "iso_should_panic", Outcome::Passed),
+        ]
+    );
+    let heap = record(&report, binary, "iso_heap_leak");
+    assert!(matches!(heap.leaks[..], [Leak::Heap { bytes: 4096, .. }]), "{heap:#?}");
+}

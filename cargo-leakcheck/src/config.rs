@@ -410,7 +410,7 @@ reason = "caches"
     fn mistakes_name_file_line_and_column() {
         assert_eq!(
             parse_err("[profile.default]\ntimout = \"5s\"\n"),
-            "leakcheck.toml:2:1: unknown field `timout`, expected one of `grace`, `timeout`, `jobs`, `fail-fast`, `repeat`, `kinds`, `singletons`, `allow`"
+            "leakcheck.toml:2:1: unknown field `timout`, expected one of `grace`, `timeout`, `jobs`, `fail-fast`, `repeat`, `check-heap`, `kinds`, `singletons`, `allow`"
         );
         assert_eq!(
             parse_err("[profile.default]\ngrace = \"soon\"\n"),

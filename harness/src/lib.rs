@@ -67,6 +67,7 @@ mod isolation;
 #[cfg(target_os = "linux")]
 mod one_time;
 pub mod options;
+mod own_record;
 #[cfg(target_os = "linux")]
 mod panic_text;
 pub mod record;

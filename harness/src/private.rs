@@ -57,11 +57,12 @@ pub fn run_test(options: &Options, body: fn() -> Result<(), String>) {
     // Other tests run beside this one, or libtest captures its output (a
     // buffer that grows on the heap as it prints): run it alone in a fresh
     // process, output not captured there, and check it there.
+    let started = std::time::Instant::now();
     let mode = isolation();
     if mode == Isolation::Shared || (mode == Isolation::SingleThreaded && crate::isolation::output_captured()) {
         let name = std::thread::current().name().map(str::to_owned);
         match name.as_deref().and_then(crate::self_isolation::run_alone) {
-            Some(isolated) => return conclude_isolated(isolated),
+            Some(isolated) => return conclude_isolated(isolated, body, started),
             None => {
                 SHARED_NOTE.call_once(|| {
                     // Straight to fd 2: libtest captures eprintln! of passing tests.
@@ -143,7 +144,7 @@ pub fn run_test(options: &Options, body: fn() -> Result<(), String>) {
     if explain == Explain::AfterALeak && matches!(outcome, Ok(Ok(()))) && !finding.judgement.leaks.is_empty() {
         explain_after_leak(body, options, &mut finding.judgement.leaks);
     }
-    report_verdict(outcome, &finding, &warnings, &singletons)
+    report_verdict(outcome, &finding, &warnings, &singletons, (body, started))
 }
 
 /// Tells the verdict: warnings and singletons as notes, the record to
@@ -154,6 +155,7 @@ fn report_verdict(
     finding: &crate::guard::Finding,
     warnings: &[crate::Leak],
     singletons: &[crate::Leak],
+    (body, started): (fn() -> Result<(), String>, std::time::Instant),
 ) {
     if !warnings.is_empty() {
         eprintln!("warning: leakcheck: leaked in some measured runs only (oscillating):");
@@ -162,7 +164,7 @@ fn report_verdict(
         }
     }
     let body_passed = matches!(outcome, Ok(Ok(())));
-    tell_cargo_leakcheck(&InProcessReport {
+    let report = InProcessReport {
         body_passed,
         leaks: finding.judgement.leaks.clone(),
         allowed: finding
@@ -179,7 +181,9 @@ fn report_verdict(
             Err(payload) => Some(crate::panic_text::payload_text(payload.as_ref())),
             Ok(Ok(())) => None,
         },
-    });
+    };
+    tell_cargo_leakcheck(&report);
+    crate::own_record::write_if_asked(&report, body, started);
     // Under cargo leakcheck (or a self-isolating parent), the record says it.
     if std::env::var_os("LEAKCHECK_RECORD_FILE").is_none() {
         print_notes(singletons, &finding.unchecked);
@@ -235,14 +239,29 @@ fn explain_after_leak(body: fn() -> Result<(), String>, options: &Options, leaks
 /// or fail with the body's own failure or with the leak report. The failure
 /// is raised with `resume_unwind`: no panic location in leakcheck's code,
 /// and `#[should_panic(expected = ...)]` sees the body's message.
-fn conclude_isolated(isolated: crate::self_isolation::Isolated) {
+fn conclude_isolated(
+    isolated: crate::self_isolation::Isolated,
+    body: fn() -> Result<(), String>,
+    started: std::time::Instant,
+) {
     let report = match isolated {
         crate::self_isolation::Isolated::Report(report) => report,
         crate::self_isolation::Isolated::NoReport(why) => {
             eprintln!("{why}");
+            let failed = InProcessReport {
+                body_passed: false,
+                leaks: Vec::new(),
+                allowed: Vec::new(),
+                unchecked: Vec::new(),
+                closed_fds: Vec::new(),
+                singletons: Vec::new(),
+                failure: Some(why.clone()),
+            };
+            crate::own_record::write_if_asked(&failed, body, started);
             resume_unwind(Box::new(why));
         }
     };
+    crate::own_record::write_if_asked(&report, body, started);
     print_notes(&report.singletons, &report.unchecked);
     if let Some(failure) = report.failure {
         resume_unwind(Box::new(failure));
