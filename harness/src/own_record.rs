@@ -10,15 +10,14 @@ use std::time::Instant;
 use crate::record::{InProcessReport, Outcome, TestRecord};
 use crate::registry::{ShouldPanic, TestDef};
 
-/// Writes the record of the test whose body is `body`, when asked to.
-pub(crate) fn write_if_asked(report: &InProcessReport, body: fn() -> Result<(), String>, started: Instant) {
+/// Writes the record of the test registered as `def` (every attribute test
+/// has a registration: it knows its libtest name and its #[should_panic]),
+/// when asked to.
+pub(crate) fn write_if_asked(report: &InProcessReport, def: Option<&TestDef>, started: Instant) {
     if std::env::var_os("LEAKCHECK_RECORD_FILE").is_some() {
         return;
     }
-    let Some(dir) = crate::records_dir::records_dir() else { return };
-    // The test's registration (every attribute test has one) knows its
-    // libtest name and its #[should_panic].
-    let Some(def) = crate::__private::TESTS.iter().find(|def| std::ptr::fn_addr_eq(def.run, body)) else { return };
+    let (Some(dir), Some(def)) = (crate::records_dir::records_dir(), def) else { return };
     let record = record_of(report, def, binary_id(), started.elapsed().as_millis() as u64);
     if let Err(error) = crate::records_dir::write(&dir, &record) {
         // Straight to fd 2: libtest captures the output of passing tests.

@@ -20,6 +20,11 @@ pub use crate::registry::{ShouldPanic, TestDef};
 #[linkme::distributed_slice]
 pub static TESTS: [TestDef];
 
+/// The registration of the attribute test whose body is `body`.
+fn registration(body: fn() -> Result<(), String>) -> Option<&'static TestDef> {
+    TESTS.iter().find(|def| std::ptr::fn_addr_eq(def.run, body))
+}
+
 /// Entry point of `leakcheck::main!()`: the fork server over [`TESTS`].
 pub fn harness_main() -> std::process::ExitCode {
     crate::fork_server::harness_main(&TESTS)
@@ -183,7 +188,7 @@ fn report_verdict(
         },
     };
     tell_cargo_leakcheck(&report);
-    crate::own_record::write_if_asked(&report, body, started);
+    crate::own_record::write_if_asked(&report, registration(body), started);
     // Under cargo leakcheck (or a self-isolating parent), the record says it.
     if std::env::var_os("LEAKCHECK_RECORD_FILE").is_none() {
         print_notes(singletons, &finding.unchecked);
@@ -257,11 +262,11 @@ fn conclude_isolated(
                 singletons: Vec::new(),
                 failure: Some(why.clone()),
             };
-            crate::own_record::write_if_asked(&failed, body, started);
+            crate::own_record::write_if_asked(&failed, registration(body), started);
             resume_unwind(Box::new(why));
         }
     };
-    crate::own_record::write_if_asked(&report, body, started);
+    crate::own_record::write_if_asked(&report, registration(body), started);
     print_notes(&report.singletons, &report.unchecked);
     if let Some(failure) = report.failure {
         resume_unwind(Box::new(failure));
