@@ -6,10 +6,13 @@ mod support;
 use leakcheck::Outcome;
 use support::*;
 
+/// A file in this test binary's private temporary directory (from
+/// `tempfile`: random name, created exclusively).
 fn temp_file(name: &str, contents: &str) -> std::path::PathBuf {
-    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("ci-gate-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join(name);
+    static DIR: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
+    let dir = DIR
+        .get_or_init(|| tempfile::Builder::new().prefix("ci-gate-").tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap());
+    let path = dir.path().join(name);
     std::fs::write(&path, contents).unwrap();
     path
 }
@@ -242,40 +245,14 @@ fn partitions_split_the_suite_without_overlap() {
 
 #[test]
 fn the_nextest_wrapper_catches_a_leak_inside_cargo_nextest_run() {
-    let nextest = std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .args(["nextest", "--version"])
-        .output()
-        .is_ok_and(|output| output.status.success());
-    if !nextest {
-        assert!(std::env::var_os("CI").is_none(), "cargo-nextest must be installed in CI");
+    if !nextest_available() {
         return;
     }
     let _serial = serial();
-    let config = temp_file(
-        "nextest.toml",
-        &format!(
-            "experimental = [\"wrapper-scripts\"]\n\n[scripts.wrapper.leakcheck]\ncommand = ['{}', 'wrap', '--']\n\n\
-             [[profile.default.scripts]]\nfilter = 'all()'\nrun-wrapper = 'leakcheck'\n",
-            env!("CARGO_BIN_EXE_cargo-leakcheck")
-        ),
-    );
-    let output = std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .args([
-            "nextest",
-            "run",
-            "--config-file",
-            config.to_str().unwrap(),
-            "-p",
-            "leaky",
-            "--no-fail-fast",
-            "--color",
-            "never",
-        ])
+    let config = nextest_wrapper_config(&[]);
+    let output = nextest_run_in_fixtures(config.path())
+        .args(["-p", "leaky"])
         .args(["-E", "test(=fd::forgotten_file) | test(=thread::detached_thread) | test(=failing_assertion)"])
-        .current_dir(fixtures())
-        .env("CARGO_TARGET_DIR", fixture_target_dir())
-        .env_remove("LEAKCHECK_TEST_ID")
-        .stdin(std::process::Stdio::null())
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
@@ -439,15 +416,10 @@ fn two_shards_merged_equal_one_full_run_and_a_broken_record_is_refused() {
 /// the wrapper, each leaving a records directory, and merge them.
 #[test]
 fn a_nextest_archive_run_in_two_shards_and_merged_catches_every_leak() {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let nextest = std::process::Command::new(&cargo)
-        .args(["nextest", "--version"])
-        .output()
-        .is_ok_and(|output| output.status.success());
-    if !nextest {
-        assert!(std::env::var_os("CI").is_none(), "cargo-nextest must be installed in CI");
+    if !nextest_available() {
         return;
     }
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let _serial = serial();
     let scratch = tempfile::tempdir().unwrap();
     let at = |name: &str| scratch.path().join(name);
@@ -463,24 +435,11 @@ fn a_nextest_archive_run_in_two_shards_and_merged_catches_every_leak() {
     // Another checkout of the sources: the fixtures without their target.
     let checkout = at("checkout");
     copy_sources(&fixtures(), &checkout);
-    std::fs::write(
-        at("nextest.toml"),
-        format!(
-            "experimental = [\"wrapper-scripts\"]\n\n[scripts.wrapper.leakcheck]\ncommand = ['{}', 'wrap', '--']\n\n\
-             [[profile.default.scripts]]\nfilter = 'all()'\nrun-wrapper = 'leakcheck'\n",
-            env!("CARGO_BIN_EXE_cargo-leakcheck")
-        ),
-    )
-    .unwrap();
+    let config = nextest_wrapper_config(&[]);
     for shard in 1..=2 {
         let output = std::process::Command::new(&cargo)
             .args(["nextest", "run", "--archive-file", archive.to_str().unwrap()])
-            .args([
-                "--workspace-remap",
-                checkout.to_str().unwrap(),
-                "--config-file",
-                at("nextest.toml").to_str().unwrap(),
-            ])
+            .args(["--workspace-remap", checkout.to_str().unwrap(), "--config-file", config.path().to_str().unwrap()])
             .args(["--partition", &format!("count:{shard}/2"), "--no-fail-fast", "--color", "never"])
             .current_dir(scratch.path())
             .env("LEAKCHECK_RECORDS_DIR", at(&format!("records-{shard}")))

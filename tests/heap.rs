@@ -152,35 +152,14 @@ fn heap_without_a_runtime_is_a_usage_error() {
 
 #[test]
 fn the_nextest_wrapper_checks_the_heap_with_heap() {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let nextest = std::process::Command::new(&cargo)
-        .args(["nextest", "--version"])
-        .output()
-        .is_ok_and(|output| output.status.success());
-    if !nextest {
-        assert!(std::env::var_os("CI").is_none(), "cargo-nextest must be installed in CI");
+    if !nextest_available() {
         return;
     }
     let _serial = serial();
-    let mut config = tempfile::NamedTempFile::new().unwrap();
-    std::io::Write::write_all(
-        &mut config,
-        format!(
-            "experimental = [\"wrapper-scripts\"]\n\n[scripts.wrapper.leakcheck]\ncommand = ['{}', 'wrap', '--heap', '--']\n\n\
-             [[profile.default.scripts]]\nfilter = 'all()'\nrun-wrapper = 'leakcheck'\n",
-            env!("CARGO_BIN_EXE_cargo-leakcheck")
-        )
-        .as_bytes(),
-    )
-    .unwrap();
-    let output = std::process::Command::new(&cargo)
-        .args(["nextest", "run", "--config-file", config.path().to_str().unwrap(), "-p", "heap-leaks"])
-        .args(["--test", "leaks", "--no-fail-fast", "--color", "never"])
+    let config = nextest_wrapper_config(&["--heap"]);
+    let output = nextest_run_in_fixtures(config.path())
+        .args(["-p", "heap-leaks", "--test", "leaks"])
         .args(["-E", "test(=forgotten_vec_leaks) | test(=once_lock_cache_is_clean) | test(=children_are_undisturbed)"])
-        .current_dir(fixtures())
-        .env("CARGO_TARGET_DIR", fixture_target_dir())
-        .env_remove("LEAKCHECK_TEST_ID")
-        .stdin(std::process::Stdio::null())
         .output()
         .unwrap();
     let all = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));

@@ -193,3 +193,52 @@ pub fn children(record: &TestRecord) -> Vec<(&str, &str, bool)> {
         })
         .collect()
 }
+
+/// Whether cargo-nextest is installed. CI installs it, so there its absence
+/// fails the calling test; elsewhere the caller skips (returns early).
+pub fn nextest_available() -> bool {
+    let available = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args(["nextest", "--version"])
+        .output()
+        .is_ok_and(|output| output.status.success());
+    if !available {
+        assert!(std::env::var_os("CI").is_none(), "cargo-nextest must be installed in CI");
+        eprintln!("cargo-nextest is not installed: skipping (CI installs it)");
+    }
+    available
+}
+
+/// A nextest config file running every test under `cargo-leakcheck wrap
+/// WRAP_ARGS --` (the README's recipe), in a private temporary file.
+pub fn nextest_wrapper_config(wrap_args: &[&str]) -> tempfile::NamedTempFile {
+    let mut command = vec![env!("CARGO_BIN_EXE_cargo-leakcheck"), "wrap"];
+    command.extend_from_slice(wrap_args);
+    command.push("--");
+    let command: Vec<String> = command.iter().map(|arg| format!("'{arg}'")).collect();
+    let config = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(
+        config.path(),
+        format!(
+            "experimental = [\"wrapper-scripts\"]\n\n[scripts.wrapper.leakcheck]\ncommand = [{}]\n\n\
+             [[profile.default.scripts]]\nfilter = 'all()'\nrun-wrapper = 'leakcheck'\n",
+            command.join(", ")
+        ),
+    )
+    .unwrap();
+    config
+}
+
+/// `cargo nextest run --config-file CONFIG --no-fail-fast --color never`
+/// in the fixtures workspace, built into the fixtures' target directory.
+pub fn nextest_run_in_fixtures(config: &std::path::Path) -> Command {
+    let mut command = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    command
+        .args(["nextest", "run", "--config-file"])
+        .arg(config)
+        .args(["--no-fail-fast", "--color", "never"])
+        .current_dir(fixtures())
+        .env("CARGO_TARGET_DIR", fixture_target_dir())
+        .env_remove("LEAKCHECK_TEST_ID")
+        .stdin(Stdio::null());
+    command
+}
