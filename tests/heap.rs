@@ -1,8 +1,9 @@
-//! `cargo leakcheck --heap` on unmodified tests: LeakSanitizer's runtime
-//! preloaded into each test process. Each heap leak of the fixture is
-//! asserted with its bytes and the line that allocated it; the tricky clean
-//! tests (caches, statics, thread-locals, a runtime, output, a panic,
-//! children) pass; a binary with its own allocator is said to be unchecked.
+//! The heap of unmodified tests, checked by default: LeakSanitizer's runtime
+//! preloaded (first into each binary's tests run together, then into each
+//! test of a binary that leaked). Each heap leak of the fixture is asserted
+//! with its bytes and the line that allocated it; the tricky clean tests
+//! (caches, statics, thread-locals, a runtime, output, a panic, children)
+//! pass; a binary with its own allocator is said to be unchecked.
 
 mod support;
 
@@ -35,7 +36,8 @@ fn line_of(needle: &str) -> Option<u32> {
 #[test]
 fn every_heap_leak_is_named_with_its_bytes_and_line_and_clean_tests_pass() {
     let _serial = serial();
-    let run = run_to_end(leakcheck(&["-p", "heap-leaks", "--heap", "--no-fail-fast", "--message-format", "json"]));
+    // On by default: no flag.
+    let run = run_to_end(leakcheck(&["-p", "heap-leaks", "--no-fail-fast", "--message-format", "json"]));
     assert_eq!(run.code, Some(100), "stderr:\n{}", run.stderr);
     let report = run.report();
     let binary = "heap-leaks::leaks";
@@ -87,9 +89,9 @@ fn every_heap_leak_is_named_with_its_bytes_and_line_and_clean_tests_pass() {
 }
 
 #[test]
-fn without_heap_the_same_tests_pass_and_no_runtime_is_loaded() {
+fn with_no_heap_the_same_tests_pass_and_no_runtime_is_loaded() {
     let _serial = serial();
-    let run = run_to_end(leakcheck(&["-p", "heap-leaks", "--test", "leaks", "--message-format", "json"]));
+    let run = run_to_end(leakcheck(&["-p", "heap-leaks", "--test", "leaks", "--no-heap", "--message-format", "json"]));
     assert_eq!(run.code, Some(0), "stderr:\n{}", run.stderr);
     assert!(!run.stderr.contains("LeakSanitizer"), "{}", run.stderr);
     let report = run.report();
@@ -167,4 +169,17 @@ fn the_nextest_wrapper_checks_the_heap_with_heap() {
     assert!(all.contains("3 tests run: 2 passed, 1 failed"), "{all}");
     assert!(all.contains("leaked heap: 4096 bytes in 1 block"), "{all}");
     assert!(all.contains("allocated at tests/leaks.rs:"), "{all}");
+}
+
+#[test]
+fn a_binary_whose_tests_leak_no_heap_together_runs_them_without_the_runtime() {
+    let _serial = serial();
+    let run = run_to_end(leakcheck(&["-p", "clean", "-p", "heap-leaks", "--test", "clean", "--test", "leaks", "-v"]));
+    assert_eq!(run.code, Some(100), "{}", run.stderr);
+    assert!(run.stderr.contains("Heap clean::clean (12 tests together): no heap leak"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("Heap heap-leaks::leaks (13 tests together): heap checked test by test"),
+        "{}",
+        run.stderr
+    );
 }

@@ -9,7 +9,7 @@ use crate::cli::{self, LeakcheckArgs, MessageFormat};
 use crate::errors::{exit_code, RunError};
 use crate::heap::HeapCheck;
 use crate::list::{self, Selection, TestCase};
-use crate::plan::{self, Plan};
+use crate::plan::{self, HeapMode, Plan};
 use crate::report::{self, print_stdout, Finished, Outputs};
 use crate::run::{self, ExitFilter, RunContext, RunResult, Supervisor};
 
@@ -77,11 +77,16 @@ fn try_main(args: &LeakcheckArgs, supervisor: &'static Supervisor) -> Result<u8,
         .prefix("cargo-leakcheck-")
         .tempdir()
         .map_err(|source| RunError::Setup { what: "create its scratch directory", source })?;
-    let heap = heap_check(plan.heap, &cases)?;
-    let (context, settings) = run_context(args, plan, heap, &selection, supervisor, scratch.path());
+    let (heap, heap_missing) = match heap_check(plan.heap, &cases)? {
+        Ok(heap) => (heap, None),
+        Err(reason) => (None, Some(reason)),
+    };
+    let mut context_and_settings = run_context(args, plan, heap, &selection, supervisor, scratch.path());
+    context_and_settings.0.heap_missing = heap_missing.is_some();
+    let (context, settings) = context_and_settings;
     supervisor.begin_test_phase().map_err(|source| RunError::Setup { what: "become a child subreaper", source })?;
     announce(args, &settings, &cases);
-    announce_heap(context.heap.as_ref(), &cases);
+    announce_heap(context.heap.as_ref(), heap_missing.as_deref(), &cases);
     let (result, record_error) = run_tests(args, &context, &cases, &selection, &settings);
     report_strays(supervisor);
     let interrupted = supervisor.interrupted();
@@ -140,13 +145,23 @@ struct Settings {
 
 /// With `--heap`: the runtime, and which selected binaries it cannot check.
 /// Binaries of `leakcheck::main!()` check their heap themselves.
-fn heap_check(wanted: bool, cases: &[TestCase]) -> Result<Option<HeapCheck>, RunError> {
-    if !wanted {
-        return Ok(None);
+/// `Err(reason)` inside `Ok`: the default check found no runtime (said
+/// once; the tests are `not checked: heap`).
+fn heap_check(mode: HeapMode, cases: &[TestCase]) -> Result<Result<Option<HeapCheck>, String>, RunError> {
+    if mode == HeapMode::Off || cases.iter().all(|case| case.binary.harness) {
+        return Ok(Ok(None));
     }
-    let runtime = crate::heap::runtime::find().map_err(|reason| RunError::UsageMessage(format!("--heap: {reason}")))?;
+    // A runtime named in the environment, or the check asked for, must be there.
+    let named = std::env::var_os(crate::heap::runtime::RUNTIME_ENV).is_some_and(|value| !value.is_empty());
+    let runtime = match crate::heap::runtime::find() {
+        Ok(runtime) => runtime,
+        Err(reason) if mode == HeapMode::Required || named => {
+            return Err(RunError::UsageMessage(format!("the heap check: {reason}")))
+        }
+        Err(reason) => return Ok(Err(reason)),
+    };
     let executables = cases.iter().filter(|case| !case.binary.harness).map(|case| case.binary.executable.as_path());
-    Ok(Some(HeapCheck::new(runtime, executables)))
+    Ok(Ok(Some(HeapCheck::new(runtime, executables))))
 }
 
 /// The plan, turned into what every test run reads.
@@ -174,6 +189,7 @@ fn run_context(
         verbose: args.verbose,
         detect_singletons,
         heap,
+        heap_missing: false,
         lasting: Default::default(),
     };
     (context, Settings { jobs, fail_fast, repeat, config })
@@ -208,7 +224,10 @@ fn announce(args: &LeakcheckArgs, settings: &Settings, cases: &[TestCase]) {
 
 /// Says once that the heap is checked, by which runtime, and once per
 /// binary it cannot check, why (its tests then say `not checked: heap`).
-fn announce_heap(heap: Option<&HeapCheck>, cases: &[TestCase]) {
+fn announce_heap(heap: Option<&HeapCheck>, missing: Option<&str>, cases: &[TestCase]) {
+    if let Some(reason) = missing {
+        eprintln!("        Note heap of plain tests not checked: {reason}");
+    }
     let Some(heap) = heap else { return };
     eprintln!("        Heap checked by LeakSanitizer ({})", heap.runtime().display());
     for (executable, reason) in heap.unsupported_binaries() {

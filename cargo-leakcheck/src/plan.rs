@@ -31,9 +31,19 @@ pub(crate) struct Plan {
     pub(crate) detect_singletons: [bool; 3],
     /// The configuration file read, if any.
     pub(crate) config: Option<PathBuf>,
-    /// `--heap`: preload the heap runtime into plain tests (off when the
-    /// heap kind is `off` in the profile, or with `--no-heap`).
-    pub(crate) heap: bool,
+    /// The heap check of plain tests (LeakSanitizer's runtime preloaded).
+    pub(crate) heap: HeapMode,
+}
+
+/// Whether plain tests get their heap checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum HeapMode {
+    /// `--no-heap`, `check-heap = false`, or the heap kind `off`.
+    Off,
+    /// The default: checked when a runtime is found; when none is, said once.
+    Auto,
+    /// `--heap` or `check-heap = true`: no runtime is an error.
+    Required,
 }
 
 /// Reads the configuration (if any) and merges it with the flags.
@@ -73,9 +83,15 @@ pub(crate) fn make(args: &LeakcheckArgs, workspace_root: &std::path::Path) -> Re
             }
             detect
         },
-        heap: (args.heap || profile.check_heap == Some(true))
-            && !args.no_heap
-            && profile.kinds[3] != Some(config::Severity::Off),
+        heap: if args.no_heap || profile.kinds[3] == Some(config::Severity::Off) {
+            HeapMode::Off
+        } else if args.heap || profile.check_heap == Some(true) {
+            HeapMode::Required
+        } else if profile.check_heap == Some(false) {
+            HeapMode::Off
+        } else {
+            HeapMode::Auto
+        },
         policy: Policy::new(profile.kinds, profile.allow, baseline),
         config,
     })

@@ -42,6 +42,8 @@ pub(crate) fn wrap(args: &WrapArgs, supervisor: &'static Supervisor) -> Result<u
             let runtime =
                 crate::heap::runtime::find().map_err(|reason| RunError::UsageMessage(format!("--heap: {reason}")))?;
             let checked = crate::heap::HeapCheck::new(runtime, std::iter::once(case.binary.executable.as_path()));
+            // One test per invocation: nothing to filter with.
+            checked.check_each_test_of(&case.binary.executable);
             if let Some(reason) = checked.unsupported(&case.binary.executable) {
                 eprintln!("note: heap not checked: {reason}");
             }
@@ -65,6 +67,7 @@ pub(crate) fn wrap(args: &WrapArgs, supervisor: &'static Supervisor) -> Result<u
         detect_singletons: [false; 3],
         verbose: false,
         heap,
+        heap_missing: false,
         lasting: Default::default(),
     };
     supervisor.begin_test_phase().map_err(|source| RunError::Setup { what: "become a child subreaper", source })?;

@@ -13,9 +13,10 @@ pub(crate) type Unsupported = String;
 /// `Ok` when preloading a leak-checking runtime into `executable` checks its
 /// heap; `Err` says why not.
 pub(crate) fn check(executable: &Path) -> Result<(), Unsupported> {
-    let file = std::fs::File::open(executable).map_err(|error| format!("its file cannot be read ({error})"))?;
-    let cache = object::ReadCache::new(file);
-    let elf = object::File::parse(&cache).map_err(|_| "it is not an ELF file".to_owned())?;
+    // Read whole: parsing through object's ReadCache makes a read() per
+    // symbol name, 14 s for a 42 MB test binary; reading it is milliseconds.
+    let bytes = std::fs::read(executable).map_err(|error| format!("its file cannot be read ({error})"))?;
+    let elf = object::File::parse(&*bytes).map_err(|_| "it is not an ELF file".to_owned())?;
     match elf.section_by_name(".interp").and_then(|section| section.data().ok()) {
         None => return Err("it is statically linked (nothing can be preloaded)".into()),
         Some(interp) if String::from_utf8_lossy(interp).contains("musl") => {

@@ -26,21 +26,26 @@ pub(crate) struct HeapCheck {
     /// Set when the runtime said it could not check a process (it cannot
     /// work under ptrace, for one): reported once, by the caller.
     failure: std::sync::OnceLock<String>,
+    /// Executables whose tests are each run with the runtime preloaded: the
+    /// filter run of all their tests together found a leak or could not
+    /// tell (see `run::heap_filter`). The others' tests run without it.
+    each_test: std::sync::Mutex<std::collections::HashSet<PathBuf>>,
 }
 
 impl HeapCheck {
     /// Looks at each executable (once) to see whether the runtime can check it.
     pub(crate) fn new<'a>(runtime: runtime::Runtime, executables: impl Iterator<Item = &'a Path>) -> HeapCheck {
         let mut unsupported = HashMap::new();
+        let mut seen = std::collections::HashSet::new();
         for executable in executables {
-            if unsupported.contains_key(executable) {
+            if !seen.insert(executable) {
                 continue;
             }
             if let Err(reason) = binary::check(executable) {
                 unsupported.insert(executable.to_owned(), reason);
             }
         }
-        HeapCheck { runtime, unsupported, failure: std::sync::OnceLock::new() }
+        HeapCheck { runtime, unsupported, failure: std::sync::OnceLock::new(), each_test: Default::default() }
     }
 
     /// Why `executable`'s heap is not checked, when it is not.
@@ -54,6 +59,16 @@ impl HeapCheck {
             self.unsupported.iter().map(|(path, reason)| (path.as_path(), reason.as_str())).collect();
         list.sort();
         list
+    }
+
+    /// Has every test of `executable` run with the runtime preloaded.
+    pub(crate) fn check_each_test_of(&self, executable: &Path) {
+        self.each_test.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).insert(executable.to_owned());
+    }
+
+    /// Whether each test of `executable` runs with the runtime preloaded.
+    pub(crate) fn checks_each_test_of(&self, executable: &Path) -> bool {
+        self.each_test.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).contains(executable)
     }
 
     /// The first failure of the runtime in this run, if any.

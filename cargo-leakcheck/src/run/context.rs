@@ -42,6 +42,9 @@ pub(crate) struct RunContext {
     /// The heap check (`--heap`): the preloaded runtime, and the binaries it
     /// cannot check. `None`: heap not checked in zero-config runs.
     pub(crate) heap: Option<crate::heap::HeapCheck>,
+    /// The heap check was wanted (the default) but no runtime was found: every
+    /// plain test is `not checked: heap`.
+    pub(crate) heap_missing: bool,
     /// Per binary, the shapes of leaks that outlasted a whole grace in some
     /// test: later tests do not wait for those again (see `watch::Settle`).
     pub(crate) lasting: std::sync::Mutex<HashMap<String, HashSet<String>>>,

@@ -49,7 +49,7 @@ pub(crate) fn run_test(
     let explainable = context.explain && !record.leaks.is_empty() && record.outcome != Outcome::TimedOut;
     let heap = record.leaks.iter().any(|leak| matches!(leak, Leak::Heap { .. }));
     if explainable && (checked_in_process || heap) {
-        let launch = Launch::Explain { heap };
+        let launch = if checked_in_process { Launch::Explain { heap } } else { Launch::ExplainHeap };
         if let Ok(Some((explained, _, _))) = run_once(context, waker, case, args, launch, Settle::Full) {
             if checked_in_process {
                 leakcheck::sites::attach(&mut record.leaks, &explained.leaks);

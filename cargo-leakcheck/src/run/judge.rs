@@ -71,8 +71,8 @@ pub(super) fn record(context: &RunContext, case: &TestCase, process: TestProcess
     if in_process.is_none() && process.listener.is_none() {
         unchecked.extend(["fd".to_owned(), "thread".to_owned()]);
     }
-    let heap_unsupported =
-        context.heap.as_ref().is_some_and(|heap| heap.unsupported(&case.binary.executable).is_some());
+    let heap_unsupported = context.heap_missing
+        || context.heap.as_ref().is_some_and(|heap| heap.unsupported(&case.binary.executable).is_some());
     if (heap_unsupported || heap_failed) && !in_process_heap && !unchecked.iter().any(|kind| kind == "heap") {
         unchecked.push("heap".to_owned());
     }

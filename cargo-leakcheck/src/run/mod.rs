@@ -2,11 +2,14 @@
 //!
 //! `scheduler` hands tests to workers; a plain test goes through `isolated`
 //! (`spawn` -> `watch` -> `judge`), a `leakcheck::main!()` binary through
-//! `harness_client`. `reaper` owns every process, `probe` the seccomp exit
-//! probe, `output` the captured streams, `context` what all of them share.
+//! `harness_client`; with the heap check, `heap_filter` first runs each
+//! binary's tests together, preloaded. `reaper` owns every process, `probe`
+//! the seccomp exit probe, `output` the captured streams, `context` what all
+//! of them share.
 
 mod context;
 mod harness_client;
+mod heap_filter;
 mod isolated;
 mod judge;
 mod output;

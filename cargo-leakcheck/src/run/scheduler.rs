@@ -45,6 +45,7 @@ pub(crate) fn run_all(
     let judged = Judged::default();
     let run = Run { context, cases, jobs, fail_fast, stop: &stop, next_serial: &next_serial, judged: &judged };
     run.harness_binaries(list_args, &mut slots, &mut on_record);
+    super::heap_filter::run(context, cases, jobs, &next_serial);
     run.one_process_each(&mut slots, &mut on_record);
     let records: Vec<TestRecord> = slots.into_iter().flatten().collect();
     RunResult { not_run: cases.len() - records.len(), records, duration_ms: started.elapsed().as_millis() as u64 }

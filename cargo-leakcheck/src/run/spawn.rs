@@ -46,11 +46,18 @@ pub(super) struct TestProcess {
 pub(super) enum Launch {
     /// The test's run: everything checked, cheaply.
     Check,
-    /// An explain re-run (`LEAKCHECK_EXPLAIN=record[-heap]` for leakcheck's
-    /// code in the test; full allocation stacks for the heap runtime).
+    /// An explain re-run of a test with leakcheck's code inside
+    /// (`LEAKCHECK_EXPLAIN=record[-heap]`): its own recorders find the
+    /// sites; the heap runtime is not preloaded (its exit check and the
+    /// recorders' seccomp trap do not mix).
     Explain { heap: bool },
+    /// An explain re-run of a plain test whose heap leaked under the
+    /// runtime: preloaded again, with full allocation stacks.
+    ExplainHeap,
     /// A group run of singleton detection: the heap is not looked at.
     Group,
+    /// The heap check's filter: a binary's tests together, preloaded.
+    HeapFilter,
 }
 
 /// Spawns `case`'s binary with `args`, for the reason `launch` gives.
@@ -78,7 +85,7 @@ pub(super) fn start(
             Launch::Explain { heap } => {
                 Some((leakcheck::sites::EXPLAIN_ENV, if heap { "record-heap" } else { "record" }))
             }
-            Launch::Check | Launch::Group => None,
+            Launch::Check | Launch::Group | Launch::HeapFilter | Launch::ExplainHeap => None,
         })
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -155,7 +162,13 @@ fn heap_check(
     command: &mut Command,
 ) -> Option<std::path::PathBuf> {
     let heap = context.heap.as_ref()?;
-    if launch == Launch::Group || heap.unsupported(&case.binary.executable).is_some() {
+    let executable = &case.binary.executable;
+    let preloaded = match launch {
+        Launch::HeapFilter | Launch::ExplainHeap => true,
+        Launch::Check => heap.checks_each_test_of(executable),
+        Launch::Group | Launch::Explain { .. } => false,
+    };
+    if !preloaded || heap.unsupported(executable).is_some() {
         return None;
     }
     let log_prefix = context.scratch.join(format!("heap-{}", case.serial));
@@ -167,7 +180,7 @@ fn heap_check(
         .find(|(key, _)| key == "LD_PRELOAD")
         .map(|(_, value)| value.into())
         .or_else(|| std::env::var_os("LD_PRELOAD"));
-    command.envs(heap.environment(&log_prefix, matches!(launch, Launch::Explain { .. }), preload));
+    command.envs(heap.environment(&log_prefix, launch == Launch::ExplainHeap, preload));
     Some(log_prefix)
 }
 
