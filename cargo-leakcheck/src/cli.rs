@@ -29,7 +29,7 @@ Exit codes:
 
 Configuration (.config/leakcheck.toml; flags win over the file):
   [profile.default]        grace, timeout, jobs, fail-fast, repeat,
-                           check-heap = true: as --heap (default false),
+                           check-heap = true (--heap) or false (--no-heap),
                            kinds = { fd, thread, child, heap }: \"fail\" (default), \"warn\" or \"off\"
                            singletons = { fd, thread, child }: \"pass\" or \"fail\"
                              (default: fd and thread \"pass\", child \"fail\")
@@ -43,18 +43,21 @@ Process-wide singletons:
   running the tests that leak it together in one process: it passes, and is
   listed once under Singletons. --fail-singletons makes it fail instead.
 
-Heap (--heap):
-  Plain tests have no allocator of ours inside; with --heap each test process
-  gets LeakSanitizer's runtime preloaded (GCC's libasan, or clang's), and a
-  test fails for memory left unreachable at its exit, named with its bytes and
-  the line that allocated it. Memory still reachable (a cache, a static, a
-  thread-local) is not a leak. About 15 ms per test, so off by default. A
-  binary with its own #[global_allocator], static or musl, or already built
-  with a sanitizer is named once, and its tests say `not checked: heap`.
+Heap:
+  Plain tests have no allocator of ours inside: LeakSanitizer's runtime (GCC's
+  libasan, or clang's) is preloaded, and a test fails for memory left
+  unreachable at its exit, named with its bytes and the line that allocated
+  it. Memory still reachable (a cache, a static, a thread-local) is not a leak.
+  Each binary's tests first run together under the runtime, once: a binary
+  that leaks nothing there runs its tests without it; only one that does has
+  each test checked (about 15 ms more per test). On by default when a runtime
+  is found (if none is, said once); --no-heap turns it off. A binary with its
+  own #[global_allocator], static or musl, or already built with a sanitizer,
+  is named once, and its tests say `not checked: heap`.
 
 Environment:
   LEAKCHECK_NO_PROBE=1   same as --no-probe
-  LEAKCHECK_HEAP=1       same as --heap
+  LEAKCHECK_HEAP=1       same as --heap (the check required)
   LEAKCHECK_HEAP_RUNTIME=PATH   the leak-checking runtime to preload (libasan.so)
   LEAKCHECK_PROFILE      same as --profile
   GITHUB_ACTIONS=true    also print GitHub annotations for failing tests
@@ -237,14 +240,13 @@ pub(crate) struct LeakcheckArgs {
     #[arg(long, env = "LEAKCHECK_NO_PROBE", value_parser = clap::builder::BoolishValueParser::new(), action = clap::ArgAction::SetTrue, help_heading = "Run Options")]
     pub(crate) no_probe: bool,
 
-    /// Check the heap of plain tests too: preload LeakSanitizer's runtime
-    /// (GCC's libasan or clang's, or LEAKCHECK_HEAP_RUNTIME=PATH) into each
-    /// test process and fail tests that leave memory unreachable. Costs
-    /// about 15 ms per test process; an error when no runtime is found
+    /// Require the heap check (on by default when a LeakSanitizer runtime is
+    /// found): an error when none is (GCC's libasan, clang's, or
+    /// LEAKCHECK_HEAP_RUNTIME=PATH)
     #[arg(long, env = "LEAKCHECK_HEAP", value_parser = clap::builder::BoolishValueParser::new(), action = clap::ArgAction::SetTrue, overrides_with = "no_heap", help_heading = "Run Options")]
     pub(crate) heap: bool,
 
-    /// Do not check the heap of plain tests (the default; overrides --heap and LEAKCHECK_HEAP)
+    /// Do not check the heap of plain tests (overrides --heap and LEAKCHECK_HEAP)
     #[arg(long, overrides_with = "heap", help_heading = "Run Options")]
     pub(crate) no_heap: bool,
 
@@ -340,8 +342,9 @@ pub(crate) struct WrapArgs {
 
     /// Check the heap of the test too: preload LeakSanitizer's runtime
     /// (GCC's libasan or clang's, or LEAKCHECK_HEAP_RUNTIME=PATH) into the
-    /// test process and fail a test that leave memory unreachable. Costs
-    /// about 15 ms per test process; an error when no runtime is found
+    /// test process and fail the test when it leaves memory unreachable.
+    /// Costs about 15 ms per test here (no filter run: one test per call);
+    /// an error when no runtime is found
     #[arg(long, env = "LEAKCHECK_HEAP", value_parser = clap::builder::BoolishValueParser::new(), action = clap::ArgAction::SetTrue)]
     pub(crate) heap: bool,
 

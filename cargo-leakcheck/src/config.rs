@@ -7,7 +7,7 @@
 //! timeout = "120s"
 //! jobs = 4
 //! fail-fast = true
-//! check-heap = false    # true: as --heap, LeakSanitizer in plain tests
+//! check-heap = true     # false: as --no-heap (default: on when a runtime is found)
 //! kinds = { fd = "fail", thread = "fail", child = "fail", heap = "warn" }
 //!
 //! [profile.ci]          # unset keys fall back to profile.default
