@@ -70,7 +70,9 @@ fn run_together(context: &RunContext, waker: &Waker, binary: &Arc<TestBinary>, n
         serial,
     };
     let mut args: Vec<String> = names.iter().map(|name| (*name).to_owned()).collect();
-    args.extend(["--exact", "--test-threads=1"].map(String::from));
+    // `--nocapture`, as in the per-test runs: with libtest capturing output,
+    // a `#[leakcheck::test]` would isolate itself in yet another process.
+    args.extend(["--exact", "--nocapture", "--test-threads=1"].map(String::from));
     args.extend(context.test_args.iter().cloned());
     let Ok(mut process) = spawn::start(context, waker, &case, &args, Launch::HeapFilter) else { return false };
     process.settle = Settle::Full;
