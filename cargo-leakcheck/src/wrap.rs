@@ -21,8 +21,7 @@ pub(crate) fn wrap(args: &WrapArgs, supervisor: &'static Supervisor) -> Result<u
     let name = args.command[1..].iter().find(|arg| !arg.starts_with('-')).cloned().unwrap_or_default();
     // nextest names the binary as we do (`leaky::leaks`); its file name alone
     // loses the package.
-    let id =
-        std::env::var("NEXTEST_BINARY_ID").ok().filter(|id| !id.is_empty()).unwrap_or_else(|| binary_name(&program));
+    let id = leakcheck::records_dir::binary_id(&program);
     let binary = TestBinary {
         id,
         executable: program,
@@ -110,13 +109,4 @@ fn exit_status_of(record: &leakcheck::TestRecord) -> Option<u8> {
     let message = record.message.as_deref()?;
     let digits: String = message.split("status ").nth(1)?.chars().take_while(char::is_ascii_digit).collect();
     digits.parse().ok().filter(|code| *code != 0)
-}
-
-/// `leaks` for `.../deps/leaks-c3d39483a0f25e91`: cargo's hash suffix dropped.
-fn binary_name(program: &std::path::Path) -> String {
-    let name = program.file_name().map(|name| name.to_string_lossy().into_owned()).unwrap_or_default();
-    match name.rsplit_once('-') {
-        Some((stem, hash)) if hash.len() == 16 && hash.chars().all(|c| c.is_ascii_hexdigit()) => stem.to_owned(),
-        _ => name,
-    }
 }

@@ -18,7 +18,8 @@ pub(crate) fn write_if_asked(report: &InProcessReport, def: Option<&TestDef>, st
         return;
     }
     let (Some(dir), Some(def)) = (crate::records_dir::records_dir(), def) else { return };
-    let record = record_of(report, def, binary_id(), started.elapsed().as_millis() as u64);
+    let exe = std::env::current_exe().unwrap_or_default();
+    let record = record_of(report, def, crate::records_dir::binary_id(&exe), started.elapsed().as_millis() as u64);
     if let Err(error) = crate::records_dir::write(&dir, &record) {
         // Straight to fd 2: libtest captures the output of passing tests.
         let note = format!(
@@ -55,28 +56,6 @@ fn record_of(report: &InProcessReport, def: &TestDef, binary: String, duration_m
     record.singletons = report.singletons.clone();
     record.closed_fds = report.closed_fds.clone();
     record
-}
-
-/// The binary's id as cargo leakcheck and nextest write it: nextest's own
-/// when nextest runs the test, else `package` for a package's unit tests
-/// and `package::target` for an integration test (cargo sets
-/// `CARGO_PKG_NAME` when it runs tests).
-fn binary_id() -> String {
-    if let Some(id) = std::env::var("NEXTEST_BINARY_ID").ok().filter(|id| !id.is_empty()) {
-        return id;
-    }
-    let exe = std::env::current_exe().ok();
-    let file = exe.as_ref().and_then(|exe| exe.file_name()).map(|name| name.to_string_lossy().into_owned());
-    let file = file.unwrap_or_default();
-    let target = match file.rsplit_once('-') {
-        Some((stem, hash)) if hash.len() == 16 && hash.bytes().all(|byte| byte.is_ascii_hexdigit()) => stem.to_owned(),
-        _ => file,
-    };
-    match std::env::var("CARGO_PKG_NAME") {
-        Ok(package) if package.replace('-', "_") == target => package,
-        Ok(package) => format!("{package}::{target}"),
-        Err(_) => target,
-    }
 }
 
 #[cfg(test)]

@@ -55,6 +55,27 @@ pub fn write(dir: &Path, record: &TestRecord) -> io::Result<PathBuf> {
     Ok(path)
 }
 
+/// The id of the test binary `executable` as cargo leakcheck and nextest
+/// write it: nextest's own when nextest runs it, else `package` for a
+/// package's unit tests and `package::target` for an integration test
+/// (cargo sets `CARGO_PKG_NAME` when it runs tests), else the target name
+/// (the file name without cargo's `-<hash>`).
+pub fn binary_id(executable: &Path) -> String {
+    if let Some(id) = std::env::var("NEXTEST_BINARY_ID").ok().filter(|id| !id.is_empty()) {
+        return id;
+    }
+    let file = executable.file_name().map(|name| name.to_string_lossy().into_owned()).unwrap_or_default();
+    let target = match file.rsplit_once('-') {
+        Some((stem, hash)) if hash.len() == 16 && hash.bytes().all(|byte| byte.is_ascii_hexdigit()) => stem.to_owned(),
+        _ => file,
+    };
+    match std::env::var("CARGO_PKG_NAME") {
+        Ok(package) if package.replace('-', "_") == target => package,
+        Ok(package) => format!("{package}::{target}"),
+        Err(_) => target,
+    }
+}
+
 /// A test's name as part of a file name: letters, digits, `-`, `_`, `.`;
 /// anything else `_`, at most 80 bytes.
 fn readable(name: &str) -> String {

@@ -34,7 +34,6 @@ pub(super) fn record(context: &RunContext, case: &TestCase, process: TestProcess
     };
     let heap_failed = matches!(heap_report, Some(None)) && !in_process_heap;
     let heap_leaks = if in_process_heap { Vec::new() } else { heap_report.flatten().unwrap_or_default() };
-    leaks.extend(heap_leaks.iter().cloned());
     let mut unchecked = Vec::new();
     let mut allowed = Vec::new();
     let mut singletons = Vec::new();
@@ -66,7 +65,10 @@ pub(super) fn record(context: &RunContext, case: &TestCase, process: TestProcess
                 judge(status, timed_out, finished, &leaks, context.timeout)
             }
         }
-        None => judge(status, timed_out, finished, &leaks, context.timeout),
+        None => {
+            leaks.extend(heap_leaks);
+            judge(status, timed_out, finished, &leaks, context.timeout)
+        }
     };
     if in_process.is_none() && process.listener.is_none() {
         unchecked.extend(["fd".to_owned(), "thread".to_owned()]);
