@@ -53,7 +53,7 @@ pub(crate) struct Baseline {
 impl Baseline {
     pub(crate) fn load(path: &Path) -> Result<Baseline, BaselineError> {
         let text =
-            std::fs::read_to_string(path).map_err(|source| BaselineError::Read { path: path.to_owned(), source })?;
+            crate::input::read_text(path).map_err(|source| BaselineError::Read { path: path.to_owned(), source })?;
         let mut remaining = BTreeMap::new();
         for (index, line) in text.lines().enumerate() {
             if line.starts_with('#') || line.trim().is_empty() {

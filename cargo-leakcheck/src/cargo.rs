@@ -122,7 +122,7 @@ pub(crate) fn metadata(args: &CargoSelection) -> Result<Metadata, RunError> {
     }
     request.other_options(args.global_flags());
     let mut command = request.cargo_command();
-    crate::run::unblock_signals_on_exec(&mut command);
+    crate::run::reset_signals_on_exec(&mut command);
     process::announce(&command, args.verbose);
     let output = command
         .stdin(Stdio::null())

@@ -264,13 +264,15 @@ fn singleton_rules(chosen: &ProfileFile, base: &ProfileFile) -> [Option<Singleto
 pub(crate) fn locate(explicit: Option<&Path>, workspace_root: &Path) -> Option<PathBuf> {
     match explicit {
         Some(path) => Some(path.to_owned()),
-        None => Some(workspace_root.join(".config/leakcheck.toml")).filter(|path| path.is_file()),
+        // Anything at that path is meant as the config: a directory or a
+        // device there is an error when loaded, never silently no config.
+        None => Some(workspace_root.join(".config/leakcheck.toml")).filter(|path| path.symlink_metadata().is_ok()),
     }
 }
 
 /// Reads `path` and resolves profile `name` (over `profile.default`).
 pub(crate) fn load(path: &Path, name: &str) -> Result<Profile, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+    let text = crate::input::read_text(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
     parse(&text, path, name)
 }
 

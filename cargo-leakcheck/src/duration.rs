@@ -24,8 +24,16 @@ pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
         "h" => value * 3600.0,
         other => return Err(format!("unknown unit `{other}` in `{text}` (use ms, s, m or h)")),
     };
+    if !(seconds <= LONGEST.as_secs_f64()) {
+        return Err(format!("`{text}` is longer than the longest wait we keep (365 days)"));
+    }
     Duration::try_from_secs_f64(seconds).map_err(|_| format!("`{text}` is out of range"))
 }
+
+/// The longest duration accepted: deadlines are instants, and an instant
+/// that far ahead cannot be represented (it panicked: exit 101, a test left
+/// spinning).
+const LONGEST: Duration = Duration::from_secs(365 * 24 * 3600);
 
 #[cfg(test)]
 mod tests {
@@ -42,5 +50,9 @@ mod tests {
         assert!(parse_positive_duration("0s").is_err());
         assert!(parse_positive_duration("0ms").is_err());
         assert_eq!(parse_positive_duration("1ms"), Ok(Duration::from_millis(1)));
+        assert_eq!(parse_duration("365d").map_err(|e| e.contains("unit")), Err(true));
+        assert!(parse_duration("18000000000000000000s").unwrap_err().contains("longest"));
+        assert!(parse_duration("1e400").is_err());
+        assert_eq!(parse_duration("8760h"), Ok(Duration::from_secs(365 * 24 * 3600)));
     }
 }

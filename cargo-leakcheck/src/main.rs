@@ -12,6 +12,7 @@ mod config;
 mod duration;
 mod errors;
 mod heap;
+mod input;
 mod list;
 mod mentions;
 mod merge;

@@ -81,7 +81,7 @@ fn invalid(path: &Path, what: impl std::fmt::Display) -> RunError {
 
 /// A JSON report of `cargo leakcheck --report-json` (or `--message-format json`).
 fn read_report(path: &Path, merged: &mut Merged) -> Result<(), RunError> {
-    let text = std::fs::read_to_string(path).map_err(|error| invalid(path, error))?;
+    let text = crate::input::read_text(path).map_err(|error| invalid(path, error))?;
     let report: Report =
         serde_json::from_str(&text).map_err(|error| invalid(path, format!("not a JSON report ({error})")))?;
     if report.version != REPORT_VERSION {
@@ -130,7 +130,7 @@ fn read_records_dir(dir: &Path, merged: &mut Merged) -> Result<(), RunError> {
     files.sort();
     let mut duration_ms = 0;
     for path in files {
-        let text = std::fs::read_to_string(&path).map_err(|error| invalid(&path, error))?;
+        let text = crate::input::read_text(&path).map_err(|error| invalid(&path, error))?;
         let file: RecordFile =
             serde_json::from_str(&text).map_err(|error| invalid(&path, format!("not a whole record ({error})")))?;
         if file.version != REPORT_VERSION {

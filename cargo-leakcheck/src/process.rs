@@ -28,7 +28,7 @@ pub(crate) fn announce(command: &Command, verbose: bool) {
 /// A helper command: it starts with no signal blocked (we block some).
 pub(crate) fn helper(program: impl AsRef<OsStr>) -> Command {
     let mut command = Command::new(program);
-    crate::run::unblock_signals_on_exec(&mut command);
+    crate::run::reset_signals_on_exec(&mut command);
     command
 }
 

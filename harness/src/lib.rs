@@ -79,6 +79,9 @@ mod reuse;
 #[cfg(target_os = "linux")]
 mod self_isolation;
 pub mod shape;
+#[doc(hidden)]
+#[cfg(target_os = "linux")]
+pub mod signals;
 pub mod sites;
 pub mod snapshot;
 

@@ -53,10 +53,11 @@ pub(crate) fn run_alone(name: &str) -> Option<Isolated> {
         .stdout(stdout)
         .stderr(stderr)
         .process_group(0);
-    // SAFETY: between fork and exec the closure only makes one prctl call,
-    // which is async-signal-safe.
+    // SAFETY: between fork and exec the closure only resets signals (see
+    // `reset_for_exec`) and makes one prctl call: async-signal-safe.
     unsafe {
         command.pre_exec(|| {
+            crate::signals::reset_for_exec();
             libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
             Ok(())
         });

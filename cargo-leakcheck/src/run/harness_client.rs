@@ -172,7 +172,7 @@ fn harness_command(
     // close-on-exec of the records pipe (fcntl); both async-signal-safe.
     unsafe {
         command.pre_exec(move || {
-            reaper::unblock_all_signals();
+            reaper::reset_signals();
             if libc::fcntl(records_fd, libc::F_SETFD, 0) != 0 {
                 return Err(io::Error::last_os_error());
             }

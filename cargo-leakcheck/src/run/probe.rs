@@ -37,20 +37,37 @@ compile_error!("cargo-leakcheck's exit probe knows the audit arch of x86_64, aar
 const SECCOMP_DATA_NR: u32 = 0; // offsetof(struct seccomp_data, nr)
 const SECCOMP_DATA_ARCH: u32 = 4; // offsetof(struct seccomp_data, arch)
 
-/// The BPF program: `exit_group` of the native arch -> notify; all else -> allow.
+/// The BPF program: the watched syscalls of the native arch -> notify; all
+/// else -> allow. Always `exit_group`; with [`ExitFilter::with_exec`] also
+/// `execve` and `execveat`.
 #[derive(Clone, Copy)]
 pub(crate) struct ExitFilter {
-    program: [libc::sock_filter; 6],
+    program: [libc::sock_filter; MAX_PROGRAM],
+    len: usize,
 }
+
+/// Two loads, an arch check, up to three syscalls, two returns.
+const MAX_PROGRAM: usize = 8;
 
 impl std::fmt::Debug for ExitFilter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("ExitFilter")
+        f.write_str(if self.len > 6 { "ExitFilter(exit_group, execve)" } else { "ExitFilter(exit_group)" })
     }
 }
 
 impl ExitFilter {
     pub(crate) fn new() -> ExitFilter {
+        ExitFilter::watching(&[libc::SYS_exit_group])
+    }
+
+    /// The same filter, also stopping every `execve`/`execveat` of the test's
+    /// processes: the heap check hides its preload from what the test runs
+    /// (see [`crate::run::exec_env`]).
+    pub(crate) fn with_exec(self) -> ExitFilter {
+        ExitFilter::watching(&[libc::SYS_exit_group, libc::SYS_execve, libc::SYS_execveat])
+    }
+
+    fn watching(syscalls: &[libc::c_long]) -> ExitFilter {
         let stmt = |code: u32, k: u32| libc::sock_filter { code: code as u16, jt: 0, jf: 0, k };
         let jeq = |k: u32, jt: u8, jf: u8| libc::sock_filter {
             code: (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16,
@@ -58,16 +75,20 @@ impl ExitFilter {
             jf,
             k,
         };
-        ExitFilter {
-            program: [
-                stmt(libc::BPF_LD | libc::BPF_W | libc::BPF_ABS, SECCOMP_DATA_ARCH),
-                jeq(AUDIT_ARCH_NATIVE, 0, 3), // foreign arch -> allow
-                stmt(libc::BPF_LD | libc::BPF_W | libc::BPF_ABS, SECCOMP_DATA_NR),
-                jeq(libc::SYS_exit_group as u32, 0, 1),
-                stmt(libc::BPF_RET | libc::BPF_K, libc::SECCOMP_RET_USER_NOTIF),
-                stmt(libc::BPF_RET | libc::BPF_K, libc::SECCOMP_RET_ALLOW),
-            ],
+        let n = syscalls.len();
+        assert!(n + 5 <= MAX_PROGRAM, "the filter has room for {} syscalls", MAX_PROGRAM - 5);
+        let mut program = [stmt(0, 0); MAX_PROGRAM];
+        // Jumps are relative to the next instruction: `allow` sits at 3 + n,
+        // `notify` at 4 + n.
+        program[0] = stmt(libc::BPF_LD | libc::BPF_W | libc::BPF_ABS, SECCOMP_DATA_ARCH);
+        program[1] = jeq(AUDIT_ARCH_NATIVE, 0, (n + 1) as u8); // foreign arch -> allow
+        program[2] = stmt(libc::BPF_LD | libc::BPF_W | libc::BPF_ABS, SECCOMP_DATA_NR);
+        for (j, &nr) in syscalls.iter().enumerate() {
+            program[3 + j] = jeq(nr as u32, (n - j) as u8, 0);
         }
+        program[3 + n] = stmt(libc::BPF_RET | libc::BPF_K, libc::SECCOMP_RET_ALLOW);
+        program[4 + n] = stmt(libc::BPF_RET | libc::BPF_K, libc::SECCOMP_RET_USER_NOTIF);
+        ExitFilter { program, len: n + 5 }
     }
 }
 
@@ -82,7 +103,7 @@ impl ExitFilter {
 /// `socket` a connected `AF_UNIX` socket of this process. It allocates nothing
 /// and calls only async-signal-safe syscalls.
 pub(crate) unsafe fn child_setup(filter: &ExitFilter, socket: RawFd) {
-    let prog = libc::sock_fprog { len: filter.program.len() as u16, filter: filter.program.as_ptr().cast_mut() };
+    let prog = libc::sock_fprog { len: filter.len as u16, filter: filter.program.as_ptr().cast_mut() };
     // SAFETY: raw syscalls with valid pointers to stack/captured data; `prog`
     // outlives the seccomp call, which copies the program.
     let listener = unsafe {

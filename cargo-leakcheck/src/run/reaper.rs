@@ -101,37 +101,30 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 /// before any thread exists, so every thread inherits the mask.
 ///
 /// The mask is inherited across `fork` and `exec` (std does not reset it), so
-/// every process we spawn must go through [`unblock_signals_on_exec`]: a test
+/// every process we spawn must go through [`reset_signals_on_exec`]: a test
 /// that ignores SIGTERM because we block it would be a test we broke.
 pub(crate) fn block_signals() -> nix::Result<()> {
     owned_signals().thread_block()
 }
 
 /// Makes `command`'s process start with no signal blocked.
-pub(crate) fn unblock_signals_on_exec(command: &mut std::process::Command) {
+pub(crate) fn reset_signals_on_exec(command: &mut std::process::Command) {
     use std::os::unix::process::CommandExt;
-    // SAFETY: the closure only calls `unblock_all_signals`, which is
+    // SAFETY: the closure only calls `reset_signals`, which is
     // async-signal-safe and allocates nothing.
     unsafe {
         command.pre_exec(|| {
-            unblock_all_signals();
+            reset_signals();
             Ok(())
         });
     }
 }
 
-/// Empties the calling thread's signal mask.
-///
-/// Async-signal-safe (sigemptyset, pthread_sigmask): callable between `fork`
-/// and `exec`.
-pub(crate) fn unblock_all_signals() {
-    // SAFETY: a zeroed sigset_t is valid storage for sigemptyset, which
-    // initialises it; pthread_sigmask reads it and writes nothing else.
-    unsafe {
-        let mut empty: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut empty);
-        libc::pthread_sigmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
-    }
+/// Every signal back to its default action and an empty mask: a test must
+/// not inherit what we block, nor what our caller ignores (`nohup`, a CI step
+/// that ignores SIGINT). Async-signal-safe: callable between `fork` and `exec`.
+pub(crate) fn reset_signals() {
+    leakcheck::signals::reset_for_exec();
 }
 
 fn owned_signals() -> SigSet {
@@ -275,7 +268,7 @@ pub(crate) fn children_of(pid: i32) -> Vec<i32> {
     let mut children = Vec::new();
     let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return children };
     for task in tasks.flatten() {
-        if let Ok(list) = std::fs::read_to_string(task.path().join("children")) {
+        if let Ok(list) = leakcheck::snapshot::read_lossy(task.path().join("children")) {
             children.extend(list.split_ascii_whitespace().filter_map(|child| child.parse::<i32>().ok()));
         }
     }

@@ -106,7 +106,7 @@ pub(super) fn start(
     // filter program and an fd number); both are async-signal-safe.
     unsafe {
         command.pre_exec(move || {
-            reaper::unblock_all_signals();
+            reaper::reset_signals();
             if let (Some(filter), Some(socket)) = (&filter, child_end) {
                 probe::child_setup(filter, socket);
             }

@@ -105,12 +105,9 @@ impl ForkServer {
         }
         if pid == 0 {
             // The child: never returns. First, forget the parent's signal
-            // handling: its handler would kill the groups of every sibling
-            // test it remembers.
-            for signal in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
-                // SAFETY: restores the default action; no handler runs here.
-                unsafe { libc::signal(signal, libc::SIG_DFL) };
-            }
+            // handling (its handler would kill the groups of every sibling
+            // test it remembers) and whatever our caller ignored.
+            crate::signals::reset_for_exec();
             for slot in &RUNNING_GROUPS {
                 slot.store(0, Ordering::Relaxed);
             }

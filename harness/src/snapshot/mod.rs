@@ -23,5 +23,5 @@ pub use identity::{describe_fd, describe_fd_with, SocketTables};
 #[cfg(target_os = "linux")]
 pub use proc::{age_ms, fd_target, key_of_path, process_info, take, take_since, tgid_of, wchan};
 #[cfg(target_os = "linux")]
-pub use stat::thread_start_time;
+pub use stat::{read_lossy, thread_start_time};
 pub use types::{state_name, FdEntry, FdKey, ProcessInfo, Snapshot, ThreadEntry};

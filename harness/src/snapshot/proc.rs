@@ -10,7 +10,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicI32, AtomicUsize, Ordering};
 
 use super::baseline::Baseline;
-use super::stat::parse_stat;
+use super::stat::{parse_stat, read_lossy};
 use super::types::{FdEntry, FdKey, ProcessInfo, Snapshot, ThreadEntry};
 
 /// Reads the fds, threads and children of process `pid`.
@@ -58,7 +58,7 @@ pub fn take_since(pid: i32, baseline: Option<&Baseline>) -> io::Result<Snapshot>
             threads.push(ThreadEntry { tid, name: String::new(), state: 'S', start_time });
             continue;
         }
-        let Ok(stat) = fs::read_to_string(task.join("stat")) else { continue };
+        let Ok(stat) = read_lossy(task.join("stat")) else { continue };
         let Some(parsed) = parse_stat(&stat) else { continue };
         let thread =
             ThreadEntry { tid, name: parsed.comm.to_owned(), state: parsed.state, start_time: parsed.start_time };
@@ -263,8 +263,11 @@ pub fn fd_target(pid: i32, fd: i32) -> String {
 
 /// Reads the identity, state and command line of process `pid`.
 pub fn process_info(pid: i32) -> io::Result<ProcessInfo> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let stat = read_lossy(format!("/proc/{pid}/stat"))?;
     let parsed = parse_stat(&stat).ok_or_else(|| io::Error::other(format!("unparsable /proc/{pid}/stat")))?;
+    // A process whose main thread has exited while others run reads as a
+    // zombie in its own stat: it is as alive as its liveliest thread.
+    let state = if parsed.state == 'Z' { state_of_live_thread(pid).unwrap_or('Z') } else { parsed.state };
     let raw = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
     let cmdline = if raw.is_empty() {
         format!("[{}]", parsed.comm)
@@ -275,19 +278,21 @@ pub fn process_info(pid: i32) -> io::Result<ProcessInfo> {
             .collect::<Vec<_>>()
             .join(" ")
     };
-    Ok(ProcessInfo {
-        pid,
-        ppid: parsed.ppid,
-        pgid: parsed.pgid,
-        state: parsed.state,
-        start_time: parsed.start_time,
-        cmdline,
+    Ok(ProcessInfo { pid, ppid: parsed.ppid, pgid: parsed.pgid, state, start_time: parsed.start_time, cmdline })
+}
+
+/// The state of a thread of `pid` that is neither a zombie nor dead, if any.
+fn state_of_live_thread(pid: i32) -> Option<char> {
+    let tasks = fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+    tasks.filter_map(|task| read_lossy(task.ok()?.path().join("stat")).ok()).find_map(|stat| {
+        let state = parse_stat(&stat)?.state;
+        (state != 'Z' && state != 'X').then_some(state)
     })
 }
 
 /// The process (thread group) a thread id belongs to, from `/proc/<tid>/status`.
 pub fn tgid_of(tid: i32) -> io::Result<i32> {
-    let status = fs::read_to_string(Path::new("/proc").join(tid.to_string()).join("status"))?;
+    let status = read_lossy(Path::new("/proc").join(tid.to_string()).join("status"))?;
     status
         .lines()
         .find_map(|line| line.strip_prefix("Tgid:"))

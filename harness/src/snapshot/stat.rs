@@ -2,9 +2,21 @@
 
 use std::fs;
 
+/// A `/proc` text file, whatever bytes it holds: a thread or process name
+/// is raw bytes (cut by the kernel's 15-byte limit mid-character, or set to
+/// bad bytes on purpose), and a strict UTF-8 read would skip that thread or
+/// process as if it did not exist.
+pub fn read_lossy(path: impl AsRef<std::path::Path>) -> std::io::Result<String> {
+    let bytes = fs::read(path)?;
+    Ok(match String::from_utf8(bytes) {
+        Ok(text) => text,
+        Err(error) => String::from_utf8_lossy(error.as_bytes()).into_owned(),
+    })
+}
+
 /// Start time (clock ticks since boot) of thread `tid` of `pid`; 0 if gone.
 pub fn thread_start_time(pid: i32, tid: i32) -> u64 {
-    fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat"))
+    read_lossy(format!("/proc/{pid}/task/{tid}/stat"))
         .ok()
         .and_then(|stat| parse_stat(&stat).map(|parsed| parsed.start_time))
         .unwrap_or(0)
