@@ -10,28 +10,31 @@
 /// Every signal back to its default action, and an empty signal mask.
 ///
 /// Meant for a child between `fork` and `exec` (a `pre_exec` closure): it
-/// allocates nothing and makes only async-signal-safe calls (`sigaction`,
-/// `sigemptyset`, `pthread_sigmask`). glibc keeps signals 32 and 33 for
-/// itself and refuses them, as the kernel refuses SIGKILL and SIGSTOP; those
-/// refusals are expected and ignored.
+/// allocates nothing and makes only raw `rt_sigaction` and
+/// `rt_sigprocmask` syscalls. Raw, because glibc's wrappers refuse signals
+/// 32 and 33 (its own), and a caller may have ignored those too. The kernel
+/// refuses SIGKILL and SIGSTOP, as expected.
 #[doc(hidden)]
 pub fn reset_for_exec() {
-    // SAFETY: a zeroed sigaction is SIG_DFL with no flags and an empty mask
-    // once sigemptyset has initialised it; sigaction copies it. A zeroed
-    // sigset_t is valid storage for sigemptyset.
-    unsafe {
-        let mut default: libc::sigaction = std::mem::zeroed();
-        default.sa_sigaction = libc::SIG_DFL;
-        libc::sigemptyset(&mut default.sa_mask);
-        for signal in 1..SIGNAL_LIMIT {
-            if signal != libc::SIGKILL && signal != libc::SIGSTOP {
-                libc::sigaction(signal, &default, std::ptr::null_mut());
-            }
-        }
-        let mut empty: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut empty);
-        libc::pthread_sigmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+    // The kernel's `struct sigaction` with every field zero: SIG_DFL, no
+    // flags, no restorer, an empty mask (32 bytes covers every layout).
+    let default = [0u64; 4];
+    let empty_mask = 0u64;
+    for signal in 1..SIGNAL_LIMIT {
+        // SAFETY: rt_sigaction reads a zeroed kernel sigaction of the
+        // size it expects (8-byte sigset) and writes nothing back (null).
+        unsafe { libc::syscall(libc::SYS_rt_sigaction, signal, default.as_ptr(), std::ptr::null_mut::<u64>(), 8) };
     }
+    // SAFETY: rt_sigprocmask reads an 8-byte empty set.
+    unsafe {
+        libc::syscall(
+            libc::SYS_rt_sigprocmask,
+            libc::SIG_SETMASK,
+            &empty_mask as *const u64,
+            std::ptr::null_mut::<u64>(),
+            8,
+        )
+    };
 }
 
 /// One past the highest signal number on Linux (`_NSIG`).
