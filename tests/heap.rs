@@ -178,7 +178,7 @@ fn a_binary_whose_tests_leak_no_heap_together_runs_them_without_the_runtime() {
     assert_eq!(run.code, Some(100), "{}", run.stderr);
     assert!(run.stderr.contains("Heap clean::clean (12 tests together): no heap leak"), "{}", run.stderr);
     assert!(
-        run.stderr.contains("Heap heap-leaks::leaks (13 tests together): heap checked test by test"),
+        run.stderr.contains("Heap heap-leaks::leaks (14 tests together): heap checked test by test"),
         "{}",
         run.stderr
     );

@@ -24,7 +24,7 @@ pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
         "h" => value * 3600.0,
         other => return Err(format!("unknown unit `{other}` in `{text}` (use ms, s, m or h)")),
     };
-    if !(seconds <= LONGEST.as_secs_f64()) {
+    if seconds.is_nan() || seconds > LONGEST.as_secs_f64() {
         return Err(format!("`{text}` is longer than the longest wait we keep (365 days)"));
     }
     Duration::try_from_secs_f64(seconds).map_err(|_| format!("`{text}` is out of range"))

@@ -95,6 +95,11 @@ impl HeapCheck {
     /// `LD_PRELOAD` (it must come before any other library), its options,
     /// and no `LSAN_OPTIONS` of the caller's (which could make a leak fail
     /// the process or silence it). `preload`: the process's own `LD_PRELOAD`.
+    /// The preloaded library, the head of every `LD_PRELOAD` we set.
+    pub(crate) fn runtime_path(&self) -> &Path {
+        &self.runtime.path
+    }
+
     pub(crate) fn environment(
         &self,
         log_prefix: &Path,

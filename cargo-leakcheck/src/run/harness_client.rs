@@ -16,8 +16,9 @@ use std::time::Instant;
 
 use leakcheck::{Outcome, TestRecord};
 
-use super::context::{wait_for_events, RunContext, Waker, DRAIN_LIMIT, TERMINATE_GRACE};
+use super::context::{RunContext, Waker, DRAIN_LIMIT, TERMINATE_GRACE};
 use super::output::Capture;
+use super::poll::wait_for_events;
 use super::reaper::{self, ExitStatus, SpawnedTest, MARKER_VAR};
 use crate::cargo::TestBinary;
 use crate::list::TestCase;

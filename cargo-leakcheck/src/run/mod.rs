@@ -8,11 +8,13 @@
 //! of them share.
 
 mod context;
+mod exec_env;
 mod harness_client;
 mod heap_filter;
 mod isolated;
 mod judge;
 mod output;
+mod poll;
 mod probe;
 mod reaper;
 mod scheduler;

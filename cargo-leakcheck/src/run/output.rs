@@ -8,7 +8,7 @@ use std::io::{self, Read};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::time::{Duration, Instant};
 
-use super::context::wait_for_events;
+use super::poll::wait_for_events;
 
 /// Bytes of output kept per stream.
 const KEEP: usize = 1 << 20;

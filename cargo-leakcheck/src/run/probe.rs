@@ -2,8 +2,9 @@
 //! and child is still intact, so it can be snapshotted.
 //!
 //! Mechanism (`SECCOMP_RET_USER_NOTIF`, Linux 5.5+, no ptrace, no privilege):
-//! in the forked child, before `exec`, we install a six-instruction filter that
-//! turns `exit_group` into a user notification and allows everything else,
+//! in the forked child, before `exec`, we install a filter that turns
+//! `exit_group` (and, when the heap is checked, `execve`/`execveat`: see
+//! [`super::exec_env`]) into a user notification and allows everything else,
 //! with `SECCOMP_FILTER_FLAG_NEW_LISTENER`. The listener fd is sent to the
 //! parent over a socketpair (`SCM_RIGHTS`) and closed, then the child execs the
 //! test. The parent receives one notification per `exit_group` call, carrying
@@ -20,10 +21,21 @@
 //! - `child_setup` runs between `fork` and `exec` in a copy of a
 //!   multi-threaded process: it only makes raw syscalls on data prepared
 //!   before the fork (no allocation, no locks).
+//! - The forked copy is under the filter from `child_setup` on, while our
+//!   spawning thread is inside `Command::spawn`, which waits for the exec
+//!   (and, when it fails, for the copy's `_exit`). So someone else must
+//!   answer the copy's own calls meanwhile: [`spawn_probed`] runs a helper
+//!   thread for that. Without it, an exec that fails (binary removed, not
+//!   executable, E2BIG) hung the run for good, SIGINT included.
 
+use std::cell::Cell;
 use std::io;
 use std::mem;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::OnceLock;
+
+use super::exec_env::HiddenEnv;
+use super::poll::{is_hung_up, wait_for_events};
 
 #[cfg(target_arch = "x86_64")]
 const AUDIT_ARCH_NATIVE: u32 = 0xC000_003E; // AUDIT_ARCH_X86_64
@@ -147,10 +159,16 @@ fn errno() -> i32 {
     io::Error::last_os_error().raw_os_error().unwrap_or(0)
 }
 
-/// The parent's end of a probe: serves the test's `exit_group` notifications.
+/// The parent's end of a probe: serves the test's `exit_group` notifications
+/// (and `exec` ones, answered here: see [`super::exec_env`]).
 #[derive(Debug)]
 pub(crate) struct Listener {
     fd: OwnedFd,
+    /// An exit call received while the test was being spawned, not yet
+    /// handed out.
+    pending: Cell<Option<ExitCall>>,
+    /// What to hide from the test's execs: the heap check's preload.
+    hidden: Option<HiddenEnv>,
 }
 
 /// One `exit_group` call waiting for our answer.
@@ -186,7 +204,7 @@ pub(crate) fn receive_listener(socket: BorrowedFd<'_>) -> Result<Listener, io::E
             None
         };
         match (payload, fd) {
-            (0, Some(fd)) => Ok(Listener { fd }),
+            (0, Some(fd)) => Ok(Listener { fd, pending: Cell::new(None), hidden: None }),
             (libc::EBUSY, _) => Err(io::Error::other(
                 "another seccomp listener already watches this process tree (cargo leakcheck inside a test run by \
                  another cargo leakcheck, or another supervisor): the kernel allows one",
@@ -202,9 +220,40 @@ impl Listener {
         self.fd.as_fd()
     }
 
-    /// Takes one pending notification. `Ok(None)` when it vanished (the caller
-    /// was killed between poll and receive).
+    /// Whether an exit call is waiting that polling the fd would not show.
+    pub(crate) fn has_pending(&self) -> bool {
+        let pending = self.pending.take();
+        self.pending.set(pending);
+        pending.is_some()
+    }
+
+    /// Takes one pending `exit_group` call. `Ok(None)` when there is none to
+    /// hand out: the caller was killed between poll and receive, or it was
+    /// an `exec`, answered here.
     pub(crate) fn receive(&self) -> io::Result<Option<ExitCall>> {
+        if let Some(call) = self.pending.take() {
+            return Ok(Some(call));
+        }
+        Ok(match self.receive_any()? {
+            Some(Notified::Exit(call)) => Some(call),
+            Some(Notified::Exec { call, own }) => {
+                self.answer_exec(&call, own);
+                None
+            }
+            None => None,
+        })
+    }
+
+    /// Lets an exec proceed, with the heap check's preload hidden unless the
+    /// caller is the forked copy of us execing the test itself.
+    fn answer_exec(&self, call: &ExecCall, own: bool) {
+        if let (Some(hidden), false) = (&self.hidden, own) {
+            hidden.hide_in_exec(call.exit.tid, call.syscall, &call.args);
+        }
+        self.proceed(call.exit);
+    }
+
+    fn receive_any(&self) -> io::Result<Option<Notified>> {
         // SAFETY: the kernel requires a zeroed seccomp_notif; it fills it in.
         let mut notif: libc::seccomp_notif = unsafe { mem::zeroed() };
         // SAFETY: ioctl on our listener fd with a pointer to a correctly sized struct.
@@ -216,10 +265,16 @@ impl Listener {
                 _ => Err(error),
             };
         }
-        Ok(Some(ExitCall { id: notif.id, tid: notif.pid as i32 }))
+        let exit = ExitCall { id: notif.id, tid: notif.pid as i32 };
+        Ok(Some(if notif.data.nr as libc::c_long == libc::SYS_exit_group {
+            Notified::Exit(exit)
+        } else {
+            let own = runs_our_executable(exit.tid);
+            Notified::Exec { call: ExecCall { exit, syscall: notif.data.nr, args: notif.data.args }, own }
+        }))
     }
 
-    /// Lets the waiting `exit_group` proceed. A caller that died meanwhile is fine.
+    /// Lets the waiting call proceed. A caller that died meanwhile is fine.
     pub(crate) fn proceed(&self, call: ExitCall) {
         let mut resp = libc::seccomp_notif_resp {
             id: call.id,
@@ -230,5 +285,97 @@ impl Listener {
         // SAFETY: ioctl on our listener fd with a pointer to a correctly sized struct.
         // ENOENT (caller gone) is the only expected error and needs nothing.
         unsafe { libc::ioctl(self.fd.as_raw_fd(), libc::SECCOMP_IOCTL_NOTIF_SEND, &mut resp) };
+    }
+}
+
+/// One notification as received.
+enum Notified {
+    Exit(ExitCall),
+    /// `own`: the caller still runs our executable (the forked copy of us
+    /// about to exec the test), so its environment is the test's own.
+    Exec {
+        call: ExecCall,
+        own: bool,
+    },
+}
+
+struct ExecCall {
+    /// Answered as an exit call is.
+    exit: ExitCall,
+    syscall: i32,
+    args: [u64; 6],
+}
+
+/// Whether thread `tid` runs the same executable file as this process.
+fn runs_our_executable(tid: i32) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    static OURS: OnceLock<Option<(u64, u64)>> = OnceLock::new();
+    let identity = |path: &str| std::fs::metadata(path).ok().map(|meta| (meta.dev(), meta.ino()));
+    let ours = *OURS.get_or_init(|| identity("/proc/self/exe"));
+    ours.is_some() && identity(&format!("/proc/{tid}/exe")) == ours
+}
+
+/// Runs `spawn`, which forks a child that runs [`child_setup`] with the other
+/// end of `socket` and then execs, while a helper thread takes the listener
+/// as soon as the child sends it and answers the calls the forked copy of
+/// us makes under the filter (its `exec`, and its `_exit` when the exec
+/// failed). The first exit call of anything else (the test, already running)
+/// is kept for the watcher, unanswered. `hidden`: what the test's execs must
+/// not pass on.
+///
+/// Returns what `spawn` returned and, when it succeeded, the listener (or
+/// why the child could not have one).
+pub(crate) fn spawn_probed<T>(
+    socket: BorrowedFd<'_>,
+    hidden: Option<HiddenEnv>,
+    spawn: impl FnOnce() -> io::Result<T>,
+) -> (io::Result<T>, Option<io::Result<Listener>>) {
+    let (done_reader, done_writer) = match io::pipe() {
+        Ok(pipe) => pipe,
+        Err(error) => return (Err(error), None),
+    };
+    std::thread::scope(|scope| {
+        let helper = std::thread::Builder::new()
+            .name("leakcheck-spawn-probe".into())
+            .spawn_scoped(scope, move || serve_while_spawning(socket, done_reader.as_fd(), hidden));
+        let helper = match helper {
+            Ok(helper) => helper,
+            Err(error) => return (Err(error), None),
+        };
+        let spawned = spawn();
+        drop(done_writer); // the helper sees EOF: spawning is over
+        let listener = helper.join().unwrap_or_else(|_| Err(io::Error::other("the probe's helper thread panicked")));
+        let listener = spawned.is_ok().then_some(listener);
+        (spawned, listener)
+    })
+}
+
+/// The helper thread of [`spawn_probed`].
+fn serve_while_spawning(
+    socket: BorrowedFd<'_>,
+    done: BorrowedFd<'_>,
+    hidden: Option<HiddenEnv>,
+) -> io::Result<Listener> {
+    let ready = wait_for_events(&[Some(socket), Some(done)], std::time::Duration::MAX)?;
+    if !ready[0] {
+        // Spawning ended first; the message, if any, is already there.
+        return receive_listener(socket);
+    }
+    let mut listener = receive_listener(socket)?;
+    listener.hidden = hidden;
+    loop {
+        let ready = wait_for_events(&[Some(listener.as_fd()), Some(done)], std::time::Duration::MAX)?;
+        if !ready[0] || is_hung_up(listener.as_fd()) {
+            return Ok(listener);
+        }
+        match listener.receive_any()? {
+            Some(Notified::Exit(call)) if runs_our_executable(call.tid) => listener.proceed(call),
+            Some(Notified::Exit(call)) => {
+                listener.pending.set(Some(call));
+                return Ok(listener);
+            }
+            Some(Notified::Exec { call, own }) => listener.answer_exec(&call, own),
+            None => {}
+        }
     }
 }

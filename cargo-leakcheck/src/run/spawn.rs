@@ -1,7 +1,8 @@
 //! Starting one test process: `<binary> ARGS` in its package directory, in a
 //! new process group, output piped, under the exit probe when it is on.
 
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -13,6 +14,7 @@ use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
 
 use super::context::Settle;
 use super::context::{RunContext, Waker};
+use super::exec_env::HiddenEnv;
 use super::output::Capture;
 use super::probe::{self, Listener};
 use super::reaper::{self, ExitSlot, SpawnedTest, MARKER_VAR};
@@ -91,7 +93,7 @@ pub(super) fn start(
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0);
-    let heap_log = heap_check(context, case, launch, &mut command);
+    let heap = heap_check(context, case, launch, &mut command);
 
     let probe_socket = match context.filter {
         Some(_) if context.probe_refused.get().is_none() => {
@@ -100,10 +102,11 @@ pub(super) fn start(
         _ => None,
     };
     let child_end = probe_socket.as_ref().map(|(_, child)| child.as_raw_fd());
-    let filter = context.filter;
-    // SAFETY: between fork and exec the closure only empties the signal mask
-    // and, with the probe, runs `child_setup` on plain captured data (the
-    // filter program and an fd number); both are async-signal-safe.
+    // Preloaded, the test's execs are stopped too, to run without the runtime.
+    let filter = context.filter.map(|filter| if heap.is_some() { filter.with_exec() } else { filter });
+    // SAFETY: between fork and exec the closure only resets the signal
+    // state and, with the probe, runs `child_setup` on plain captured data
+    // (the filter program and an fd number); both are async-signal-safe.
     unsafe {
         command.pre_exec(move || {
             reaper::reset_signals();
@@ -115,19 +118,25 @@ pub(super) fn start(
     }
 
     let started = Instant::now();
-    let SpawnedTest { pid, slot, stdout, stderr } =
-        context.supervisor.spawn_test(&mut command, &marker, &waker.writer)?;
-
-    let listener = probe_socket.and_then(|(parent, child_end)| {
-        drop::<OwnedFd>(child_end);
-        match probe::receive_listener(parent.as_fd()) {
-            Ok(listener) => Some(listener),
-            Err(error) => {
-                let _ = context.probe_refused.set(error);
-                None
-            }
+    let (heap_log, hidden) = heap.unzip();
+    let mut spawn = || context.supervisor.spawn_test(&mut command, &marker, &waker.writer);
+    let (spawned, listener) = match &probe_socket {
+        Some((parent, _)) => probe::spawn_probed(parent.as_fd(), hidden, spawn),
+        None => (spawn(), None),
+    };
+    drop(probe_socket);
+    let SpawnedTest { pid, slot, stdout, stderr } = spawned.map_err(|error| {
+        // Removed or rebuilt mid-run, not executable, arguments too long.
+        std::io::Error::new(error.kind(), format!("{} could not be started: {error}", binary.executable.display()))
+    })?;
+    let listener = match listener {
+        Some(Ok(listener)) => Some(listener),
+        Some(Err(error)) => {
+            let _ = context.probe_refused.set(error);
+            None
         }
-    });
+        None => None,
+    };
 
     let mut baseline = Baseline {
         fds: [(0, key_of_path("/dev/null")), (1, key_of(&stdout)), (2, key_of(&stderr))]
@@ -154,13 +163,14 @@ pub(super) fn start(
 }
 
 /// Preloads the heap runtime into `command` when this run checks the heap
-/// and `case`'s binary can be checked; the report prefix when it does.
+/// and `case`'s binary can be checked: the report prefix, and what the
+/// test's execs must not pass on, when it does.
 fn heap_check(
     context: &RunContext,
     case: &TestCase,
     launch: Launch,
     command: &mut Command,
-) -> Option<std::path::PathBuf> {
+) -> Option<(std::path::PathBuf, HiddenEnv)> {
     let heap = context.heap.as_ref()?;
     let executable = &case.binary.executable;
     let preloaded = match launch {
@@ -180,8 +190,13 @@ fn heap_check(
         .find(|(key, _)| key == "LD_PRELOAD")
         .map(|(_, value)| value.into())
         .or_else(|| std::env::var_os("LD_PRELOAD"));
-    command.envs(heap.environment(&log_prefix, launch == Launch::ExplainHeap, preload));
-    Some(log_prefix)
+    let environment = heap.environment(&log_prefix, launch == Launch::ExplainHeap, preload);
+    let hidden = HiddenEnv::new(
+        environment.iter().map(|(name, value)| (*name, value.as_bytes())),
+        heap.runtime_path().as_os_str().as_bytes(),
+    );
+    command.envs(environment);
+    Some((log_prefix, hidden))
 }
 
 /// What one of our pipe ends refers to: the child's end is the same pipe.

@@ -12,7 +12,8 @@ use leakcheck::snapshot;
 use leakcheck::Leak;
 use nix::sys::signal::Signal;
 
-use super::context::{is_hung_up, wait_for_events, RunContext, Settle, Waker, DRAIN_LIMIT, TERMINATE_GRACE};
+use super::context::{RunContext, Settle, Waker, DRAIN_LIMIT, TERMINATE_GRACE};
+use super::poll::{is_hung_up, wait_for_events};
 use super::probe::Listener;
 use super::reaper::{self, ExitStatus};
 use super::spawn::TestProcess;
@@ -70,10 +71,17 @@ pub(super) fn watch(context: &RunContext, waker: &Waker, case: &TestCase, proces
         if let Some(status) = process.slot.status() {
             break status;
         }
-        let wait = if killed { Duration::from_millis(50) } else { deadline.saturating_duration_since(Instant::now()) };
+        // An exit call taken while the test was spawned shows in no poll.
+        let pending = process.listener.as_ref().is_some_and(Listener::has_pending);
+        let wait = match (pending, killed) {
+            (true, _) => Duration::ZERO,
+            (false, true) => Duration::from_millis(50),
+            (false, false) => deadline.saturating_duration_since(Instant::now()),
+        };
         let probe = process.listener.as_ref().filter(|_| probe_live).map(|listener| listener.as_fd());
         let fds = [process.stdout.fd(), process.stderr.fd(), probe, Some(waker.reader.as_fd())];
-        let ready = wait_for_events(&fds, wait).unwrap_or_else(|_| vec![true; fds.len()]);
+        let mut ready = wait_for_events(&fds, wait).unwrap_or_else(|_| vec![true; fds.len()]);
+        ready[2] |= pending;
         if ready[0] {
             process.stdout.read_some();
         }
@@ -276,12 +284,19 @@ fn settle_leftovers(pid: i32, marker: &str, grace: Duration, serve: impl Fn()) -
     }
 }
 
-/// Answers every pending call of processes being terminated, without waiting.
+/// Answers every pending call of processes being terminated (and execs),
+/// without waiting. Bounded: a tree that keeps calling cannot keep us here.
 fn serve_exit_call_nowait(listener: &Listener) -> io::Result<()> {
-    while wait_for_events(&[Some(listener.as_fd())], Duration::ZERO)?[0] {
+    for _ in 0..256 {
+        if !listener.has_pending() && !wait_for_events(&[Some(listener.as_fd())], Duration::ZERO)?[0] {
+            break;
+        }
         match listener.receive()? {
             Some(call) => listener.proceed(call),
-            None => break,
+            // An exec answered, or a caller gone; a hung-up listener stays
+            // "ready" for good and has nothing more to give.
+            None if is_hung_up(listener.as_fd()) => break,
+            None => {}
         }
     }
     Ok(())

@@ -1,0 +1,94 @@
+//! Hostile inputs: callers that ignore signals, binaries that cannot be
+//! started, names that are not UTF-8, inputs that are not files. Each run
+//! ends with a clear answer, leaks nothing and leaves no process behind.
+
+mod support;
+
+use std::os::unix::process::CommandExt;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use leakcheck::Outcome;
+use support::*;
+
+const BINARY: &str = "hostile::hostile";
+
+/// `cargo-leakcheck` itself, outside the fixture workspace.
+fn tool(args: &[&str]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_cargo-leakcheck"));
+    command.arg("leakcheck").args(args).stdin(std::process::Stdio::null());
+    command
+}
+
+#[test]
+fn tests_start_with_default_signals_when_the_caller_ignores_them() {
+    let _serial = serial();
+    let mut command = leakcheck(&["-p", "hostile", "--message-format", "json", "signals_are_at_their_defaults"]);
+    // SAFETY: between fork and exec: signal() calls only.
+    unsafe {
+        command.pre_exec(|| {
+            for signal in [libc::SIGINT, libc::SIGQUIT, libc::SIGHUP, libc::SIGPIPE, libc::SIGTERM] {
+                libc::signal(signal, libc::SIG_IGN);
+            }
+            Ok(())
+        });
+    }
+    let run = run_to_end(command);
+    assert_eq!(run.code, Some(0), "stderr:\n{}", run.stderr);
+    assert_outcome(record(&run.report(), BINARY, "signals_are_at_their_defaults"), Outcome::Passed);
+}
+
+#[test]
+fn names_that_are_not_utf8_hide_no_thread_and_no_child() {
+    let _serial = serial();
+    let run = run_to_end(leakcheck(&["-p", "hostile", "--no-fail-fast", "--message-format", "json", "bad_bytes"]));
+    let report = run.report();
+    let thread = record(&report, BINARY, "thread_named_with_bad_bytes_leaks");
+    assert_outcome(thread, Outcome::Leaked);
+    assert_eq!(threads(thread), ["bad\u{fffd}\u{fffd}name"], "{thread:#?}");
+    let child = record(&report, BINARY, "child_named_with_bad_bytes_ignoring_sigterm_leaks");
+    assert_outcome(child, Outcome::Leaked);
+    assert_eq!(children(child).len(), 1, "{child:#?}");
+    // run_to_end checked that the child, which ignores SIGTERM, is gone.
+}
+
+/// A binary that cannot be exec'd once hung the run for good (the forked
+/// copy, under the exit filter, waited on a listener nobody served).
+#[test]
+fn a_test_binary_that_cannot_start_is_an_error_not_a_hang() {
+    let scratch = tempfile::tempdir().unwrap();
+    let not_executable = scratch.path().join("not-executable");
+    std::fs::write(&not_executable, "#!/bin/sh\nexit 0\n").unwrap();
+    let missing = scratch.path().join("missing");
+    for (program, cause) in [(&missing, "No such file"), (&not_executable, "Permission denied")] {
+        let started = Instant::now();
+        let mut command = tool(&["wrap", "--"]);
+        command.arg(program);
+        let run = run_to_end(command);
+        assert!(started.elapsed() < Duration::from_secs(60), "took {:?}", started.elapsed());
+        assert_ne!(run.code, Some(0), "{run:?}");
+        let named = format!("{} could not be started: {cause}", program.display());
+        assert!(run.stderr.contains(&named), "{}", run.stderr);
+    }
+}
+
+#[test]
+fn a_config_that_is_a_directory_or_a_device_is_an_error() {
+    let _serial = serial();
+    let scratch = tempfile::tempdir().unwrap();
+    for (path, what) in [(scratch.path().to_str().unwrap(), "a directory"), ("/dev/zero", "not a regular file")] {
+        let run = run_to_end(leakcheck(&["-p", "hostile", "--config-file", path, "signals_are"]));
+        assert_eq!(run.code, Some(2), "{run:?}");
+        assert!(run.stderr.contains(what), "{}", run.stderr);
+    }
+    let run = run_to_end(tool(&["merge", "/dev/zero"]));
+    assert_eq!(run.code, Some(2), "{run:?}");
+    assert!(run.stderr.contains("not a regular file"), "{}", run.stderr);
+}
+
+#[test]
+fn a_timeout_beyond_any_deadline_is_a_usage_error() {
+    let run = run_to_end(tool(&["--timeout", "18000000000000000000s"]));
+    assert_eq!(run.code, Some(2), "{run:?}");
+    assert!(run.stderr.contains("longer than the longest wait"), "{}", run.stderr);
+}
