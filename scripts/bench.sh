@@ -162,6 +162,32 @@ for dir in "$tokio_dir" "$leaky_dir"; do
   fi
   printf '\n'
 done
+
+# A suite whose tests start 200 short processes (20 tests x 10 `true`, found
+# through PATH: one exec per PATH directory): the heap check against
+# --no-heap (goal: at most 1.10). EXECS_LEAK=1 adds a test that leaks heap,
+# so every test of the binary is also run preloaded (the worst case).
+exec_dir=$root/target/bench-suite/execs-200
+mkdir -p "$exec_dir/tests" "$exec_dir/src"
+printf '[package]\nname = "execs-200"\nversion = "0.1.0"\nedition = "2021"\npublish = false\n\n[workspace]\n' \
+  > "$exec_dir/Cargo.toml"
+echo "" > "$exec_dir/src/lib.rs"
+{
+  [ "${EXECS_LEAK:-}" = 1 ] && echo '#[test] fn leaks_heap() { std::mem::forget(vec![7u8; 4096]); }'
+  for i in $(seq 20); do
+    printf '#[test] fn starts_ten_%02d() { for _ in 0..10 { assert!(std::process::Command::new("true").status().unwrap().success()); } }\n' "$i"
+  done
+} > "$exec_dir/tests/execs.rs"
+(cd "$exec_dir" && CARGO_TARGET_DIR=$exec_dir/target cargo test -q --no-run 2>/dev/null)
+t_heap=""; t_plain=""
+for round in $(seq "$rounds"); do
+  t_heap+="$(CARGO_TARGET_DIR=$exec_dir/target dir=$exec_dir time_one "$tool" leakcheck --no-fail-fast) "
+  t_plain+="$(CARGO_TARGET_DIR=$exec_dir/target dir=$exec_dir time_one "$tool" leakcheck --no-fail-fast --no-heap) "
+done
+m_heap=$(echo "$t_heap" | tr ' ' '\n' | sed '/^$/d' | median)
+m_plain=$(echo "$t_plain" | tr ' ' '\n' | sed '/^$/d' | median)
+printf '  %-16s cargo leakcheck %7.3f s; --no-heap %7.3f s; ratio heap / no-heap: %.2f (goal: at most 1.10)\n' \
+  execs-200 "$m_heap" "$m_plain" "$(awk -v a="$m_heap" -v b="$m_plain" 'BEGIN { print a / b }')"
 [ "${BENCH_REALWORLD_ONLY:-}" = 1 ] && exit 0
 
 # ---------------------------------------------------------------------------

@@ -34,55 +34,88 @@ pub(crate) struct HiddenEnv {
     exact: Vec<Vec<u8>>,
     /// `LD_PRELOAD=<runtime>:`, the head to blank when the user preloads too.
     preload_head: Vec<u8>,
+    /// The thread and environment array of the last exec looked at: a PATH
+    /// search execs once per directory with the same array, already seen.
+    last: std::cell::Cell<(i32, u64)>,
 }
 
 /// The longest environment we walk: far more than any real one.
 const MAX_ENTRIES: usize = 1 << 16;
 /// Bytes read to tell whether an entry may be ours.
 const PREFIX: usize = 16;
+/// Entries read at once (at most IOV_MAX, 1024, remote ranges per read).
+const BATCH: usize = 512;
 
 impl HiddenEnv {
     /// `added`: the variables the heap check set; `runtime`: the preloaded
     /// library, the head of `LD_PRELOAD`.
     pub(crate) fn new<'a>(added: impl IntoIterator<Item = (&'a str, &'a [u8])>, runtime: &[u8]) -> HiddenEnv {
         let exact = added.into_iter().map(|(name, value)| [name.as_bytes(), b"=", value].concat()).collect();
-        HiddenEnv { exact, preload_head: [b"LD_PRELOAD=", runtime, b":"].concat() }
+        HiddenEnv { exact, preload_head: [b"LD_PRELOAD=", runtime, b":"].concat(), last: Default::default() }
     }
 
     /// Rewrites the environment of a stopped `execve` (`args[2]`) or
-    /// `execveat` (`args[3]`) of thread `tid`.
+    /// `execveat` (`args[3]`) of thread `tid`. Cheap, since it runs for each
+    /// exec a test makes (a PATH search is one exec per directory): the
+    /// pointers in one read, then one read of every entry's first bytes.
     pub(crate) fn hide_in_exec(&self, tid: i32, syscall: i32, args: &[u64; 6]) {
         let envp = match syscall as libc::c_long {
             libc::SYS_execve => args[2],
             libc::SYS_execveat => args[3],
             _ => return,
         };
-        let mut pointers = [0u64; 128];
+        if self.last.replace((tid, envp)) == (tid, envp) {
+            return;
+        }
+        let mut pointers = [0u64; BATCH];
         let mut at = envp;
-        for _ in 0..MAX_ENTRIES / pointers.len() {
-            let bytes = read_remote(tid, at, bytes_of(&mut pointers));
-            let whole = bytes / mem::size_of::<u64>();
-            for &entry in &pointers[..whole] {
-                if entry == 0 {
-                    return;
-                }
-                self.hide_entry(tid, entry);
-            }
-            if whole < pointers.len() {
-                return; // unreadable memory: stop where it ends
+        for _ in 0..MAX_ENTRIES / BATCH {
+            let whole = read_remote(tid, at, bytes_of(&mut pointers)) / mem::size_of::<u64>();
+            let end = pointers[..whole].iter().position(|&entry| entry == 0);
+            let entries = &pointers[..end.unwrap_or(whole)];
+            self.hide_entries(tid, entries);
+            if end.is_some() || whole < BATCH {
+                return; // the end, or unreadable memory: stop where it ends
             }
             at += (whole * mem::size_of::<u64>()) as u64;
         }
     }
 
-    fn hide_entry(&self, tid: i32, entry: u64) {
-        let mut prefix = [0u8; PREFIX];
-        let got = read_remote(tid, entry, &mut prefix);
-        let prefix = &prefix[..got];
-        let ours = |candidate: &[u8]| candidate.starts_with(&prefix[..prefix.len().min(candidate.len())]);
-        if !self.exact.iter().any(|entry| ours(entry)) && !ours(&self.preload_head) {
-            return;
+    /// Reads the first [`PREFIX`] bytes of every entry at once, then looks
+    /// closer at those that may be ours.
+    fn hide_entries(&self, tid: i32, entries: &[u64]) {
+        let mut prefixes = vec![0u8; entries.len() * PREFIX];
+        let local = libc::iovec { iov_base: prefixes.as_mut_ptr().cast(), iov_len: prefixes.len() };
+        let remote: Vec<libc::iovec> = entries
+            .iter()
+            .map(|&entry| libc::iovec { iov_base: entry as *mut libc::c_void, iov_len: PREFIX })
+            .collect();
+        // SAFETY: `local` is our buffer of exactly the remote total; the
+        // kernel checks each remote range against the target's mappings and
+        // stops at the first that faults (an entry near the end of a
+        // mapping: those are read one by one below).
+        let read = unsafe { libc::process_vm_readv(tid, &local, 1, remote.as_ptr(), remote.len() as u64, 0) };
+        let whole = (read.max(0) as usize) / PREFIX;
+        for (index, &entry) in entries.iter().enumerate() {
+            let mut single = [0u8; PREFIX];
+            let prefix = if index < whole {
+                &prefixes[index * PREFIX..(index + 1) * PREFIX]
+            } else {
+                let got = read_remote(tid, entry, &mut single);
+                &single[..got]
+            };
+            if self.may_be_ours(prefix) {
+                self.hide_entry(tid, entry);
+            }
         }
+    }
+
+    fn may_be_ours(&self, prefix: &[u8]) -> bool {
+        let ours = |candidate: &[u8]| candidate.starts_with(&prefix[..prefix.len().min(candidate.len())]);
+        self.exact.iter().any(|entry| ours(entry)) || ours(&self.preload_head)
+    }
+
+    fn hide_entry(&self, tid: i32, entry: u64) {
         let longest = self.exact.iter().map(Vec::len).chain([self.preload_head.len()]).max().unwrap_or(0);
         let mut text = vec![0u8; longest + 1];
         let got = read_remote(tid, entry, &mut text);
