@@ -92,3 +92,31 @@ fn a_timeout_beyond_any_deadline_is_a_usage_error() {
     assert_eq!(run.code, Some(2), "{run:?}");
     assert!(run.stderr.contains("longer than the longest wait"), "{}", run.stderr);
 }
+
+/// `kill -9` of the tool mid-run: its guardian kills every process of its
+/// tests and removes its scratch directory.
+#[test]
+fn a_killed_run_leaves_no_test_running_and_no_scratch_behind() {
+    let _serial = serial();
+    let tmp = tempfile::tempdir().unwrap();
+    let mut command = leakcheck(&["-p", "faults", "--test", "faults", "--", "--ignored", "hangs_with_a_tree"]);
+    command.env("TMPDIR", tmp.path()).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
+    let mut tool = command.spawn().unwrap();
+    let pid = tool.id();
+    let started = Instant::now();
+    while processes_of_run(pid).len() < 2 {
+        assert!(started.elapsed() < Duration::from_secs(300), "the hanging test never started");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let scratch =
+        || std::fs::read_dir(tmp.path()).unwrap().flatten().map(|entry| entry.file_name()).collect::<Vec<_>>();
+    assert_eq!(scratch().len(), 1, "{:?}", scratch());
+    tool.kill().unwrap();
+    tool.wait().unwrap();
+    assert_no_process_left(pid);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !scratch().is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(scratch().is_empty(), "{:?}", scratch());
+}

@@ -30,10 +30,20 @@ pub(crate) fn main() -> u8 {
         Some("never") => anstream::ColorChoice::Never.write_global(),
         _ => {}
     }
+    // Still single-threaded: the guardian is forked before any thread starts.
+    let guarded = !matches!(args, cli::Invocation::Merge(_));
+    if let Some(Err(error)) = guarded.then(crate::guardian::start) {
+        eprintln!(
+            "warning: cargo-leakcheck could not start its guardian ({error}): if it is killed, its tests live on"
+        );
+    }
     if let Err(error) = run::stop_fd_inheritance() {
         eprintln!("warning: could not mark inherited fds close-on-exec ({error}); tests may see them as leaks");
     }
     let supervisor = Supervisor::start();
+    if let Some(guardian) = crate::guardian::pid() {
+        supervisor.spare(guardian);
+    }
     let result = match &args {
         cli::Invocation::Run(args) => try_main(args, supervisor),
         cli::Invocation::Wrap(args) => crate::wrap::wrap(args, supervisor),
@@ -77,6 +87,7 @@ fn try_main(args: &LeakcheckArgs, supervisor: &'static Supervisor) -> Result<u8,
         .prefix("cargo-leakcheck-")
         .tempdir()
         .map_err(|source| RunError::Setup { what: "create its scratch directory", source })?;
+    crate::guardian::remove_if_we_die(scratch.path());
     let (heap, heap_missing) = match heap_check(plan.heap, &cases)? {
         Ok(heap) => (heap, None),
         Err(reason) => (None, Some(reason)),

@@ -11,6 +11,7 @@ mod cli;
 mod config;
 mod duration;
 mod errors;
+mod guardian;
 mod heap;
 mod input;
 mod list;

@@ -36,6 +36,7 @@ pub(crate) fn wrap(args: &WrapArgs, supervisor: &'static Supervisor) -> Result<u
         .prefix("cargo-leakcheck-wrap-")
         .tempdir()
         .map_err(|source| RunError::Setup { what: "create its scratch directory", source })?;
+    crate::guardian::remove_if_we_die(scratch.path());
     let heap = match args.heap {
         true => {
             let runtime =

@@ -85,6 +85,8 @@ pub(crate) struct Supervisor {
     interrupted: AtomicI32,
     /// Helper processes of the build phase (cargo), killed on interruption.
     helpers: Mutex<Vec<i32>>,
+    /// A child of ours that is no test's: the guardian (see `guardian.rs`).
+    spared: AtomicI32,
 }
 
 /// Environment variable naming the test that a process belongs to. Every
@@ -174,10 +176,17 @@ impl Supervisor {
     /// group and cleared its environment). It is terminated all the same, so
     /// no run leaves a process behind; returns what was found, for a warning.
     pub(crate) fn end_test_phase(&self) -> Vec<leakcheck::snapshot::ProcessInfo> {
-        let strays = with_descendants(children_of(std::process::id() as i32));
+        let spared = self.spared.load(Ordering::SeqCst);
+        let ours = children_of(std::process::id() as i32).into_iter().filter(|&child| child != spared).collect();
+        let strays = with_descendants(ours);
         let found = strays.iter().filter_map(|&pid| leakcheck::snapshot::process_info(pid).ok()).collect();
         terminate(&strays, Duration::from_millis(200), || {});
         found
+    }
+
+    /// Never ends `pid` with the test phase: it is ours, not a test's.
+    pub(crate) fn spare(&self, pid: i32) {
+        self.spared.store(pid, Ordering::SeqCst);
     }
 
     /// The signal that interrupted the run, if any.
@@ -237,8 +246,21 @@ impl Supervisor {
         }
     }
 
+    /// The first signal ends the run in order (tests killed, partial report);
+    /// a second one ends it at once, the tests killed first (the guardian
+    /// removes the scratch directories).
     fn interrupt(&self, signal: Signal) {
-        let _ = self.interrupted.compare_exchange(0, signal as i32, Ordering::SeqCst, Ordering::SeqCst);
+        let again = self.interrupted.compare_exchange(0, signal as i32, Ordering::SeqCst, Ordering::SeqCst).is_err();
+        if again {
+            for test in lock(&self.running).values() {
+                kill_tree(&processes_of(test.pid, &test.marker), Signal::SIGKILL);
+                kill_group(test.pid, Signal::SIGKILL);
+            }
+            eprintln!("cargo-leakcheck: interrupted again ({signal}): stopping now, without a report");
+            // SAFETY: ends the process at once; nothing of ours needs
+            // flushing that the report would not have (there is none).
+            unsafe { libc::_exit(128 + signal as i32) };
+        }
         for &helper in lock(&self.helpers).iter() {
             let _ = kill(Pid::from_raw(helper), Signal::SIGTERM);
         }
