@@ -7,7 +7,9 @@ use std::collections::BTreeMap;
 use crate::record::Leak;
 
 /// The shape of a leak: its kind and an identity that is the same in every
-/// process (digits folded: socket inodes, ports, pids, numbered names).
+/// process (numbers that vary between processes folded: socket inodes,
+/// ports and pids in fd targets, the counter at the end of a thread name;
+/// never the digits inside a name, as in `r2d2-worker-#`).
 /// `test_threads` are the names of the test threads of the process, whose
 /// name an unnamed thread inherits.
 pub fn shape_of(leak: &Leak, test_threads: &[&str]) -> Option<String> {
@@ -24,9 +26,10 @@ pub fn shape_of(leak: &Leak, test_threads: &[&str]) -> Option<String> {
         }
         Leak::Thread { name, .. } => {
             let inherited = test_threads.iter().any(|test| comm_of(test) == name);
-            format!("thread {}", if inherited { "(unnamed)".to_owned() } else { fold_digits(name) })
+            format!("thread {}", if inherited { "(unnamed)".to_owned() } else { fold_trailing_number(name) })
         }
-        Leak::Child { cmdline, .. } => format!("child {}", fold_digits(&program_of(cmdline))),
+        // A program's name is the same in every process.
+        Leak::Child { cmdline, .. } => format!("child {}", program_of(cmdline)),
         Leak::Heap { .. } => return None,
     })
 }
@@ -97,6 +100,16 @@ pub(crate) fn comm_of(name: &str) -> &str {
     &name[..end]
 }
 
+/// `worker-12` -> `worker-#`, `pool3` -> `pool#`; `r2d2-worker` unchanged.
+fn fold_trailing_number(name: &str) -> String {
+    let stem = name.trim_end_matches(|c: char| c.is_ascii_digit());
+    if stem.len() == name.len() {
+        name.to_owned()
+    } else {
+        format!("{stem}#")
+    }
+}
+
 fn fold_digits(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for c in text.chars() {
@@ -128,6 +141,22 @@ mod tests {
         assert_eq!(shape_of(&file, &[]).unwrap(), "fd /tmp/db-#.sqlite");
         let pipe = fd(3, "pipe:[77]", "pipe, read end; other end held by child `cat` (pid 12)");
         assert_eq!(shape_of(&pipe, &[]).unwrap(), "fd pipe, read end");
+    }
+
+    #[test]
+    fn thread_names_fold_only_their_trailing_counter() {
+        let thread = |name: &str| Leak::Thread {
+            tid: 7,
+            name: name.into(),
+            state: "S".into(),
+            unnamed: false,
+            waiting_in: None,
+            sites: vec![],
+        };
+        assert_eq!(shape_of(&thread("r2d2-worker-0"), &[]).unwrap(), "thread r2d2-worker-#");
+        assert_eq!(shape_of(&thread("r2d2-worker-11"), &[]), shape_of(&thread("r2d2-worker-0"), &[]));
+        assert_eq!(shape_of(&thread("h2-conn"), &[]).unwrap(), "thread h2-conn");
+        assert_eq!(shape_of(&thread("pool7"), &[]).unwrap(), "thread pool#");
     }
 
     #[test]

@@ -24,28 +24,19 @@ pub(crate) struct Singleton<'a> {
 pub(crate) fn singletons(records: &[TestRecord]) -> Vec<Singleton<'_>> {
     let mut found: Vec<Singleton<'_>> = Vec::new();
     for record in records {
-        // Per shape: its count, one example, and the fd numbers it sits at
-        // (two singletons of one shape, tokio's socket pair and another
-        // library's, sit at different fd numbers in every process).
-        let mut per_shape: Vec<(String, usize, &Leak, Vec<String>)> = Vec::new();
+        // Per shape: its count and one example. Not split by fd number: a
+        // singleton's fd number shifts with what the test opened before it
+        // (one reactor listed "in 12 tests" and again "in 3 tests"). Two
+        // singletons of one shape read as one line of 2 instances until
+        // creation sites tell them apart.
+        let mut per_shape: Vec<(String, usize, &Leak)> = Vec::new();
         for leak in &record.singletons {
             let Some(shape) = shape_of(leak, &[&record.name]) else { continue };
-            let at = match leak {
-                Leak::Fd { fd, .. } => Some(fd.to_string()),
-                _ => None,
-            };
             match per_shape.iter_mut().find(|(known, ..)| *known == shape) {
-                Some((_, count, _, fds)) => {
-                    *count += 1;
-                    fds.extend(at);
-                }
-                None => per_shape.push((shape, 1, leak, at.into_iter().collect())),
+                Some((_, count, _)) => *count += 1,
+                None => per_shape.push((shape, 1, leak)),
             }
         }
-        let per_shape = per_shape.into_iter().map(|(shape, count, example, fds)| {
-            let shape = if fds.is_empty() { shape } else { format!("{shape} @{}", fds.join(",")) };
-            (shape, count, example)
-        });
         for (shape, count, example) in per_shape {
             match found.iter_mut().find(|s| s.binary == record.binary && s.shape == shape) {
                 Some(singleton) => {

@@ -46,12 +46,26 @@ pub(super) fn run(context: &RunContext, cases: &[TestCase], jobs: usize, next_se
                         return;
                     }
                     let serial = next_serial.fetch_add(1, Ordering::SeqCst);
-                    let clean = run_together(context, &waker, binary, names, serial);
-                    if context.verbose {
-                        let verdict = if clean { "no heap leak" } else { "heap checked test by test" };
-                        eprintln!("        Heap {} ({} tests together): {verdict}", binary.id, names.len());
+                    let together = run_together(context, &waker, binary, names, serial);
+                    match &together {
+                        // A fallback is always said, with its cost: one line.
+                        Together::Inconclusive(why) => eprintln!(
+                            "        Heap {} ({} tests together): {why}; each test is checked alone, preloaded \
+                             (about 20 ms more per test)",
+                            binary.id,
+                            names.len()
+                        ),
+                        Together::Clean if context.verbose => {
+                            eprintln!("        Heap {} ({} tests together): no heap leak", binary.id, names.len())
+                        }
+                        Together::Leaked if context.verbose => eprintln!(
+                            "        Heap {} ({} tests together): heap checked test by test",
+                            binary.id,
+                            names.len()
+                        ),
+                        Together::Clean | Together::Leaked => {}
                     }
-                    if !clean {
+                    if !matches!(together, Together::Clean) {
                         heap.check_each_test_of(&binary.executable);
                     }
                 }
@@ -60,9 +74,24 @@ pub(super) fn run(context: &RunContext, cases: &[TestCase], jobs: usize, next_se
     });
 }
 
-/// Whether `names` of `binary`, run together under the runtime, left no
-/// heap leak, and the run was whole enough to say so.
-fn run_together(context: &RunContext, waker: &Waker, binary: &Arc<TestBinary>, names: &[&str], serial: usize) -> bool {
+/// What a binary's tests run together under the runtime said.
+enum Together {
+    /// No heap leak, and the run was whole enough to say so.
+    Clean,
+    /// Some heap leaked: which test is found by running each alone.
+    Leaked,
+    /// It cannot tell, and why.
+    Inconclusive(String),
+}
+
+/// Runs `names` of `binary` together under the runtime.
+fn run_together(
+    context: &RunContext,
+    waker: &Waker,
+    binary: &Arc<TestBinary>,
+    names: &[&str],
+    serial: usize,
+) -> Together {
     let case = TestCase {
         binary: binary.clone(),
         name: format!("{} tests together (heap)", names.len()),
@@ -74,11 +103,16 @@ fn run_together(context: &RunContext, waker: &Waker, binary: &Arc<TestBinary>, n
     // a `#[leakcheck::test]` would isolate itself in yet another process.
     args.extend(["--exact", "--nocapture", "--test-threads=1"].map(String::from));
     args.extend(context.test_args.iter().cloned());
-    let Ok(mut process) = spawn::start(context, waker, &case, &args, Launch::HeapFilter) else { return false };
+    let mut process = match spawn::start(context, waker, &case, &args, Launch::HeapFilter) {
+        Ok(process) => process,
+        Err(error) => return Together::Inconclusive(format!("could not run ({error})")),
+    };
     process.settle = Settle::Full;
     let ended = watch::watch(context, waker, &case, &mut process);
     let _ = std::fs::remove_file(&process.record_file);
-    let (Some(prefix), Some(heap)) = (&process.heap_log, &context.heap) else { return false };
+    let (Some(prefix), Some(heap)) = (&process.heap_log, &context.heap) else {
+        return Together::Inconclusive("the runtime was not preloaded".into());
+    };
     let leaks = heap.leaks_of(prefix, process.pid, &binary.cwd);
     // libtest returned from main (its tests may have failed: their memory
     // was still checked at the exit); a crash, a timeout or an early exit
@@ -87,6 +121,20 @@ fn run_together(context: &RunContext, waker: &Waker, binary: &Arc<TestBinary>, n
         Some(view) => view.by_main_thread,
         None => process.stdout.contains(b"\ntest result: "),
     };
-    let whole = !ended.timed_out && finished && matches!(ended.status, super::reaper::ExitStatus::Code(0 | 101));
-    whole && leaks.is_some_and(|leaks| leaks.is_empty())
+    let status = ended.status;
+    if ended.timed_out {
+        return Together::Inconclusive(format!("ran past the --timeout of {:?}", context.timeout));
+    }
+    if !finished || !matches!(status, super::reaper::ExitStatus::Code(0 | 101)) {
+        let how = match status {
+            super::reaper::ExitStatus::Signal(signal) => format!("killed by {signal}"),
+            super::reaper::ExitStatus::Code(code) => format!("ended early (status {code})"),
+        };
+        return Together::Inconclusive(format!("{how}, before the runtime's exit check"));
+    }
+    match leaks {
+        Some(leaks) if leaks.is_empty() => Together::Clean,
+        Some(_) => Together::Leaked,
+        None => Together::Inconclusive("the runtime could not check the process".into()),
+    }
 }
