@@ -73,11 +73,25 @@ fn every_heap_leak_is_named_with_its_bytes_and_line_and_clean_tests_pass() {
         "should_panic_is_clean",
         // Asserts its children's exit status and output are untouched.
         "children_are_undisturbed",
+        // Asserts its children map no runtime.
+        "children_run_without_the_runtime",
     ] {
         let test = record(&report, binary, clean);
         assert_outcome(test, Outcome::Passed);
         assert!(test.unchecked.is_empty(), "{test:#?}");
     }
+
+    // Fails preloaded, passes without: that pass is its verdict, said so.
+    let preloaded_only = record(&report, binary, "fails_only_when_preloaded");
+    assert_outcome(preloaded_only, Outcome::Passed);
+    assert_eq!(preloaded_only.unchecked, ["heap"]);
+    let note = "failed only with the heap runtime preloaded; run again without it";
+    assert!(preloaded_only.message.as_deref().unwrap_or_default().contains(note), "{preloaded_only:#?}");
+    assert!(
+        run.stderr.contains(&format!("Heap heap-leaks::leaks fails_only_when_preloaded: {note}")),
+        "{}",
+        run.stderr
+    );
 
     // Its own #[global_allocator]: said once, and its test is unchecked.
     let own = record(&report, "heap-leaks::own_allocator", "heap_not_checked_here");
@@ -178,7 +192,7 @@ fn a_binary_whose_tests_leak_no_heap_together_runs_them_without_the_runtime() {
     assert_eq!(run.code, Some(100), "{}", run.stderr);
     assert!(run.stderr.contains("Heap clean::clean (12 tests together): no heap leak"), "{}", run.stderr);
     assert!(
-        run.stderr.contains("Heap heap-leaks::leaks (14 tests together): heap checked test by test"),
+        run.stderr.contains("Heap heap-leaks::leaks (15 tests together): heap checked test by test"),
         "{}",
         run.stderr
     );

@@ -46,6 +46,9 @@ pub(crate) fn run_test(
     else {
         return Ok(None);
     };
+    if let Some(alone) = without_heap_if_it_failed_preloaded(context, waker, case, args, settle, &record)? {
+        record = alone;
+    }
     let explainable = context.explain && !record.leaks.is_empty() && record.outcome != Outcome::TimedOut;
     let heap = record.leaks.iter().any(|leak| matches!(leak, Leak::Heap { .. }));
     if explainable && (checked_in_process || heap) {
@@ -64,6 +67,43 @@ pub(crate) fn run_test(
         crate::mentions::attach(&mut record, &case.binary.cwd);
     }
     Ok(Some((record, hurried)))
+}
+
+/// A test that failed or timed out with the heap runtime preloaded is run
+/// once more without it (the runtime slows a process and changes its
+/// memory layout): when it then does not fail, that verdict is the test's,
+/// with its heap unchecked and a note saying why. `None`: the first verdict
+/// stands.
+fn without_heap_if_it_failed_preloaded(
+    context: &RunContext,
+    waker: &Waker,
+    case: &TestCase,
+    args: &[String],
+    settle: Settle,
+    record: &TestRecord,
+) -> io::Result<Option<TestRecord>> {
+    let preloaded = context.heap.as_ref().is_some_and(|heap| {
+        heap.checks_each_test_of(&case.binary.executable) && heap.unsupported(&case.binary.executable).is_none()
+    });
+    if !preloaded || !matches!(record.outcome, Outcome::Failed | Outcome::TimedOut) {
+        return Ok(None);
+    }
+    let Some((mut alone, _, _)) = run_once(context, waker, case, args, Launch::CheckWithoutHeap, settle)? else {
+        return Ok(None);
+    };
+    if matches!(alone.outcome, Outcome::Failed | Outcome::TimedOut) {
+        return Ok(None);
+    }
+    let note = format!(
+        "{} only with the heap runtime preloaded; run again without it, this is its verdict (heap not checked)",
+        if record.outcome == Outcome::TimedOut { "timed out" } else { "failed" }
+    );
+    eprintln!("        Heap {} {}: {note}", case.binary.id, case.name);
+    alone.message = Some(note);
+    if !alone.unchecked.iter().any(|kind| kind == "heap") {
+        alone.unchecked.push("heap".into());
+    }
+    Ok(Some(alone))
 }
 
 /// The heap runtime's groups of an explain re-run carry allocation stacks;

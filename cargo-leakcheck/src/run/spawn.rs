@@ -48,6 +48,8 @@ pub(super) struct TestProcess {
 pub(super) enum Launch {
     /// The test's run: everything checked, cheaply.
     Check,
+    /// The test's run again, never preloaded: it failed preloaded.
+    CheckWithoutHeap,
     /// An explain re-run of a test with leakcheck's code inside
     /// (`LEAKCHECK_EXPLAIN=record[-heap]`): its own recorders find the
     /// sites; the heap runtime is not preloaded (its exit check and the
@@ -87,7 +89,7 @@ pub(super) fn start(
             Launch::Explain { heap } => {
                 Some((leakcheck::sites::EXPLAIN_ENV, if heap { "record-heap" } else { "record" }))
             }
-            Launch::Check | Launch::Group | Launch::HeapFilter | Launch::ExplainHeap => None,
+            Launch::Check | Launch::CheckWithoutHeap | Launch::Group | Launch::HeapFilter | Launch::ExplainHeap => None,
         })
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -176,7 +178,7 @@ fn heap_check(
     let preloaded = match launch {
         Launch::HeapFilter | Launch::ExplainHeap => true,
         Launch::Check => heap.checks_each_test_of(executable),
-        Launch::Group | Launch::Explain { .. } => false,
+        Launch::CheckWithoutHeap | Launch::Group | Launch::Explain { .. } => false,
     };
     if !preloaded || heap.unsupported(executable).is_some() {
         return None;
