@@ -553,11 +553,13 @@ fn singletons_pass_with_no_configuration_and_per_test_leaks_of_their_shapes_are_
     // Each singleton is listed once, with the number of tests sharing it.
     let raw: serde_json::Value = serde_json::from_str(run.stdout.trim()).unwrap();
     let listed = raw["singletons"].as_array().unwrap();
-    let tokio = listed.iter().find(|s| s["kind"] == "fd" && s["tests"] == 5 && s["instances"] == 2);
-    assert!(tokio.is_some(), "{listed:#?}");
-    let wakeup = listed.iter().find(|s| s["kind"] == "fd" && s["tests"] == 2 && s["instances"] == 2);
-    assert!(wakeup.is_some(), "{listed:#?}");
-    assert_eq!(listed.len(), 5, "{listed:#?}");
+    // tokio's socket pair (5 tests) and the wakeup pair (2 tests) share a
+    // shape; their fd numbers shift between tests, so until creation sites
+    // tell them apart they are one line (listing them by fd number split one
+    // singleton into several lines on real suites).
+    let pairs = listed.iter().find(|s| s["kind"] == "fd" && s["tests"] == 7 && s["instances"] == 2);
+    assert!(pairs.is_some(), "{listed:#?}");
+    assert_eq!(listed.len(), 4, "{listed:#?}");
 }
 
 #[test]
