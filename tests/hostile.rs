@@ -121,3 +121,22 @@ fn a_killed_run_leaves_no_test_running_and_no_scratch_behind() {
     }
     assert!(scratch().is_empty(), "{:?}", scratch());
 }
+
+#[test]
+fn a_path_with_a_newline_forges_no_line_of_the_report_nor_of_a_baseline() {
+    let _serial = serial();
+    let run = run_to_end(leakcheck(&["-p", "hostile", "forges_a_report_line"]));
+    assert_eq!(run.code, Some(100), "{}", run.stderr);
+    let report = format!("{}{}", run.stdout, run.stderr);
+    assert!(!report.lines().any(|line| line.starts_with("    PASS [   0.001s] forged")), "{report}");
+    assert!(report.contains("\\n    PASS [   0.001s] forged::line"), "{report}");
+    // The baseline written has one line for the leak, and the next run takes it.
+    let baseline = tempfile::NamedTempFile::new().unwrap();
+    let path = baseline.path().to_str().unwrap();
+    let write = run_to_end(leakcheck(&["-p", "hostile", "--write-baseline", path, "forges_a_report_line"]));
+    assert_eq!(write.code, Some(0), "{}", write.stderr);
+    let written = std::fs::read_to_string(baseline.path()).unwrap();
+    assert_eq!(written.lines().filter(|line| !line.starts_with('#')).count(), 1, "{written}");
+    let again = run_to_end(leakcheck(&["-p", "hostile", "--baseline", path, "forges_a_report_line"]));
+    assert_eq!(again.code, Some(0), "{}", again.stderr);
+}

@@ -16,6 +16,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
+use leakcheck::record::escape_control;
 use leakcheck::{Leak, Outcome, TestRecord};
 
 use crate::errors::BaselineError;
@@ -34,11 +35,13 @@ pub(crate) struct Entry {
 
 impl Entry {
     pub(crate) fn of(record: &TestRecord, leak: &Leak) -> Entry {
+        // Escaped: a tab or a newline in a name or a path would split the
+        // line, and the next run would refuse the file (or miss the entry).
         Entry {
-            binary: record.binary.clone(),
-            test: record.name.clone(),
+            binary: escape_control(&record.binary).into_owned(),
+            test: escape_control(&record.name).into_owned(),
             kind: leak.kind().to_owned(),
-            identity: identity(leak),
+            identity: escape_control(&identity(leak)).into_owned(),
         }
     }
 }

@@ -179,8 +179,14 @@ impl Leak {
         }
     }
 
-    /// One line naming exactly what leaked, for human output.
+    /// One line naming exactly what leaked, for human output. Whatever came
+    /// from the test (a path, a thread name, a command line) is escaped: a
+    /// newline in a file name must not forge a line of the report.
     pub fn describe(&self) -> String {
+        escape_control(&self.describe_raw()).into_owned()
+    }
+
+    fn describe_raw(&self) -> String {
         match self {
             Leak::Fd { fd, target, detail, .. } if detail.is_empty() || detail == target => {
                 format!("fd {fd} -> {target}")
@@ -208,6 +214,26 @@ impl Leak {
             }
         }
     }
+}
+
+/// `text` with every control character written as an escape (`\n`, `\t`,
+/// `\r`, `\u{1b}`): safe to print on one line of a report, a table cell or
+/// a tab-separated file. Borrowed when there is nothing to escape.
+pub fn escape_control(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.chars().any(char::is_control) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut escaped = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        match c {
+            '\n' => escaped.push_str("\\n"),
+            '\t' => escaped.push_str("\\t"),
+            '\r' => escaped.push_str("\\r"),
+            c if c.is_control() => escaped.push_str(&format!("\\u{{{:x}}}", c as u32)),
+            c => escaped.push(c),
+        }
+    }
+    std::borrow::Cow::Owned(escaped)
 }
 
 /// Where a leaked resource was created: the call stack of its creation,
@@ -407,6 +433,14 @@ pub struct Report {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn control_characters_are_escaped_and_nothing_else() {
+        assert_eq!(escape_control("plain /tmp/a b"), "plain /tmp/a b");
+        assert_eq!(escape_control("a\nb\tc\rd\u{1b}[31m"), "a\\nb\\tc\\rd\\u{1b}[31m");
+        let leak = Leak::Fd { fd: 3, target: "/tmp/x\nLEAK".into(), detail: String::new(), sites: vec![] };
+        assert_eq!(leak.describe(), "fd 3 -> /tmp/x\\nLEAK");
+    }
 
     #[test]
     fn leaks_serialize_with_their_kind_tag() {

@@ -5,6 +5,7 @@ use std::fmt::Write;
 
 use comfy_table::presets::UTF8_FULL_CONDENSED;
 use comfy_table::{ColumnConstraint, ContentArrangement, Table, Width};
+use leakcheck::record::escape_control;
 use leakcheck::{Outcome, Summary, TestRecord};
 
 /// Leaks listed per test in human output; the JSON report has them all.
@@ -54,8 +55,8 @@ pub(crate) fn progress_line(record: &TestRecord) -> String {
         "{style}{:>8}{style:#} [{:>8.3}s] {} {}",
         status_word(record.outcome),
         record.duration_ms as f64 / 1000.0,
-        record.binary,
-        record.name
+        escape_control(&record.binary),
+        escape_control(&record.name)
     );
     if let Some(message) = &record.message {
         for message_line in message.lines() {
@@ -128,6 +129,7 @@ fn where_column(leak: &leakcheck::Leak) -> String {
 /// into lines of at most [`LABEL_WIDTH`] characters (a longer piece stays
 /// whole).
 fn test_label(binary: &str, name: &str) -> String {
+    let (binary, name) = (&*escape_control(binary), &*escape_control(name));
     let whole = format!("{binary} {name}");
     if whole.chars().count() <= LABEL_WIDTH {
         return whole;
