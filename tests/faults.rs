@@ -157,19 +157,30 @@ fn an_unknown_package_is_a_usage_error() {
     );
 }
 
+/// `harness = false` targets that are not libtest run whole, as one test
+/// named by their target, checked like any other; they are never listed
+/// (listing would run them).
 #[test]
-fn a_binary_that_does_not_speak_libtest_is_named() {
+fn a_binary_that_does_not_speak_libtest_runs_whole_as_one_test() {
     let _serial = serial();
     let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_cargo-leakcheck"));
     command
         .args(["leakcheck", "--manifest-path"])
         .arg(fixtures().join("not-libtest/Cargo.toml"))
         .arg("--target-dir")
-        .arg(fixture_target_dir().join("not-libtest"));
+        .arg(fixture_target_dir().join("not-libtest"))
+        .args(["--no-fail-fast", "--message-format", "json"]);
     let run = run_to_end(command);
-    assert_eq!(run.code, Some(1), "stderr:\n{}", run.stderr);
-    assert!(run.stderr.contains("error: could not list the tests of not-libtest::custom_main"), "{}", run.stderr);
-    assert!(run.stderr.contains("is it a libtest-compatible test binary?"), "{}", run.stderr);
+    assert_eq!(run.code, Some(100), "stderr:\n{}", run.stderr);
+    let report = run.report();
+    assert_eq!(report.summary.tests, 2, "{report:#?}");
+    assert_outcome(record(&report, "not-libtest::custom_main", "custom_main"), Outcome::Passed);
+    let leaking = record(&report, "not-libtest::custom_leak", "custom_leak");
+    assert_outcome(leaking, Outcome::Leaked);
+    assert!(fds(leaking).iter().any(|(target, _)| target.ends_with("not-libtest/Cargo.toml")), "{leaking:#?}");
+    assert_eq!(children(leaking).iter().filter(|child| child.0 == "sleep 306").count(), 1, "{leaking:#?}");
+    let output = leaking.output.as_deref().unwrap_or_default();
+    assert_eq!(output.matches("leaking my own way").count(), 1, "ran once, never listed: {output}");
 }
 
 /// On a shared CI runner another user can plant files where a predictable

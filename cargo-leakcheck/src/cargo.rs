@@ -25,6 +25,9 @@ pub(crate) struct TestBinary {
     /// Built with `leakcheck::main!()`: it checks its own tests in-process
     /// (heap included) and reports them through the records protocol.
     pub(crate) harness: bool,
+    /// Speaks libtest's protocol (see [`crate::targets`]); else it runs
+    /// whole, as one test named by its target.
+    pub(crate) libtest: bool,
 }
 
 /// What to build, in cargo's own terms: the package, target and feature
@@ -248,7 +251,14 @@ pub(crate) fn build_tests(
         // the others are not read at all.
         let harness = package.dependencies.iter().any(|dependency| dependency.name == "leakcheck")
             && is_leakcheck_harness(&executable);
-        binaries.insert(id.clone(), TestBinary { id, executable, cwd, env, harness });
+        let libtest = harness
+            || crate::targets::speaks_libtest(
+                package.manifest_path.as_std_path(),
+                &artifact.target.kind,
+                &artifact.target.name,
+                &executable,
+            );
+        binaries.insert(id.clone(), TestBinary { id, executable, cwd, env, harness, libtest });
     }
     let status = child.wait().map_err(|source| RunError::SpawnCargo { command: process::display(&command), source })?;
     supervisor.remove_helper(child.id() as i32);

@@ -58,6 +58,27 @@ impl Selection {
         selection
     }
 
+    /// Whether the whole-target test `name` is selected: with no positional
+    /// filter, or a filter it contains (libtest's own rule); never in
+    /// `--ignored` mode (it has no ignored tests) nor with `--exact` filters
+    /// that are not its name.
+    pub(crate) fn selects_whole(&self, name: &str) -> bool {
+        let exact = self.list_args.iter().any(|arg| arg == "--exact");
+        let matches = |filter: &str| if exact { name == filter } else { name.contains(filter) };
+        let (mut filters, mut skipped) = (Vec::new(), false);
+        let mut args = self.list_args.iter();
+        while let Some(arg) = args.next() {
+            match arg.as_str() {
+                "--skip" => skipped |= args.next().is_some_and(|skip| matches(skip)),
+                flag if flag.starts_with('-') => {}
+                filter => filters.push(filter),
+            }
+        }
+        self.ignored_mode.as_deref() != Some("--ignored")
+            && !skipped
+            && (filters.is_empty() || filters.iter().any(|filter| matches(filter)))
+    }
+
     /// The positional filters, for the "nothing matched" message.
     pub(crate) fn describe_filter(&self) -> Option<String> {
         let filters: Vec<&str> = self.list_args.iter().map(String::as_str).collect();
@@ -74,6 +95,14 @@ pub(crate) fn list_tests(
     let mut cases = Vec::new();
     for binary in binaries {
         let binary = Arc::new(binary);
+        if !binary.libtest {
+            // Never listed: listing would run its tests. One test, whole.
+            let name = whole_target_name(&binary);
+            if selection.selects_whole(&name) {
+                cases.push(TestCase { binary: binary.clone(), name, ignored: false, serial: cases.len() });
+            }
+            continue;
+        }
         let listed = run_list(&binary, selection, selection.ignored_mode.as_deref(), verbose)?;
         // Without --ignored/--include-ignored, ignored tests are reported, not run.
         let ignored = match selection.ignored_mode {
@@ -86,6 +115,13 @@ pub(crate) fn list_tests(
         }
     }
     Ok(cases)
+}
+
+/// The one test of a target that does not speak libtest: its target name
+/// (the part of the binary id after `::`, or the package for a library).
+pub(crate) fn whole_target_name(binary: &TestBinary) -> String {
+    let id = binary.id.as_str();
+    id.rsplit_once("::").map_or(id, |(_, target)| target).to_owned()
 }
 
 fn run_list(

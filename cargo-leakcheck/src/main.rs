@@ -23,6 +23,7 @@ mod policy;
 mod process;
 mod report;
 mod run;
+mod targets;
 mod wrap;
 
 fn main() -> std::process::ExitCode {

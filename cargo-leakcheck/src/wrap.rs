@@ -29,6 +29,8 @@ pub(crate) fn wrap(args: &WrapArgs, supervisor: &'static Supervisor) -> Result<u
             .map_err(|source| RunError::Setup { what: "read the working directory", source })?,
         env: Vec::new(),
         harness: false,
+        // nextest runs what it listed with libtest's arguments.
+        libtest: true,
     };
     let case = TestCase { binary: Arc::new(binary), name, ignored: false, serial: 0 };
     // Private (0700, random name, created exclusively), removed on drop.

@@ -31,6 +31,12 @@ pub(super) fn run(context: &RunContext, cases: &[TestCase], jobs: usize, next_se
         if heap.unsupported(&case.binary.executable).is_some() {
             continue;
         }
+        if !case.binary.libtest {
+            // One test, run whole: no filter to run it with others; it is
+            // its own run together.
+            heap.check_each_test_of(&case.binary.executable);
+            continue;
+        }
         match binaries.iter_mut().find(|(binary, _)| binary.executable == case.binary.executable) {
             Some((_, names)) => names.push(&case.name),
             None => binaries.push((case.binary.clone(), vec![&case.name])),

@@ -18,7 +18,11 @@ use super::{judge, spawn, watch};
 use crate::list::TestCase;
 
 /// libtest's arguments to run `case` alone, as `cargo leakcheck` does.
+/// A target that does not speak libtest runs whole, with no arguments.
 pub(crate) fn libtest_args(context: &RunContext, case: &TestCase) -> Vec<String> {
+    if !case.binary.libtest {
+        return Vec::new();
+    }
     let mut args = vec![case.name.clone(), "--exact".into(), "--nocapture".into(), "--test-threads=1".into()];
     args.extend(context.test_args.iter().cloned());
     args

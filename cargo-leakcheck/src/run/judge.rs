@@ -22,7 +22,8 @@ pub(super) fn record(context: &RunContext, case: &TestCase, process: TestProcess
     // so (absent if the test closed stdout: then it reads as a failure).
     let finished = match &exit_view {
         Some(view) => view.by_main_thread,
-        None => process.stdout.contains(b"\ntest result: ok."),
+        // A target that is not libtest prints no summary: its exit says.
+        None => !case.binary.libtest || process.stdout.contains(b"\ntest result: ok."),
     };
     let in_process = read_in_process_report(&process.record_file);
     // The heap runtime's report, unless leakcheck's allocator checked the
