@@ -140,3 +140,16 @@ fn a_path_with_a_newline_forges_no_line_of_the_report_nor_of_a_baseline() {
     let again = run_to_end(leakcheck(&["-p", "hostile", "--baseline", path, "forges_a_report_line"]));
     assert_eq!(again.code, Some(0), "{}", again.stderr);
 }
+
+/// A test that execs `true` (status 0, from the main thread) never
+/// finished: it fails, saying why.
+#[test]
+fn a_test_that_execs_another_program_is_not_a_pass() {
+    let _serial = serial();
+    let run = run_to_end(leakcheck(&["-p", "hostile", "--message-format", "json", "execs_true"]));
+    assert_eq!(run.code, Some(100), "{}", run.stderr);
+    let report = run.report();
+    let test = record(&report, BINARY, "execs_true_and_never_finishes");
+    assert_outcome(test, Outcome::Failed);
+    assert!(test.message.as_deref().unwrap_or_default().contains("replaced itself with `/"), "{test:#?}");
+}

@@ -71,6 +71,16 @@ pub(super) fn record(context: &RunContext, case: &TestCase, process: TestProcess
             judge(status, timed_out, finished, &leaks, context.timeout)
         }
     };
+    // A test that exec'd another program never finished: whatever ended
+    // with status 0 was not libtest.
+    let replaced_by = exit_view.as_ref().and_then(|view| view.replaced_by.clone());
+    let (outcome, message) = match replaced_by {
+        Some(program) if !outcome.is_failure() => (
+            Outcome::Failed,
+            Some(format!("the test process replaced itself with `{program}` (exec) before the test finished")),
+        ),
+        _ => (outcome, message),
+    };
     if in_process.is_none() && process.listener.is_none() {
         unchecked.extend(["fd".to_owned(), "thread".to_owned()]);
     }

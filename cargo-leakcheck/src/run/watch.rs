@@ -28,6 +28,9 @@ pub(super) struct ExitView {
     /// Whether the main thread called `exit_group` (libtest returning from
     /// `main`), rather than a test thread calling `std::process::exit`.
     pub(super) by_main_thread: bool,
+    /// The program the test process runs at its exit, when it is no longer
+    /// the test binary (the test exec'd it: libtest never finished).
+    pub(super) replaced_by: Option<String>,
     /// stdin, stdout or stderr, closed by the test.
     pub(super) closed: Vec<i32>,
     /// Settling stopped early for lasting shapes ([`Settle::SkipLasting`]).
@@ -237,6 +240,7 @@ fn serve_exit_call(
         let started = Instant::now();
         let delta = settle_until(context.grace, read, accepted);
         let by_main_thread = call.tid == pid;
+        let replaced_by = replaced_by(pid, &case.binary.executable);
         *exit_view = Some(match delta {
             Ok(delta) => {
                 let closed = delta.closed.clone();
@@ -250,12 +254,14 @@ fn serve_exit_call(
                 } else if !leaks.is_empty() && settle == Settle::SkipLasting && lasting(&leaks) {
                     hurried = true;
                 }
-                ExitView { leaks, children, by_main_thread, closed, hurried, settled_for: started.elapsed() }
+                let settled_for = started.elapsed();
+                ExitView { leaks, children, by_main_thread, replaced_by, closed, hurried, settled_for }
             }
             Err(_) => ExitView {
                 leaks: Vec::new(),
                 children,
                 by_main_thread,
+                replaced_by,
                 closed: Vec::new(),
                 hurried,
                 settled_for: started.elapsed(),
@@ -264,6 +270,23 @@ fn serve_exit_call(
     }
     listener.proceed(call);
     Ok(())
+}
+
+/// The program process `pid` runs, when it is not `executable` (compared
+/// as files: a rebuilt binary's path reads `(deleted)`).
+fn replaced_by(pid: i32, executable: &std::path::Path) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let running = std::fs::metadata(format!("/proc/{pid}/exe")).ok()?;
+    let expected = std::fs::metadata(executable).ok()?;
+    if (running.dev(), running.ino()) == (expected.dev(), expected.ino()) {
+        return None;
+    }
+    let path = std::fs::read_link(format!("/proc/{pid}/exe")).ok()?;
+    let rebuilt = path.to_str().and_then(|path| path.strip_suffix(" (deleted)")) == executable.to_str();
+    if rebuilt {
+        return None;
+    }
+    Some(leakcheck::record::escape_control(&path.to_string_lossy()).into_owned())
 }
 
 /// The processes of the test still alive after it exited, given up to
