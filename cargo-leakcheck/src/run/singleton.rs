@@ -176,7 +176,7 @@ impl ShapeSearch<'_> {
                         return None;
                     }
                 }
-                GroupRun::Inconclusive => return None,
+                GroupRun::Inconclusive(_) => return None,
             }
         }
     }
@@ -313,8 +313,8 @@ enum GroupRun {
     Left(BTreeMap<String, usize>),
     /// These tests failed in it (libtest's `test NAME ... FAILED` lines).
     Failed(Vec<String>),
-    /// It timed out, was interrupted, crashed or could not be probed.
-    Inconclusive,
+    /// It timed out, was interrupted, crashed or could not be probed: why.
+    Inconclusive(String),
 }
 
 impl GroupRunner<'_> {
@@ -382,14 +382,18 @@ fn run_group(site: GroupSite<'_>, waker: &Waker, names: &[&str]) -> GroupRun {
     let started = std::time::Instant::now();
     let result = run_group_once(site, waker, names);
     let GroupSite { context, binary, .. } = site;
-    if context.verbose {
+    // Inconclusive is a fallback (the leaks stay leaks): always said.
+    let inconclusive = matches!(result, GroupRun::Inconclusive(_)) && context.supervisor.interrupted().is_none();
+    if context.verbose || inconclusive {
         let what = match &result {
             GroupRun::Left(left) => {
                 let shapes: Vec<String> = left.iter().map(|(shape, count)| format!("{count} x `{shape}`")).collect();
                 format!("left {}", if shapes.is_empty() { "nothing".to_owned() } else { shapes.join(", ") })
             }
             GroupRun::Failed(failing) => format!("{} failed (left out of the next group)", failing.join(", ")),
-            GroupRun::Inconclusive => "inconclusive".to_owned(),
+            GroupRun::Inconclusive(why) => {
+                format!("inconclusive: {why}; their shared shapes are judged as each test's own leaks")
+            }
         };
         eprintln!(
             "       Group {}: {} tests together: {what} ({:.3}s)",
@@ -404,7 +408,7 @@ fn run_group(site: GroupSite<'_>, waker: &Waker, names: &[&str]) -> GroupRun {
 fn run_group_once(site: GroupSite<'_>, waker: &Waker, names: &[&str]) -> GroupRun {
     let GroupSite { context, binary, serial } = site;
     if context.supervisor.interrupted().is_some() {
-        return GroupRun::Inconclusive;
+        return GroupRun::Inconclusive("interrupted".into());
     }
     let case = TestCase {
         binary: binary.clone(),
@@ -415,24 +419,39 @@ fn run_group_once(site: GroupSite<'_>, waker: &Waker, names: &[&str]) -> GroupRu
     let mut args: Vec<String> = names.iter().map(|name| (*name).to_owned()).collect();
     args.extend(["--exact", "--nocapture", "--test-threads=1"].map(String::from));
     args.extend(context.test_args.iter().cloned());
-    let Ok(mut process) = spawn::start(context, waker, &case, &args, spawn::Launch::Group) else {
-        return GroupRun::Inconclusive;
+    let mut process = match spawn::start(context, waker, &case, &args, spawn::Launch::Group) {
+        Ok(process) => process,
+        Err(error) => return GroupRun::Inconclusive(format!("could not run ({error})")),
     };
     process.settle = Settle::Full;
     let ended = watch::watch(context, waker, &case, &mut process);
     let finished = ended.exit_view.as_ref().is_some_and(|view| view.by_main_thread);
     let _ = std::fs::remove_file(&process.record_file);
-    if ended.timed_out || ended.exit_view.is_none() {
-        return GroupRun::Inconclusive;
+    if ended.timed_out {
+        return GroupRun::Inconclusive(format!("ran past the --timeout of {:?}", context.timeout));
+    }
+    if ended.exit_view.is_none() {
+        return GroupRun::Inconclusive(format!("no exit snapshot ({})", ended_how(ended.status)));
     }
     if ended.status == super::reaper::ExitStatus::Code(101) {
         let failing = failed_tests(&process.stdout.into_text(), names);
-        return if failing.is_empty() { GroupRun::Inconclusive } else { GroupRun::Failed(failing) };
+        return if failing.is_empty() {
+            GroupRun::Inconclusive("it failed, and libtest named no failing test".into())
+        } else {
+            GroupRun::Failed(failing)
+        };
     }
     if !finished || ended.status != super::reaper::ExitStatus::Code(0) {
-        return GroupRun::Inconclusive;
+        return GroupRun::Inconclusive(format!("libtest did not finish ({})", ended_how(ended.status)));
     }
     GroupRun::Left(shape_counts(&ended.leaks, names))
+}
+
+fn ended_how(status: super::reaper::ExitStatus) -> String {
+    match status {
+        super::reaper::ExitStatus::Code(code) => format!("status {code}"),
+        super::reaper::ExitStatus::Signal(signal) => format!("killed by {signal}"),
+    }
 }
 
 /// The tests of `names` that libtest's output says failed: its closing
