@@ -23,8 +23,7 @@ fn tool(args: &[&str]) -> Command {
 #[test]
 fn tests_start_with_default_signals_when_the_caller_ignores_them() {
     let _serial = serial();
-    let mut command =
-        leakcheck(&["-p", "hostile", "--message-format", "json", "signals_are_at_their_defaults", "--", "--ignored"]);
+    let mut command = leakcheck(&["-p", "hostile", "--message-format", "json", "signals_are_at_their_defaults"]);
     // SAFETY: between fork and exec: signal() calls only.
     unsafe {
         command.pre_exec(|| {
