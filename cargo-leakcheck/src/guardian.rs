@@ -24,7 +24,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
 
-use crate::run::MARKER_VAR;
+use crate::run::{has_environ_entry, MARKER_VAR};
 
 /// Our end of the guardian's pipe, and its pid.
 struct Guardian {
@@ -132,8 +132,7 @@ fn kill_marked(prefix: &str) {
         let mut found = false;
         for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
             let Some(pid) = entry.file_name().to_str().and_then(|name| name.parse::<i32>().ok()) else { continue };
-            let Ok(environ) = std::fs::read(entry.path().join("environ")) else { continue };
-            if environ.split(|&byte| byte == 0).any(|var| var.starts_with(prefix.as_bytes())) {
+            if has_environ_entry(pid, |var| var.starts_with(prefix.as_bytes())) {
                 // SAFETY: kill with a pid read from /proc; a process gone
                 // meanwhile only makes it fail.
                 unsafe { libc::kill(pid, libc::SIGKILL) };

@@ -28,7 +28,7 @@
 use std::mem;
 
 /// Environment entries the heap check added to one test process.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub(crate) struct HiddenEnv {
     /// Whole entries (`NAME=VALUE`) to rename.
     exact: Vec<Vec<u8>>,

@@ -86,10 +86,8 @@ fn without_heap_if_it_failed_preloaded(
     settle: Settle,
     record: &TestRecord,
 ) -> io::Result<Option<TestRecord>> {
-    let preloaded = context.heap.as_ref().is_some_and(|heap| {
-        heap.checks_each_test_of(&case.binary.executable) && heap.unsupported(&case.binary.executable).is_none()
-    });
-    if !preloaded || !matches!(record.outcome, Outcome::Failed | Outcome::TimedOut) {
+    if !spawn::preloads(context, case, Launch::Check) || !matches!(record.outcome, Outcome::Failed | Outcome::TimedOut)
+    {
         return Ok(None);
     }
     let Some((mut alone, _, _)) = run_once(context, waker, case, args, Launch::CheckWithoutHeap, settle)? else {

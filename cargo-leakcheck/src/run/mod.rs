@@ -25,6 +25,6 @@ mod watch;
 pub(crate) use context::{RunContext, Settle, Waker};
 pub(crate) use isolated::run_test;
 pub(crate) use probe::ExitFilter;
-pub(crate) use reaper::{block_signals, reset_signals_on_exec, Supervisor, MARKER_VAR};
+pub(crate) use reaper::{block_signals, has_environ_entry, reset_signals_on_exec, Supervisor, MARKER_VAR};
 pub(crate) use scheduler::{run_all, RunResult};
 pub(crate) use spawn::stop_fd_inheritance;

@@ -222,9 +222,7 @@ impl Listener {
 
     /// Whether an exit call is waiting that polling the fd would not show.
     pub(crate) fn has_pending(&self) -> bool {
-        let pending = self.pending.take();
-        self.pending.set(pending);
-        pending.is_some()
+        self.pending.get().is_some()
     }
 
     /// Takes one pending `exit_group` call. `Ok(None)` when there is none to

@@ -251,24 +251,19 @@ impl Supervisor {
     /// removes the scratch directories).
     fn interrupt(&self, signal: Signal) {
         let again = self.interrupted.compare_exchange(0, signal as i32, Ordering::SeqCst, Ordering::SeqCst).is_err();
+        for &helper in lock(&self.helpers).iter() {
+            let _ = kill(Pid::from_raw(helper), Signal::SIGTERM);
+        }
+        for test in lock(&self.running).values() {
+            kill_tree(&processes_of(test.pid, &test.marker), Signal::SIGKILL);
+            kill_group(test.pid, Signal::SIGKILL);
+            test.slot.wake();
+        }
         if again {
-            for test in lock(&self.running).values() {
-                kill_tree(&processes_of(test.pid, &test.marker), Signal::SIGKILL);
-                kill_group(test.pid, Signal::SIGKILL);
-            }
             eprintln!("cargo-leakcheck: interrupted again ({signal}): stopping now, without a report");
             // SAFETY: ends the process at once; nothing of ours needs
             // flushing that the report would not have (there is none).
             unsafe { libc::_exit(128 + signal as i32) };
-        }
-        for &helper in lock(&self.helpers).iter() {
-            let _ = kill(Pid::from_raw(helper), Signal::SIGTERM);
-        }
-        let running = lock(&self.running);
-        for test in running.values() {
-            kill_tree(&processes_of(test.pid, &test.marker), Signal::SIGKILL);
-            kill_group(test.pid, Signal::SIGKILL);
-            test.slot.wake();
         }
     }
 }
@@ -337,9 +332,15 @@ pub(crate) fn adopted_with_marker(marker: &str) -> Vec<i32> {
 }
 
 fn has_marker(pid: i32, marker: &str) -> bool {
-    let Ok(environ) = std::fs::read(format!("/proc/{pid}/environ")) else { return false };
     let wanted = format!("{MARKER_VAR}={marker}");
-    environ.split(|&byte| byte == 0).any(|entry| entry == wanted.as_bytes())
+    has_environ_entry(pid, |entry| entry == wanted.as_bytes())
+}
+
+/// Whether an entry of `pid`'s environment (`NAME=VALUE` bytes) matches;
+/// false for a process gone or not ours to read.
+pub(crate) fn has_environ_entry(pid: i32, matches: impl Fn(&[u8]) -> bool) -> bool {
+    let Ok(environ) = std::fs::read(format!("/proc/{pid}/environ")) else { return false };
+    environ.split(|&byte| byte == 0).any(matches)
 }
 
 fn belongs_to(pid: i32, test_pgid: i32, marker: &str) -> bool {

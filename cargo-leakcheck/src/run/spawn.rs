@@ -173,16 +173,10 @@ fn heap_check(
     launch: Launch,
     command: &mut Command,
 ) -> Option<(std::path::PathBuf, HiddenEnv)> {
-    let heap = context.heap.as_ref()?;
-    let executable = &case.binary.executable;
-    let preloaded = match launch {
-        Launch::HeapFilter | Launch::ExplainHeap => true,
-        Launch::Check => heap.checks_each_test_of(executable),
-        Launch::CheckWithoutHeap | Launch::Group | Launch::Explain { .. } => false,
-    };
-    if !preloaded || heap.unsupported(executable).is_some() {
+    if !preloads(context, case, launch) {
         return None;
     }
+    let heap = context.heap.as_ref()?;
     let log_prefix = context.scratch.join(format!("heap-{}", case.serial));
     crate::heap::remove_reports(&log_prefix);
     let preload = case
@@ -199,6 +193,18 @@ fn heap_check(
     );
     command.envs(environment);
     Some((log_prefix, hidden))
+}
+
+/// Whether a `launch` of `case` gets the heap runtime preloaded.
+pub(super) fn preloads(context: &RunContext, case: &TestCase, launch: Launch) -> bool {
+    let Some(heap) = context.heap.as_ref() else { return false };
+    let executable = &case.binary.executable;
+    let preloaded = match launch {
+        Launch::HeapFilter | Launch::ExplainHeap => true,
+        Launch::Check => heap.checks_each_test_of(executable),
+        Launch::CheckWithoutHeap | Launch::Group | Launch::Explain { .. } => false,
+    };
+    preloaded && heap.unsupported(executable).is_none()
 }
 
 /// What one of our pipe ends refers to: the child's end is the same pipe.
