@@ -226,6 +226,12 @@ pub(crate) struct LeakcheckArgs {
     #[arg(long, help_heading = "Run Options")]
     pub(crate) no_explain: bool,
 
+    /// Run every test in a fresh process of its own (by default a libtest
+    /// binary's tests run in batches, judged at each test's start and end,
+    /// and only a test that is not a clean pass there runs alone)
+    #[arg(long, help_heading = "Run Options")]
+    pub(crate) isolate: bool,
+
     /// leakcheck::main!() targets: fork a fresh process for every test (by default a child whose test passed clean runs the next one)
     #[arg(long, help_heading = "Run Options")]
     pub(crate) fork_per_test: bool,

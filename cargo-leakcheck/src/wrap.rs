@@ -64,6 +64,7 @@ pub(crate) fn wrap(args: &WrapArgs, supervisor: &'static Supervisor) -> Result<u
         policy: Policy::default(),
         repeat: None,
         explain: true,
+        isolate: true,
         fork_per_test: false,
         // One test per invocation: nothing to compare it with.
         detect_singletons: [false; 3],

@@ -29,6 +29,8 @@ pub(crate) struct RunContext {
     /// Re-run leaking tests that have leakcheck's code inside to record
     /// where their leaks were created (off with `--no-explain`).
     pub(crate) explain: bool,
+    /// `--isolate`: no batches, every test in a process of its own.
+    pub(crate) isolate: bool,
     /// `--fork-per-test`: harness targets never reuse a child for another test.
     pub(crate) fork_per_test: bool,
     /// `-v`: print each group run of singleton detection.

@@ -138,7 +138,7 @@ fn bytes_of(words: &mut [u64]) -> &mut [u8] {
 }
 
 /// Reads `buffer.len()` bytes at `address` of `pid`; how many it could.
-fn read_remote(pid: i32, address: u64, buffer: &mut [u8]) -> usize {
+pub(super) fn read_remote(pid: i32, address: u64, buffer: &mut [u8]) -> usize {
     let local = libc::iovec { iov_base: buffer.as_mut_ptr().cast(), iov_len: buffer.len() };
     let remote = libc::iovec { iov_base: address as *mut libc::c_void, iov_len: buffer.len() };
     // SAFETY: `local` is our buffer, of its length; the kernel checks

@@ -7,6 +7,8 @@
 //! the seccomp exit probe, `output` the captured streams, `context` what all
 //! of them share.
 
+mod batch;
+mod boundary;
 mod context;
 mod exec_env;
 mod harness_client;

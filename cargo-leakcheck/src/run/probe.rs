@@ -48,38 +48,56 @@ compile_error!("cargo-leakcheck's exit probe knows the audit arch of x86_64, aar
 
 const SECCOMP_DATA_NR: u32 = 0; // offsetof(struct seccomp_data, nr)
 const SECCOMP_DATA_ARCH: u32 = 4; // offsetof(struct seccomp_data, arch)
+/// offsetof(struct seccomp_data, args[0]): its low word, on the little-endian
+/// arches above.
+const SECCOMP_DATA_ARG0_LOW: u32 = 16;
 
 /// The BPF program: the watched syscalls of the native arch -> notify; all
 /// else -> allow. Always `exit_group`; with [`ExitFilter::with_exec`] also
-/// `execve` and `execveat`.
+/// `execve` and `execveat`; with [`ExitFilter::with_boundaries`] also
+/// `write`/`writev` to fd 1 (libtest announcing a test and its result:
+/// see [`super::batch`]).
 #[derive(Clone, Copy)]
 pub(crate) struct ExitFilter {
     program: [libc::sock_filter; MAX_PROGRAM],
     len: usize,
+    exec: bool,
+    boundaries: bool,
 }
 
-/// Two loads, an arch check, up to three syscalls, two returns.
-const MAX_PROGRAM: usize = 8;
+/// Two loads, an arch check, up to five syscalls, two returns, and the fd
+/// check: a load, a test, two returns.
+const MAX_PROGRAM: usize = 14;
 
 impl std::fmt::Debug for ExitFilter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(if self.len > 6 { "ExitFilter(exit_group, execve)" } else { "ExitFilter(exit_group)" })
+        write!(f, "ExitFilter(exit_group{}{})", if self.exec { ", execve" } else { "" }, if self.boundaries {
+            ", write to stdout"
+        } else {
+            ""
+        })
     }
 }
 
 impl ExitFilter {
     pub(crate) fn new() -> ExitFilter {
-        ExitFilter::watching(&[libc::SYS_exit_group])
+        ExitFilter::watching(false, false)
     }
 
     /// The same filter, also stopping every `execve`/`execveat` of the test's
     /// processes: the heap check hides its preload from what the test runs
     /// (see [`crate::run::exec_env`]).
     pub(crate) fn with_exec(self) -> ExitFilter {
-        ExitFilter::watching(&[libc::SYS_exit_group, libc::SYS_execve, libc::SYS_execveat])
+        ExitFilter::watching(true, self.boundaries)
     }
 
-    fn watching(syscalls: &[libc::c_long]) -> ExitFilter {
+    /// The same filter, also stopping every `write`/`writev` to fd 1: a
+    /// batch's boundaries (see [`super::batch`]).
+    pub(crate) fn with_boundaries(self) -> ExitFilter {
+        ExitFilter::watching(self.exec, true)
+    }
+
+    fn watching(exec: bool, boundaries: bool) -> ExitFilter {
         let stmt = |code: u32, k: u32| libc::sock_filter { code: code as u16, jt: 0, jf: 0, k };
         let jeq = |k: u32, jt: u8, jf: u8| libc::sock_filter {
             code: (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16,
@@ -87,20 +105,42 @@ impl ExitFilter {
             jf,
             k,
         };
-        let n = syscalls.len();
-        assert!(n + 5 <= MAX_PROGRAM, "the filter has room for {} syscalls", MAX_PROGRAM - 5);
-        let mut program = [stmt(0, 0); MAX_PROGRAM];
-        // Jumps are relative to the next instruction: `allow` sits at 3 + n,
-        // `notify` at 4 + n.
-        program[0] = stmt(libc::BPF_LD | libc::BPF_W | libc::BPF_ABS, SECCOMP_DATA_ARCH);
-        program[1] = jeq(AUDIT_ARCH_NATIVE, 0, (n + 1) as u8); // foreign arch -> allow
-        program[2] = stmt(libc::BPF_LD | libc::BPF_W | libc::BPF_ABS, SECCOMP_DATA_NR);
-        for (j, &nr) in syscalls.iter().enumerate() {
-            program[3 + j] = jeq(nr as u32, (n - j) as u8, 0);
+        let mut notified = vec![libc::SYS_exit_group];
+        if exec {
+            notified.extend([libc::SYS_execve, libc::SYS_execveat]);
         }
-        program[3 + n] = stmt(libc::BPF_RET | libc::BPF_K, libc::SECCOMP_RET_ALLOW);
-        program[4 + n] = stmt(libc::BPF_RET | libc::BPF_K, libc::SECCOMP_RET_USER_NOTIF);
-        ExitFilter { program, len: n + 5 }
+        let writes: &[libc::c_long] = if boundaries { &[libc::SYS_write, libc::SYS_writev] } else { &[] };
+        let (n, w) = (notified.len(), writes.len());
+        // Layout: 0 load arch, 1 check it, 2 load nr, 3.. the notified
+        // syscalls, then the writes, `allow`, `notify`, and (with writes)
+        // the fd check: load args[0]'s low word, fd 1 -> notify.
+        let allow = 3 + n + w;
+        let notify = allow + 1;
+        let fd_check = notify + 1;
+        let len = if boundaries { fd_check + 4 } else { fd_check };
+        let mut program = [stmt(0, 0); MAX_PROGRAM];
+        // Jumps are relative to the next instruction.
+        let to = |from: usize, target: usize| (target - from - 1) as u8;
+        program[0] = stmt(libc::BPF_LD | libc::BPF_W | libc::BPF_ABS, SECCOMP_DATA_ARCH);
+        program[1] = jeq(AUDIT_ARCH_NATIVE, 0, to(1, allow)); // foreign arch -> allow
+        program[2] = stmt(libc::BPF_LD | libc::BPF_W | libc::BPF_ABS, SECCOMP_DATA_NR);
+        for (j, &nr) in notified.iter().enumerate() {
+            program[3 + j] = jeq(nr as u32, to(3 + j, notify), 0);
+        }
+        for (j, &nr) in writes.iter().enumerate() {
+            let at = 3 + n + j;
+            program[at] = jeq(nr as u32, to(at, fd_check), 0);
+        }
+        program[allow] = stmt(libc::BPF_RET | libc::BPF_K, libc::SECCOMP_RET_ALLOW);
+        program[notify] = stmt(libc::BPF_RET | libc::BPF_K, libc::SECCOMP_RET_USER_NOTIF);
+        if boundaries {
+            // The kernel reads the fd as an unsigned int: the low word is it.
+            program[fd_check] = stmt(libc::BPF_LD | libc::BPF_W | libc::BPF_ABS, SECCOMP_DATA_ARG0_LOW);
+            program[fd_check + 1] = jeq(1, 0, 1);
+            program[fd_check + 2] = stmt(libc::BPF_RET | libc::BPF_K, libc::SECCOMP_RET_USER_NOTIF);
+            program[fd_check + 3] = stmt(libc::BPF_RET | libc::BPF_K, libc::SECCOMP_RET_ALLOW);
+        }
+        ExitFilter { program, len, exec, boundaries }
     }
 }
 
@@ -232,8 +272,27 @@ impl Listener {
         if let Some(call) = self.pending.take() {
             return Ok(Some(call));
         }
+        Ok(match self.receive_event()? {
+            Some(Event::Exit(call)) => Some(call),
+            Some(Event::Write(write)) => {
+                self.proceed(write.call);
+                None
+            }
+            None => None,
+        })
+    }
+
+    /// Takes one pending call: an `exit_group`, or a write to stdout (with
+    /// [`ExitFilter::with_boundaries`]). `Ok(None)` when there is none to
+    /// hand out: the caller was killed between poll and receive, or it was
+    /// an `exec`, answered here.
+    pub(crate) fn receive_event(&self) -> io::Result<Option<Event>> {
+        if let Some(call) = self.pending.take() {
+            return Ok(Some(Event::Exit(call)));
+        }
         Ok(match self.receive_any()? {
-            Some(Notified::Exit(call)) => Some(call),
+            Some(Notified::Exit(call)) => Some(Event::Exit(call)),
+            Some(Notified::Write(write)) => Some(Event::Write(write)),
             Some(Notified::Exec { call, own }) => {
                 self.answer_exec(&call, own);
                 None
@@ -264,8 +323,11 @@ impl Listener {
             };
         }
         let exit = ExitCall { id: notif.id, tid: notif.pid as i32 };
-        Ok(Some(if notif.data.nr as libc::c_long == libc::SYS_exit_group {
+        let nr = notif.data.nr as libc::c_long;
+        Ok(Some(if nr == libc::SYS_exit_group {
             Notified::Exit(exit)
+        } else if nr == libc::SYS_write || nr == libc::SYS_writev {
+            Notified::Write(WriteCall { call: exit, vectored: nr == libc::SYS_writev, args: notif.data.args })
         } else {
             let own = runs_our_executable(exit.tid);
             Notified::Exec { call: ExecCall { exit, syscall: notif.data.nr, args: notif.data.args }, own }
@@ -286,9 +348,27 @@ impl Listener {
     }
 }
 
+/// A call handed out by [`Listener::receive_event`]; each must be answered
+/// with [`Listener::proceed`].
+#[derive(Debug)]
+pub(crate) enum Event {
+    Exit(ExitCall),
+    Write(WriteCall),
+}
+
+/// One `write`/`writev` to fd 1 waiting for our answer.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct WriteCall {
+    pub(crate) call: ExitCall,
+    /// `writev` (args: iovec array, count) rather than `write` (buffer, length).
+    pub(crate) vectored: bool,
+    pub(crate) args: [u64; 6],
+}
+
 /// One notification as received.
 enum Notified {
     Exit(ExitCall),
+    Write(WriteCall),
     /// `own`: the caller still runs our executable (the forked copy of us
     /// about to exec the test), so its environment is the test's own.
     Exec {
@@ -373,6 +453,8 @@ fn serve_while_spawning(
                 return Ok(listener);
             }
             Some(Notified::Exec { call, own }) => listener.answer_exec(&call, own),
+            // The forked copy of us writes nothing; a test's write is let go.
+            Some(Notified::Write(write)) => listener.proceed(write.call),
             None => {}
         }
     }

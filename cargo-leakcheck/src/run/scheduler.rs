@@ -27,8 +27,9 @@ pub(crate) struct RunResult {
 
 /// Runs `cases` with `jobs` at a time; `on_record` sees each record as it
 /// ends. Binaries built with `leakcheck::main!()` run whole first (they fork
-/// per test themselves, `jobs` at a time), then every other test runs in a
-/// process of its own. With `fail_fast`, no new test starts after the first
+/// per test themselves, `jobs` at a time), then libtest binaries' tests in
+/// batches (unless `--isolate`), then every test not passed clean there
+/// runs in a process of its own. With `fail_fast`, no new test starts after the first
 /// failing one.
 pub(crate) fn run_all(
     context: &RunContext,
@@ -45,7 +46,18 @@ pub(crate) fn run_all(
     let judged = Judged::default();
     let run = Run { context, cases, jobs, fail_fast, stop: &stop, next_serial: &next_serial, judged: &judged };
     run.harness_binaries(list_args, &mut slots, &mut on_record);
-    super::heap_filter::run(context, cases, jobs, &next_serial);
+    if context.isolate || context.filter.is_none() {
+        super::heap_filter::run(context, cases, jobs, &next_serial);
+    } else {
+        // Clean passes in batches are final; the rest run one per process.
+        for (index, record) in super::batch::run(context, cases, jobs, &next_serial).into_iter().enumerate() {
+            if let Some(mut record) = record {
+                context.policy.apply(&mut record);
+                on_record(&record);
+                slots[index] = Some(record);
+            }
+        }
+    }
     run.one_process_each(&mut slots, &mut on_record);
     let records: Vec<TestRecord> = slots.into_iter().flatten().collect();
     RunResult { not_run: cases.len() - records.len(), records, duration_ms: started.elapsed().as_millis() as u64 }
@@ -165,8 +177,9 @@ impl Run<'_> {
 
     /// Every other test: one process each, `jobs` workers.
     fn one_process_each(&self, slots: &mut [Option<TestRecord>], on_record: &mut dyn FnMut(&TestRecord)) {
-        let process_cases: Vec<usize> =
-            (0..self.cases.len()).filter(|&index| !self.cases[index].binary.harness).collect();
+        let process_cases: Vec<usize> = (0..self.cases.len())
+            .filter(|&index| !self.cases[index].binary.harness && slots[index].is_none())
+            .collect();
         let next = AtomicUsize::new(0);
         let (sender, receiver) = mpsc::channel::<Finished>();
         let mut held: Vec<Held> = Vec::new();

@@ -62,6 +62,9 @@ pub(super) enum Launch {
     Group,
     /// The heap check's filter: a binary's tests together, preloaded.
     HeapFilter,
+    /// A batch of a binary's tests, judged at libtest's boundaries
+    /// (see [`super::batch`]); preloaded when the heap is checked.
+    Batch,
 }
 
 /// Spawns `case`'s binary with `args`, for the reason `launch` gives.
@@ -89,7 +92,12 @@ pub(super) fn start(
             Launch::Explain { heap } => {
                 Some((leakcheck::sites::EXPLAIN_ENV, if heap { "record-heap" } else { "record" }))
             }
-            Launch::Check | Launch::CheckWithoutHeap | Launch::Group | Launch::HeapFilter | Launch::ExplainHeap => None,
+            Launch::Check
+            | Launch::CheckWithoutHeap
+            | Launch::Group
+            | Launch::HeapFilter
+            | Launch::Batch
+            | Launch::ExplainHeap => None,
         })
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -106,6 +114,7 @@ pub(super) fn start(
     let child_end = probe_socket.as_ref().map(|(_, child)| child.as_raw_fd());
     // Preloaded, the test's execs are stopped too, to run without the runtime.
     let filter = context.filter.map(|filter| if heap.is_some() { filter.with_exec() } else { filter });
+    let filter = filter.map(|filter| if launch == Launch::Batch { filter.with_boundaries() } else { filter });
     // SAFETY: between fork and exec the closure only resets the signal
     // state and, with the probe, runs `child_setup` on plain captured data
     // (the filter program and an fd number); both are async-signal-safe.
@@ -200,7 +209,7 @@ pub(super) fn preloads(context: &RunContext, case: &TestCase, launch: Launch) ->
     let Some(heap) = context.heap.as_ref() else { return false };
     let executable = &case.binary.executable;
     let preloaded = match launch {
-        Launch::HeapFilter | Launch::ExplainHeap => true,
+        Launch::HeapFilter | Launch::Batch | Launch::ExplainHeap => true,
         Launch::Check => heap.checks_each_test_of(executable),
         Launch::CheckWithoutHeap | Launch::Group | Launch::Explain { .. } => false,
     };

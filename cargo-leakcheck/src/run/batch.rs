@@ -1,0 +1,273 @@
+//! The batch engine: a libtest binary's tests run several to a process,
+//! one after another, each judged at its own boundaries (see
+//! [`super::boundary`]), `jobs` batches at a time.
+//!
+//! A batch gives only clean passes: a test that passed with nothing left
+//! behind (and, with the heap check, in a process whose heap runtime found
+//! no leak at its exit) is final. Every other test, and every test a batch
+//! could not vouch for, runs again alone in a fresh process, the reference
+//! engine, whose verdict counts: a leak, a failure, a crash, a timeout, a
+//! test that depends on what ran before it. So a batch can make a run
+//! faster, never change a verdict.
+//!
+//! A crash or a timeout ends its batch; the batch's tests that had not
+//! started go on in a new process. Each test's time limit counts from its
+//! own start.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use leakcheck::{Outcome, TestRecord};
+
+use super::boundary::{self, BatchEnded, TestEnd};
+use super::context::{RunContext, Waker};
+use super::reaper::ExitStatus;
+use super::spawn::{self, Launch};
+use crate::cargo::TestBinary;
+use crate::list::TestCase;
+
+/// Most tests in one batch: a batch's names are its command line, and
+/// smaller batches spread slow tests over the workers.
+const MOST_PER_BATCH: usize = 64;
+
+/// Runs every libtest test of `cases` in batches; returns, by case index,
+/// the records of the tests that passed clean. The others are left to the
+/// one-process-per-test engine.
+pub(super) fn run(
+    context: &RunContext,
+    cases: &[TestCase],
+    jobs: usize,
+    next_serial: &AtomicUsize,
+) -> Vec<Option<TestRecord>> {
+    if let Some(heap) = &context.heap {
+        // A target run whole is its own batch: checked preloaded, alone.
+        for case in cases.iter().filter(|case| !case.binary.harness && !case.binary.libtest) {
+            heap.check_each_test_of(&case.binary.executable);
+        }
+    }
+    let batches = plan(cases, jobs);
+    let next = AtomicUsize::new(0);
+    let clean: Mutex<Vec<(usize, TestRecord)>> = Mutex::new(Vec::new());
+    std::thread::scope(|scope| {
+        for worker in 0..jobs.max(1).min(batches.len()) {
+            let (batches, next, clean) = (&batches, &next, &clean);
+            std::thread::Builder::new()
+                .name(format!("leakcheck-batch-{worker}"))
+                .spawn_scoped(scope, move || {
+                    let Ok(waker) = Waker::new() else { return };
+                    while let Some(batch) = batches.get(next.fetch_add(1, Ordering::SeqCst)) {
+                        if context.supervisor.interrupted().is_some() {
+                            return;
+                        }
+                        let records = run_batch(context, &waker, cases, batch, next_serial);
+                        clean.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).extend(records);
+                    }
+                })
+                .expect("a batch worker thread starts");
+        }
+    });
+    let mut records = vec![None; cases.len()];
+    for (index, record) in clean.into_inner().unwrap_or_else(|poisoned| poisoned.into_inner()) {
+        records[index] = Some(record);
+    }
+    records
+}
+
+/// The batches: each binary's runnable tests dealt round-robin (libtest
+/// sorts by name, and slow tests tend to share a prefix) into enough
+/// batches that every worker has one, none over [`MOST_PER_BATCH`];
+/// biggest first.
+fn plan(cases: &[TestCase], jobs: usize) -> Vec<Vec<usize>> {
+    let mut by_binary: Vec<(&Arc<TestBinary>, Vec<usize>)> = Vec::new();
+    for (index, case) in cases.iter().enumerate() {
+        if case.binary.harness || !case.binary.libtest || case.ignored {
+            continue;
+        }
+        match by_binary.iter_mut().find(|(binary, _)| binary.executable == case.binary.executable) {
+            Some((_, indices)) => indices.push(index),
+            None => by_binary.push((&case.binary, vec![index])),
+        }
+    }
+    let total: usize = by_binary.iter().map(|(_, indices)| indices.len()).sum();
+    let mut batches = Vec::new();
+    for (_, indices) in by_binary {
+        let n = indices.len();
+        let count = n.div_ceil(MOST_PER_BATCH).max((n * jobs.max(1)).div_ceil(total.max(1))).clamp(1, n);
+        for first in 0..count {
+            batches.push(indices.iter().copied().skip(first).step_by(count).collect::<Vec<usize>>());
+        }
+    }
+    batches.sort_by_key(|batch| std::cmp::Reverse(batch.len()));
+    batches
+}
+
+/// Runs one batch (and, after a crash or a timeout, its tests not yet
+/// started, in new processes); returns the clean records.
+fn run_batch(
+    context: &RunContext,
+    waker: &Waker,
+    cases: &[TestCase],
+    batch: &[usize],
+    next_serial: &AtomicUsize,
+) -> Vec<(usize, TestRecord)> {
+    let binary = &cases[batch[0]].binary;
+    let mut clean = Vec::new();
+    let mut todo: Vec<usize> = batch.to_vec();
+    // Tests whose heap a preloaded batch process vouched for (ended in one
+    // whose runtime found no leak); the others are checked alone.
+    let mut heap_covered = 0;
+    while !todo.is_empty() && context.supervisor.interrupted().is_none() {
+        let names: Vec<&str> = todo.iter().map(|&index| cases[index].name.as_str()).collect();
+        let Some(ended) = run_process(context, waker, binary, &names, next_serial) else { break };
+        let heap_clean = heap_verdict(context, binary, names.len(), &ended);
+        if heap_clean {
+            heap_covered += ended.ended.len();
+        }
+        for &(at, end) in &ended.ended {
+            if let (TestEnd::Clean { duration }, true) = (end, heap_clean) {
+                clean.push((todo[at], clean_record(context, &cases[todo[at]], duration)));
+            }
+        }
+        // libtest finished, or the process ran no test: what it did not run
+        // is run alone. Else (a crash, a timeout) the rest go on.
+        if ended.finished || (ended.ended.is_empty() && ended.cut.is_none()) {
+            break;
+        }
+        let done = |at: usize| ended.cut == Some(at) || ended.ended.iter().any(|&(ended, _)| ended == at);
+        todo = (0..todo.len()).filter(|&at| !done(at)).map(|at| todo[at]).collect();
+        if context.verbose {
+            eprintln!(
+                "        Batch {}: {}; {} tests go on in a new process",
+                binary.id,
+                if ended.timed_out { "a test ran past --timeout" } else { "the process ended in a test" },
+                todo.len()
+            );
+        }
+    }
+    if let (Some(heap), true) = (&context.heap, heap_covered < batch.len()) {
+        heap.check_each_test_of(&binary.executable);
+    }
+    clean
+}
+
+/// One batch process over `names`. `None`: it could not be started, or
+/// without the probe it cannot be judged (every test then runs alone).
+fn run_process(
+    context: &RunContext,
+    waker: &Waker,
+    binary: &Arc<TestBinary>,
+    names: &[&str],
+    next_serial: &AtomicUsize,
+) -> Option<BatchEnded> {
+    let case = TestCase {
+        binary: binary.clone(),
+        name: format!("{} tests (batch)", names.len()),
+        ignored: false,
+        serial: next_serial.fetch_add(1, Ordering::SeqCst),
+    };
+    let mut args: Vec<String> = names.iter().map(|name| (*name).to_owned()).collect();
+    // `--nocapture`, as in the per-test runs: with libtest capturing output,
+    // a `#[leakcheck::test]` would isolate itself in yet another process.
+    args.extend(["--exact", "--nocapture", "--test-threads=1"].map(String::from));
+    args.extend(context.test_args.iter().cloned());
+    let mut process = spawn::start(context, waker, &case, &args, Launch::Batch).ok()?;
+    if process.listener.is_none() {
+        super::reaper::kill_group(process.pid, nix::sys::signal::Signal::SIGKILL);
+    }
+    let ended = boundary::watch_batch(context, waker, names, &binary.cwd, &mut process);
+    let _ = std::fs::remove_file(&process.record_file);
+    process.listener.is_some().then_some(ended)
+}
+
+/// Whether the heap runtime vouches for the batch's clean tests: not
+/// preloaded (heap not checked, or not checkable), or a whole run with no
+/// leak. Otherwise each test of the binary is checked alone, preloaded,
+/// and a run that could not tell says so in one line.
+fn heap_verdict(context: &RunContext, binary: &TestBinary, tests: usize, ended: &BatchEnded) -> bool {
+    let (Some(report), Some(heap)) = (&ended.heap, &context.heap) else { return true };
+    let whole = ended.finished && !ended.timed_out && matches!(ended.status, ExitStatus::Code(0 | 101));
+    let why = match report {
+        Some(leaks) if whole && leaks.is_empty() => return true,
+        Some(leaks) if whole => {
+            if context.verbose {
+                eprintln!(
+                    "        Heap {} ({tests} tests in a batch): {} leaked, heap checked test by test",
+                    binary.id,
+                    leaks.len()
+                );
+            }
+            heap.check_each_test_of(&binary.executable);
+            return false;
+        }
+        Some(_) if ended.timed_out => format!("a test ran past the --timeout of {:?}", context.timeout),
+        Some(_) => match ended.status {
+            ExitStatus::Signal(signal) => format!("killed by {signal}, before the runtime's exit check"),
+            ExitStatus::Code(code) => format!("ended early (status {code}), before the runtime's exit check"),
+        },
+        None => "the runtime could not check the process".into(),
+    };
+    // A fallback is always said, with its cost: one line.
+    eprintln!(
+        "        Heap {} ({tests} tests in a batch): {why}; its tests are checked alone, preloaded (about 20 ms more \
+         per test)",
+        binary.id
+    );
+    heap.check_each_test_of(&binary.executable);
+    false
+}
+
+/// The record of a test that passed clean in a batch.
+fn clean_record(context: &RunContext, case: &TestCase, duration: std::time::Duration) -> TestRecord {
+    let mut record = TestRecord::new(case.binary.id.clone(), case.name.clone(), Outcome::Passed);
+    record.duration_ms = duration.as_millis() as u64;
+    let heap_unsupported = context.heap_missing
+        || context.heap.as_ref().is_some_and(|heap| heap.unsupported(&case.binary.executable).is_some());
+    if heap_unsupported {
+        record.unchecked.push("heap".to_owned());
+    }
+    record
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cases(binaries: &[(&str, usize)]) -> Vec<TestCase> {
+        let mut cases = Vec::new();
+        for (id, count) in binaries {
+            let binary = Arc::new(TestBinary {
+                id: (*id).into(),
+                executable: format!("/bin/{id}").into(),
+                cwd: "/".into(),
+                env: Vec::new(),
+                harness: false,
+                libtest: true,
+            });
+            for n in 0..*count {
+                cases.push(TestCase { binary: binary.clone(), name: format!("t{n:03}"), ignored: false, serial: 0 });
+            }
+        }
+        cases
+    }
+
+    #[test]
+    fn every_runnable_test_is_in_exactly_one_batch_and_batches_are_dealt_round_robin() {
+        let cases = cases(&[("a", 200), ("b", 3)]);
+        let batches = plan(&cases, 2);
+        let mut seen: Vec<usize> = batches.iter().flatten().copied().collect();
+        seen.sort();
+        assert_eq!(seen, (0..203).collect::<Vec<_>>());
+        assert!(batches.iter().all(|batch| batch.len() <= MOST_PER_BATCH));
+        // 200 tests: 4 batches of 50, each every 4th test; 3 tests: one.
+        assert_eq!(batches[0][..3], [0, 4, 8]);
+        assert!(batches.windows(2).all(|pair| pair[0].len() >= pair[1].len()));
+        assert_eq!(batches.len(), 5);
+    }
+
+    #[test]
+    fn a_small_suite_still_gives_each_worker_a_batch() {
+        let cases = cases(&[("a", 4)]);
+        assert_eq!(plan(&cases, 2), vec![vec![0, 2], vec![1, 3]]);
+        assert_eq!(plan(&cases[..1], 2), vec![vec![0]]);
+    }
+}
