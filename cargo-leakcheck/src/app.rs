@@ -196,7 +196,7 @@ fn run_context(
         policy,
         repeat,
         explain: !args.no_explain,
-        isolate: args.isolate,
+        isolate: !args.batch,
         fork_per_test: args.fork_per_test,
         verbose: args.verbose,
         detect_singletons,

@@ -28,6 +28,10 @@ pub(crate) struct TestBinary {
     /// Speaks libtest's protocol (see [`crate::targets`]); else it runs
     /// whole, as one test named by its target.
     pub(crate) libtest: bool,
+    /// Built with libtest itself (not `harness = false`): each test runs on
+    /// a thread of its own, so every write of the main thread to stdout is
+    /// libtest's, which the batch engine relies on.
+    pub(crate) std_harness: bool,
 }
 
 /// What to build, in cargo's own terms: the package, target and feature
@@ -251,14 +255,11 @@ pub(crate) fn build_tests(
         // the others are not read at all.
         let harness = package.dependencies.iter().any(|dependency| dependency.name == "leakcheck")
             && is_leakcheck_harness(&executable);
-        let libtest = harness
-            || crate::targets::speaks_libtest(
-                package.manifest_path.as_std_path(),
-                &artifact.target.kind,
-                &artifact.target.name,
-                &executable,
-            );
-        binaries.insert(id.clone(), TestBinary { id, executable, cwd, env, harness, libtest });
+        let (manifest, kinds, name) =
+            (package.manifest_path.as_std_path(), &artifact.target.kind, &artifact.target.name);
+        let libtest = harness || crate::targets::speaks_libtest(manifest, kinds, name, &executable);
+        let std_harness = !harness && !crate::targets::harness_disabled(manifest, kinds, name);
+        binaries.insert(id.clone(), TestBinary { id, executable, cwd, env, harness, libtest, std_harness });
     }
     let status = child.wait().map_err(|source| RunError::SpawnCargo { command: process::display(&command), source })?;
     supervisor.remove_helper(child.id() as i32);

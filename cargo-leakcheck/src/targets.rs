@@ -28,7 +28,7 @@ pub(crate) fn speaks_libtest(manifest: &Path, kinds: &[TargetKind], name: &str, 
 
 /// Whether the manifest sets `harness = false` on this target. An
 /// unreadable manifest counts as libtest (cargo just built from it).
-fn harness_disabled(manifest: &Path, kinds: &[TargetKind], name: &str) -> bool {
+pub(crate) fn harness_disabled(manifest: &Path, kinds: &[TargetKind], name: &str) -> bool {
     let Ok(text) = crate::input::read_text(manifest) else { return false };
     let Ok(manifest) = text.parse::<toml::Table>() else { return false };
     let harness_of = |table: &toml::Table| table.get("harness").and_then(toml::Value::as_bool);

@@ -31,6 +31,7 @@ pub(crate) fn wrap(args: &WrapArgs, supervisor: &'static Supervisor) -> Result<u
         harness: false,
         // nextest runs what it listed with libtest's arguments.
         libtest: true,
+        std_harness: true,
     };
     let case = TestCase { binary: Arc::new(binary), name, ignored: false, serial: 0 };
     // Private (0700, random name, created exclusively), removed on drop.

@@ -40,8 +40,9 @@ pub(super) fn run(
     next_serial: &AtomicUsize,
 ) -> Vec<Option<TestRecord>> {
     if let Some(heap) = &context.heap {
-        // A target run whole is its own batch: checked preloaded, alone.
-        for case in cases.iter().filter(|case| !case.binary.harness && !case.binary.libtest) {
+        // A target run whole, or one on libtest-mimic, is not batched:
+        // checked preloaded, alone.
+        for case in cases.iter().filter(|case| !case.binary.harness && !case.binary.std_harness) {
             heap.check_each_test_of(&case.binary.executable);
         }
     }
@@ -80,7 +81,7 @@ pub(super) fn run(
 fn plan(cases: &[TestCase], jobs: usize) -> Vec<Vec<usize>> {
     let mut by_binary: Vec<(&Arc<TestBinary>, Vec<usize>)> = Vec::new();
     for (index, case) in cases.iter().enumerate() {
-        if case.binary.harness || !case.binary.libtest || case.ignored {
+        if !case.binary.std_harness || case.ignored {
             continue;
         }
         match by_binary.iter_mut().find(|(binary, _)| binary.executable == case.binary.executable) {
@@ -187,7 +188,12 @@ fn heap_verdict(context: &RunContext, binary: &TestBinary, tests: usize, ended: 
     let (Some(report), Some(heap)) = (&ended.heap, &context.heap) else { return true };
     let whole = ended.finished && !ended.timed_out && matches!(ended.status, ExitStatus::Code(0 | 101));
     let why = match report {
-        Some(leaks) if whole && leaks.is_empty() => return true,
+        Some(leaks) if whole && leaks.is_empty() => {
+            if context.verbose {
+                eprintln!("        Heap {} ({tests} tests in a batch): no heap leak", binary.id);
+            }
+            return true;
+        }
         Some(leaks) if whole => {
             if context.verbose {
                 eprintln!(
@@ -242,6 +248,7 @@ mod tests {
                 env: Vec::new(),
                 harness: false,
                 libtest: true,
+                std_harness: true,
             });
             for n in 0..*count {
                 cases.push(TestCase { binary: binary.clone(), name: format!("t{n:03}"), ignored: false, serial: 0 });

@@ -29,7 +29,7 @@ pub(crate) struct RunContext {
     /// Re-run leaking tests that have leakcheck's code inside to record
     /// where their leaks were created (off with `--no-explain`).
     pub(crate) explain: bool,
-    /// `--isolate`: no batches, every test in a process of its own.
+    /// No `--batch`: every test in a process of its own.
     pub(crate) isolate: bool,
     /// `--fork-per-test`: harness targets never reuse a child for another test.
     pub(crate) fork_per_test: bool,

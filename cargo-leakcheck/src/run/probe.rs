@@ -71,11 +71,12 @@ const MAX_PROGRAM: usize = 14;
 
 impl std::fmt::Debug for ExitFilter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "ExitFilter(exit_group{}{})", if self.exec { ", execve" } else { "" }, if self.boundaries {
-            ", write to stdout"
-        } else {
-            ""
-        })
+        write!(
+            f,
+            "ExitFilter(exit_group{}{})",
+            if self.exec { ", execve" } else { "" },
+            if self.boundaries { ", write to stdout" } else { "" }
+        )
     }
 }
 

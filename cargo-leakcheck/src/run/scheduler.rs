@@ -46,7 +46,9 @@ pub(crate) fn run_all(
     let judged = Judged::default();
     let run = Run { context, cases, jobs, fail_fast, stop: &stop, next_serial: &next_serial, judged: &judged };
     run.harness_binaries(list_args, &mut slots, &mut on_record);
-    if context.isolate || context.filter.is_none() {
+    // Without singleton detection every test touching a singleton fails
+    // for it, which only a process per test shows.
+    if context.isolate || context.filter.is_none() || !context.detect_singletons[..2].contains(&true) {
         super::heap_filter::run(context, cases, jobs, &next_serial);
     } else {
         // Clean passes in batches are final; the rest run one per process.

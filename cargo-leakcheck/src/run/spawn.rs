@@ -88,17 +88,7 @@ pub(super) fn start(
         .env(MARKER_VAR, &marker)
         .env("LEAKCHECK_RECORD_FILE", &record_file)
         .envs(context.repeat.map(|runs| ("LEAKCHECK_REPEAT", runs.to_string())))
-        .envs(match launch {
-            Launch::Explain { heap } => {
-                Some((leakcheck::sites::EXPLAIN_ENV, if heap { "record-heap" } else { "record" }))
-            }
-            Launch::Check
-            | Launch::CheckWithoutHeap
-            | Launch::Group
-            | Launch::HeapFilter
-            | Launch::Batch
-            | Launch::ExplainHeap => None,
-        })
+        .envs(explain_env(launch))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -171,6 +161,14 @@ pub(super) fn start(
         settle: Settle::Full,
         heap_log,
     })
+}
+
+/// `LEAKCHECK_EXPLAIN` for an explain re-run of a test with leakcheck's code.
+fn explain_env(launch: Launch) -> Option<(&'static str, &'static str)> {
+    match launch {
+        Launch::Explain { heap } => Some((leakcheck::sites::EXPLAIN_ENV, if heap { "record-heap" } else { "record" })),
+        _ => None,
+    }
 }
 
 /// Preloads the heap runtime into `command` when this run checks the heap
