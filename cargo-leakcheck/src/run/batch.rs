@@ -102,8 +102,30 @@ fn plan(cases: &[TestCase], jobs: usize) -> Vec<Vec<usize>> {
     batches
 }
 
-/// Runs one batch (and, after a crash or a timeout, its tests not yet
-/// started, in new processes); returns the clean records.
+/// One test as a batch ran it.
+struct Ran {
+    /// Its index in the cases.
+    case: usize,
+    end: TestEnd,
+    /// The heap runtime vouched for its process (or the heap is not checked).
+    heap_clean: bool,
+}
+
+impl Ran {
+    fn passed_clean(&self) -> bool {
+        matches!(self.end, TestEnd::Clean { .. }) && self.heap_clean
+    }
+}
+
+/// Runs one batch; returns the clean records.
+///
+/// A resource a library makes once and keeps is left behind by the first
+/// test that needs it, not by the tests after it, which find it there at
+/// their start. Singleton detection needs a second test leaving it (see
+/// [`super::singleton`]), so a batch in which a test was not clean runs
+/// again, from that test on, without the tests that were not clean: a
+/// singleton they made is then made by the next test that needs it, which
+/// is not clean in turn and goes alone too.
 fn run_batch(
     context: &RunContext,
     waker: &Waker,
@@ -112,23 +134,62 @@ fn run_batch(
     next_serial: &AtomicUsize,
 ) -> Vec<(usize, TestRecord)> {
     let binary = &cases[batch[0]].binary;
-    let mut clean = Vec::new();
-    let mut todo: Vec<usize> = batch.to_vec();
-    // Tests whose heap a preloaded batch process vouched for (ended in one
-    // whose runtime found no leak); the others are checked alone.
-    let mut heap_covered = 0;
+    let ran = run_in_order(context, waker, cases, batch, next_serial, |tests, ended| {
+        heap_verdict(context, binary, tests, ended)
+    });
+    let heap_covered = ran.iter().filter(|ran| ran.heap_clean).count();
+    if let (Some(heap), true) = (&context.heap, heap_covered < batch.len()) {
+        heap.check_each_test_of(&binary.executable);
+    }
+    let mut clean: Vec<&Ran> = ran.iter().filter(|ran| ran.passed_clean()).collect();
+    let first_unclean = ran.iter().position(|ran| ran.end == TestEnd::NotClean);
+    let again: Vec<usize> = first_unclean
+        .map(|first| ran[first..].iter().filter(|ran| ran.passed_clean()).map(|ran| ran.case).collect())
+        .unwrap_or_default();
+    if !again.is_empty() && context.supervisor.interrupted().is_none() {
+        let rerun = run_in_order(context, waker, cases, &again, next_serial, |_, _| true);
+        let still_clean = |case: usize| rerun.iter().any(|ran| ran.case == case && ran.passed_clean());
+        let before = clean.len();
+        clean.retain(|ran| !again.contains(&ran.case) || still_clean(ran.case));
+        if context.verbose {
+            eprintln!(
+                "        Batch {}: {} tests again without the {} not clean: {} not clean now (singletons' next makers)",
+                binary.id,
+                again.len(),
+                ran.iter().filter(|ran| !ran.passed_clean()).count(),
+                before - clean.len()
+            );
+        }
+    }
+    clean.into_iter().map(|ran| (ran.case, clean_record(context, &cases[ran.case], ran_duration(ran)))).collect()
+}
+
+fn ran_duration(ran: &Ran) -> std::time::Duration {
+    match ran.end {
+        TestEnd::Clean { duration } => duration,
+        TestEnd::NotClean => std::time::Duration::ZERO,
+    }
+}
+
+/// Runs `tests` in one process (and, after a crash or a timeout, the tests
+/// not yet started in new ones); returns each test that reached its result,
+/// in the order they ran. `heap_clean` judges each process's heap report.
+fn run_in_order(
+    context: &RunContext,
+    waker: &Waker,
+    cases: &[TestCase],
+    tests: &[usize],
+    next_serial: &AtomicUsize,
+    heap_clean: impl Fn(usize, &BatchEnded) -> bool,
+) -> Vec<Ran> {
+    let binary = &cases[tests[0]].binary;
+    let mut ran = Vec::new();
+    let mut todo: Vec<usize> = tests.to_vec();
     while !todo.is_empty() && context.supervisor.interrupted().is_none() {
         let names: Vec<&str> = todo.iter().map(|&index| cases[index].name.as_str()).collect();
         let Some(ended) = run_process(context, waker, binary, &names, next_serial) else { break };
-        let heap_clean = heap_verdict(context, binary, names.len(), &ended);
-        if heap_clean {
-            heap_covered += ended.ended.len();
-        }
-        for &(at, end) in &ended.ended {
-            if let (TestEnd::Clean { duration }, true) = (end, heap_clean) {
-                clean.push((todo[at], clean_record(context, &cases[todo[at]], duration)));
-            }
-        }
+        let heap_clean = heap_clean(names.len(), &ended);
+        ran.extend(ended.ended.iter().map(|&(at, end)| Ran { case: todo[at], end, heap_clean }));
         // libtest finished, or the process ran no test: what it did not run
         // is run alone. Else (a crash, a timeout) the rest go on.
         if ended.finished || (ended.ended.is_empty() && ended.cut.is_none()) {
@@ -145,10 +206,7 @@ fn run_batch(
             );
         }
     }
-    if let (Some(heap), true) = (&context.heap, heap_covered < batch.len()) {
-        heap.check_each_test_of(&binary.executable);
-    }
-    clean
+    ran
 }
 
 /// One batch process over `names`. `None`: it could not be started, or

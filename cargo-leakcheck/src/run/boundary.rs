@@ -86,8 +86,6 @@ pub(super) fn watch_batch(
         running: None,
         ended: Vec::new(),
         finished: false,
-        follows_unclean: false,
-        unclean_module: None,
     };
     let mut idle_since = process.started;
     let (mut timed_out, mut killed) = (false, false);
@@ -161,10 +159,6 @@ struct Batch<'a> {
     running: Option<Running>,
     ended: Vec<(usize, TestEnd)>,
     finished: bool,
-    /// The last test to end was not clean (and did not follow one itself).
-    follows_unclean: bool,
-    /// The module of the last test not clean, until another of its tests ended.
-    unclean_module: Option<String>,
 }
 
 impl Batch<'_> {
@@ -207,28 +201,7 @@ impl Batch<'_> {
             // libtest's "has been running for over 60 seconds" note.
             Some(running) if bytes.starts_with(b"test ") => self.running = Some(running),
             Some(running) => {
-                let module = module_of(self.names[running.index]);
-                let follower = self.follows_unclean || self.unclean_module.as_deref() == Some(module);
-                let end = if follower {
-                    TestEnd::NotClean
-                } else if bytes.starts_with(b"ok") {
-                    self.settle(listener, &running)
-                } else {
-                    TestEnd::NotClean
-                };
-                // What a test left may be a singleton that later tests
-                // touched too, unseen (it was there from their start): the
-                // next test, and the next of the same module, run alone as
-                // well, so that singleton detection has two tests leaving
-                // the shape to compare.
-                if self.unclean_module.as_deref() == Some(module) {
-                    self.unclean_module = None;
-                }
-                self.follows_unclean = false;
-                if end == TestEnd::NotClean && !follower {
-                    self.follows_unclean = true;
-                    self.unclean_module = Some(module.to_owned());
-                }
+                let end = if bytes.starts_with(b"ok") { self.settle(listener, &running) } else { TestEnd::NotClean };
                 self.ended.push((running.index, end));
             }
         }
@@ -279,11 +252,6 @@ impl Batch<'_> {
             pause = (pause * 2).min(Duration::from_millis(50));
         }
     }
-}
-
-/// A test's module path: its name up to the last `::` (empty at the root).
-fn module_of(name: &str) -> &str {
-    name.rsplit_once("::").map_or("", |(module, _)| module)
 }
 
 /// libtest's announcement of a test: `test NAME ... ` -> `NAME`.
