@@ -189,14 +189,14 @@ fn the_nextest_wrapper_checks_the_heap_with_heap() {
 fn a_binary_whose_tests_leak_no_heap_together_runs_them_without_the_runtime() {
     let _serial = serial();
     // One job: each binary's tests in one batch.
-    let args = ["-p", "clean", "-p", "heap-leaks", "--test", "clean", "--test", "leaks", "-v", "-j", "1", "--batch"];
+    let args = ["-p", "clean", "-p", "heap-leaks", "--test", "clean", "--test", "leaks", "-v", "-j", "1"];
     let run = run_to_end(leakcheck(&args));
     assert_eq!(run.code, Some(100), "{}", run.stderr);
     assert!(run.stderr.contains("Heap clean::clean (12 tests in a batch): no heap leak"), "{}", run.stderr);
     let leaked = run.stderr.lines().find(|line| line.contains("Heap heap-leaks::leaks (15 tests in a batch): "));
     assert!(leaked.is_some_and(|line| line.ends_with("leaked, heap checked test by test")), "{}", run.stderr);
-    // One process per test (the default): the heap filter runs each
-    // binary's tests together first.
-    let run = run_to_end(leakcheck(&["-p", "clean", "--test", "clean", "-v"]));
+    // One process per test: the heap filter runs each binary's tests
+    // together first.
+    let run = run_to_end(leakcheck(&["-p", "clean", "--test", "clean", "-v", "--isolate"]));
     assert!(run.stderr.contains("Heap clean::clean (12 tests together): no heap leak"), "{}", run.stderr);
 }

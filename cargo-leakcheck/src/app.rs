@@ -184,7 +184,7 @@ fn run_context(
     supervisor: &'static Supervisor,
     scratch: &std::path::Path,
 ) -> (RunContext, Settings) {
-    let Plan { grace, timeout, jobs, fail_fast, repeat, policy, detect_singletons, config, heap: _ } = plan;
+    let Plan { grace, timeout, jobs, fail_fast, isolate, repeat, policy, detect_singletons, config, heap: _ } = plan;
     let context = RunContext {
         supervisor,
         filter: (!args.no_probe).then(ExitFilter::new),
@@ -196,7 +196,7 @@ fn run_context(
         policy,
         repeat,
         explain: !args.no_explain,
-        isolate: !args.batch,
+        isolate,
         fork_per_test: args.fork_per_test,
         verbose: args.verbose,
         detect_singletons,

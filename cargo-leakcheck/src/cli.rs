@@ -11,15 +11,16 @@ use crate::partition::Partition;
 
 const AFTER_HELP: &str = "\
 How it works:
-  Builds the tests like `cargo test --no-run`, lists every test of every test
-  binary, then runs each test alone in its own process. When the process exits,
-  it is stopped at exit_group (a seccomp user-notification probe) and its open
-  file descriptors, threads and child processes are compared with what it
-  started with. Anything left behind fails the test and is named. Processes a
-  test leaves running are reported, then killed, so nothing outlives the run.
-  With --batch, a libtest binary's tests first run in batches, each test
-  stopped at its start and end (the probe on libtest's own writes); a test
-  that is not a clean pass there runs alone as above, and that verdict counts.
+  Builds the tests like `cargo test --no-run` and lists every test of every
+  test binary. A libtest binary's tests run in batches, one after another in
+  one process (--test-threads=1), each stopped at its start and at its end (a
+  seccomp user-notification probe on libtest's own writes): its open file
+  descriptors, threads and child processes are compared with what it started
+  with. A test that passed with nothing left behind passes. Every other test
+  (a leak, a failure, a crash, a timeout) runs again alone, in a fresh process
+  stopped at exit_group, and that verdict counts: anything left behind fails
+  it and is named. Processes a test leaves running are reported, then killed,
+  so nothing outlives the run. --isolate runs every test alone.
 
 Exit codes:
     0  every test passed and nothing leaked
@@ -33,6 +34,7 @@ Exit codes:
 Configuration (.config/leakcheck.toml; flags win over the file):
   [profile.default]        grace, timeout, jobs, fail-fast, repeat,
                            check-heap = true (--heap) or false (--no-heap),
+                           isolate = true (--isolate: one process per test),
                            kinds = { fd, thread, child, heap }: \"fail\" (default), \"warn\" or \"off\"
                            singletons = { fd, thread, child }: \"pass\" or \"fail\"
                              (default: fd and thread \"pass\", child \"fail\")
@@ -51,12 +53,14 @@ Heap:
   libasan, or clang's) is preloaded, and a test fails for memory left
   unreachable at its exit, named with its bytes and the line that allocated
   it. Memory still reachable (a cache, a static, a thread-local) is not a leak.
-  Each binary's tests first run together under the runtime, once: a binary
-  that leaks nothing there runs its tests without it; only one that does has
-  each test checked (about 15 ms more per test). On by default when a runtime
-  is found (if none is, said once); --no-heap turns it off. A binary with its
-  own #[global_allocator], static or musl, or already built with a sanitizer,
-  is named once, and its tests say `not checked: heap`.
+  Batches run with the runtime: a batch that leaks nothing vouches for its
+  tests' heap; only a binary whose batch leaks (or cannot tell) has each test
+  checked alone (about 15 ms more per test). With --isolate, each binary's
+  tests first run together under the runtime, once, to the same end.
+  On by default when a runtime is found (if none is, said once); --no-heap
+  turns it off. A binary with its own #[global_allocator], static or musl, or
+  already built with a sanitizer, is named once, and its tests say `not
+  checked: heap`.
 
 Environment:
   LEAKCHECK_NO_PROBE=1   same as --no-probe
@@ -229,12 +233,15 @@ pub(crate) struct LeakcheckArgs {
     #[arg(long, help_heading = "Run Options")]
     pub(crate) no_explain: bool,
 
-    /// Run a libtest binary's tests in batches, judged at each test's start
-    /// and end; only a test that is not a clean pass there runs alone, and
-    /// that verdict counts (by default every test runs in a fresh process of
-    /// its own). Several times faster on large suites; see the README for
-    /// its known gap with singletons
+    /// One fresh process per test, no batches (profile key `isolate = true`):
+    /// for suites whose tests cannot share a process. By default a libtest
+    /// binary's tests run in batches, each judged at its own start and end,
+    /// and only a test that is not a clean pass there runs alone
     #[arg(long, help_heading = "Run Options")]
+    pub(crate) isolate: bool,
+
+    /// Batches even where the configuration says `isolate = true`
+    #[arg(long, conflicts_with = "isolate", help_heading = "Run Options")]
     pub(crate) batch: bool,
 
     /// leakcheck::main!() targets: fork a fresh process for every test (by default a child whose test passed clean runs the next one)
@@ -243,7 +250,8 @@ pub(crate) struct LeakcheckArgs {
 
     /// Do not tell process-wide singletons (tokio's signal socket pair, a
     /// global thread pool, a self-pipe) from per-test leaks: every test that
-    /// touches one fails for it
+    /// touches one fails for it (each test then runs alone: only a process
+    /// of its own shows every test that touches a singleton)
     #[arg(long, help_heading = "Run Options")]
     pub(crate) fail_singletons: bool,
 

@@ -95,6 +95,7 @@ struct ProfileFile {
     fail_fast: Option<bool>,
     repeat: Option<u32>,
     check_heap: Option<bool>,
+    isolate: Option<bool>,
     kinds: Option<KindsFile>,
     singletons: Option<SingletonsFile>,
     #[serde(default)]
@@ -176,6 +177,8 @@ pub(crate) struct Profile {
     pub(crate) fail_fast: Option<bool>,
     /// `check-heap`: preload the heap runtime into plain tests (`--heap`).
     pub(crate) check_heap: Option<bool>,
+    /// `isolate`: one process per test, no batches (`--isolate`).
+    pub(crate) isolate: Option<bool>,
     pub(crate) repeat: Option<u32>,
     /// fd, thread, child, heap.
     pub(crate) kinds: [Option<Severity>; 4],
@@ -295,6 +298,7 @@ fn parse(text: &str, path: &Path, name: &str) -> Result<Profile, ConfigError> {
         jobs: chosen.jobs.or(base.jobs),
         fail_fast: chosen.fail_fast.or(base.fail_fast),
         check_heap: chosen.check_heap.or(base.check_heap),
+        isolate: chosen.isolate.or(base.isolate),
         repeat: chosen.repeat.or(base.repeat),
         kinds: [
             pick(|p| p.kinds.and_then(|k| k.fd)),
@@ -359,13 +363,19 @@ mod tests {
 [profile.default]
 grace = "300ms"
 timeout = "90s"
+isolate = true
 kinds = { heap = "warn" }
 
 [profile.ci]
 timeout = "30s"
 kinds = { fd = "off" }
+
+[profile.quick]
+isolate = false
 "#;
         let ci = parse_ok(text, "ci");
+        assert_eq!(ci.isolate, Some(true));
+        assert_eq!(parse_ok(text, "quick").isolate, Some(false));
         assert_eq!(ci.grace, Some(Duration::from_millis(300)));
         assert_eq!(ci.timeout, Some(Duration::from_secs(30)));
         assert_eq!(ci.kinds, [Some(Severity::Off), None, None, Some(Severity::Warn)]);
@@ -412,7 +422,7 @@ reason = "caches"
     fn mistakes_name_file_line_and_column() {
         assert_eq!(
             parse_err("[profile.default]\ntimout = \"5s\"\n"),
-            "leakcheck.toml:2:1: unknown field `timout`, expected one of `grace`, `timeout`, `jobs`, `fail-fast`, `repeat`, `check-heap`, `kinds`, `singletons`, `allow`"
+            "leakcheck.toml:2:1: unknown field `timout`, expected one of `grace`, `timeout`, `jobs`, `fail-fast`, `repeat`, `check-heap`, `isolate`, `kinds`, `singletons`, `allow`"
         );
         assert_eq!(
             parse_err("[profile.default]\ngrace = \"soon\"\n"),

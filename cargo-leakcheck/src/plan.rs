@@ -23,6 +23,9 @@ pub(crate) struct Plan {
     pub(crate) timeout: Duration,
     pub(crate) jobs: usize,
     pub(crate) fail_fast: bool,
+    /// One process per test: `--isolate` or `isolate = true` (`--batch` wins
+    /// over the file).
+    pub(crate) isolate: bool,
     /// Repeat mode's measured runs, for tests with leakcheck code in them.
     pub(crate) repeat: Option<u32>,
     pub(crate) policy: Policy,
@@ -71,6 +74,7 @@ pub(crate) fn make(args: &LeakcheckArgs, workspace_root: &std::path::Path) -> Re
         timeout: args.timeout.or(profile.timeout).unwrap_or(DEFAULT_TIMEOUT),
         jobs,
         fail_fast: !args.no_fail_fast && profile.fail_fast.unwrap_or(true),
+        isolate: args.isolate || (!args.batch && profile.isolate == Some(true)),
         repeat: args.repeat.or(profile.repeat),
         detect_singletons: {
             // Children are not told apart unless asked: in a group run, a

@@ -1,9 +1,12 @@
-//! Running tests: one isolated process per test, judged at its exit.
+//! Running tests: libtest binaries' tests in batches, judged at each test's
+//! boundaries; every test not a clean pass there in a process of its own,
+//! judged at its exit.
 //!
-//! `scheduler` hands tests to workers; a plain test goes through `isolated`
-//! (`spawn` -> `watch` -> `judge`), a `leakcheck::main!()` binary through
-//! `harness_client`; with the heap check, `heap_filter` first runs each
-//! binary's tests together, preloaded. `reaper` owns every process, `probe`
+//! `scheduler` hands tests to workers; `batch` (`spawn` -> `boundary`) runs
+//! the batches; a test alone goes through `isolated` (`spawn` -> `watch` ->
+//! `judge`), a `leakcheck::main!()` binary through `harness_client`; with
+//! `--isolate` and the heap check, `heap_filter` first runs each binary's
+//! tests together, preloaded. `reaper` owns every process, `probe`
 //! the seccomp exit probe, `output` the captured streams, `context` what all
 //! of them share.
 
