@@ -87,12 +87,6 @@ impl Baseline {
         }
     }
 
-    /// Whether an entry is left to take (without taking it).
-    pub(crate) fn contains(&self, entry: &Entry) -> bool {
-        let remaining = self.remaining.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        remaining.get(entry).is_some_and(|count| *count > 0)
-    }
-
     /// Entries of tests that ran and no longer leak what the baseline says.
     pub(crate) fn fixed(&self, records: &[TestRecord]) -> Vec<Entry> {
         let remaining = self.remaining.lock().unwrap_or_else(|poisoned| poisoned.into_inner());

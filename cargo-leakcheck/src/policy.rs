@@ -111,24 +111,6 @@ impl Policy {
         })
     }
 
-    /// Whether every leak of `leaks` would be accepted for this test (kinds
-    /// off or warned, allow rules within their max, baseline entries),
-    /// without counting anything: lets settling stop early.
-    pub(crate) fn accepts_all(&self, binary: &str, test: &str, leaks: Vec<Leak>) -> bool {
-        let record = TestRecord::new(binary, test, Outcome::Leaked);
-        let mut per_rule = vec![0usize; self.rules.len()];
-        leaks.into_iter().all(|leak| match self.severities[kind_index(&leak)].unwrap_or(Severity::Fail) {
-            Severity::Off | Severity::Warn => true,
-            Severity::Fail => match self.matching_rule(&record, &leak, &per_rule) {
-                Some(index) => {
-                    per_rule[index] += 1;
-                    true
-                }
-                None => self.baseline.as_ref().is_some_and(|baseline| baseline.contains(&Entry::of(&record, &leak))),
-            },
-        })
-    }
-
     /// Each rule with how many leaks it accepted.
     pub(crate) fn rule_usage(&self) -> Vec<(&AllowRule, usize)> {
         let used = self.used.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
