@@ -2,8 +2,8 @@
 # Generates a crate of N trivial tests (default 1000) and the same tests as
 # #[leakcheck::test] in a leakcheck::main!() target, builds both once, then
 # times `cargo test` and `cargo nextest run` (plain tests), `cargo leakcheck`
-# (zero-config, one process per test, heap checked by default; with
-# --no-heap; and with --batch, tests in batches) and `cargo leakcheck` on the harness
+# (zero-config: tests in batches, heap checked by default; with --no-heap;
+# and with --isolate, one process per test) and `cargo leakcheck` on the harness
 # target (heap checked; a forked child runs clean tests one after another,
 # and once more with --fork-per-test: a fresh fork per test), alternating,
 # ROUNDS times each (default 3), and prints medians and ratios. Then two
@@ -74,7 +74,7 @@ time_one() { # prints seconds; runs in $dir
 median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 
 declare -A times
-contenders=("cargo test" "cargo nextest run" "cargo leakcheck" "cargo leakcheck --no-heap" "cargo leakcheck --batch" "cargo leakcheck, harness" "harness, --fork-per-test")
+contenders=("cargo test" "cargo nextest run" "cargo leakcheck" "cargo leakcheck --no-heap" "cargo leakcheck --isolate" "cargo leakcheck, harness" "harness, --fork-per-test")
 for round in $(seq "$rounds"); do
   times["cargo test"]+="$(time_one cargo test -q) "
   if cargo nextest --version >/dev/null 2>&1; then
@@ -84,7 +84,7 @@ for round in $(seq "$rounds"); do
   # The default checks the heap where a LeakSanitizer runtime is found;
   # without it, what the heap check costs.
   times["cargo leakcheck --no-heap"]+="$(time_one "$tool" leakcheck --no-fail-fast --no-heap) "
-  times["cargo leakcheck --batch"]+="$(time_one "$tool" leakcheck --no-fail-fast --batch) "
+  times["cargo leakcheck --isolate"]+="$(time_one "$tool" leakcheck --no-fail-fast --isolate) "
   times["cargo leakcheck, harness"]+="$(dir=$harness_suite time_one "$tool" leakcheck --no-fail-fast) "
   times["harness, --fork-per-test"]+="$(dir=$harness_suite time_one "$tool" leakcheck --no-fail-fast --fork-per-test) "
 done

@@ -153,9 +153,9 @@ fn run_batch(
         clean.retain(|ran| !again.contains(&ran.case) || still_clean(ran.case));
         if context.verbose {
             eprintln!(
-                "        Batch {}: {} tests again without the {} not clean: {} not clean now (singletons' next makers)",
+                "        Batch {}: {} again without the {} not clean: {} not clean now (singletons' next makers)",
                 binary.id,
-                again.len(),
+                count_tests(again.len()),
                 ran.iter().filter(|ran| !ran.passed_clean()).count(),
                 before - clean.len()
             );
@@ -199,10 +199,10 @@ fn run_in_order(
         todo = (0..todo.len()).filter(|&at| !done(at)).map(|at| todo[at]).collect();
         if context.verbose {
             eprintln!(
-                "        Batch {}: {}; {} tests go on in a new process",
+                "        Batch {}: {}; {} go on in a new process",
                 binary.id,
                 if ended.timed_out { "a test ran past --timeout" } else { "the process ended in a test" },
-                todo.len()
+                count_tests(todo.len())
             );
         }
     }
@@ -242,20 +242,21 @@ fn run_process(
 /// preloaded (heap not checked, or not checkable), or a whole run with no
 /// leak. Otherwise each test of the binary is checked alone, preloaded,
 /// and a run that could not tell says so in one line.
-fn heap_verdict(context: &RunContext, binary: &TestBinary, tests: usize, ended: &BatchEnded) -> bool {
+fn heap_verdict(context: &RunContext, binary: &TestBinary, count: usize, ended: &BatchEnded) -> bool {
+    let tests = count_tests(count);
     let (Some(report), Some(heap)) = (&ended.heap, &context.heap) else { return true };
     let whole = ended.finished && !ended.timed_out && matches!(ended.status, ExitStatus::Code(0 | 101));
     let why = match report {
         Some(leaks) if whole && leaks.is_empty() => {
             if context.verbose {
-                eprintln!("        Heap {} ({tests} tests in a batch): no heap leak", binary.id);
+                eprintln!("        Heap {} ({tests} in a batch): no heap leak", binary.id);
             }
             return true;
         }
         Some(leaks) if whole => {
             if context.verbose {
                 eprintln!(
-                    "        Heap {} ({tests} tests in a batch): {} leaked, heap checked test by test",
+                    "        Heap {} ({tests} in a batch): {} leaked, heap checked test by test",
                     binary.id,
                     leaks.len()
                 );
@@ -272,12 +273,17 @@ fn heap_verdict(context: &RunContext, binary: &TestBinary, tests: usize, ended: 
     };
     // A fallback is always said, with its cost: one line.
     eprintln!(
-        "        Heap {} ({tests} tests in a batch): {why}; its tests are checked alone, preloaded (about 20 ms more \
+        "        Heap {} ({tests} in a batch): {why}; its tests are checked alone, preloaded (about 20 ms more \
          per test)",
         binary.id
     );
     heap.check_each_test_of(&binary.executable);
     false
+}
+
+/// "1 test", "2 tests".
+fn count_tests(count: usize) -> String {
+    format!("{count} test{}", if count == 1 { "" } else { "s" })
 }
 
 /// The record of a test that passed clean in a batch.
