@@ -205,9 +205,9 @@ fn errno() -> i32 {
 #[derive(Debug)]
 pub(crate) struct Listener {
     fd: OwnedFd,
-    /// An exit call received while the test was being spawned, not yet
-    /// handed out.
-    pending: Cell<Option<ExitCall>>,
+    /// The first call of the test received while it was being spawned (an
+    /// exit, or a write: libtest's first announcement), not yet handed out.
+    pending: Cell<Option<Event>>,
     /// What to hide from the test's execs: the heap check's preload.
     hidden: Option<HiddenEnv>,
 }
@@ -261,7 +261,7 @@ impl Listener {
         self.fd.as_fd()
     }
 
-    /// Whether an exit call is waiting that polling the fd would not show.
+    /// Whether a call is waiting that polling the fd would not show.
     pub(crate) fn has_pending(&self) -> bool {
         self.pending.get().is_some()
     }
@@ -270,9 +270,6 @@ impl Listener {
     /// hand out: the caller was killed between poll and receive, or it was
     /// an `exec`, answered here.
     pub(crate) fn receive(&self) -> io::Result<Option<ExitCall>> {
-        if let Some(call) = self.pending.take() {
-            return Ok(Some(call));
-        }
         Ok(match self.receive_event()? {
             Some(Event::Exit(call)) => Some(call),
             Some(Event::Write(write)) => {
@@ -288,8 +285,8 @@ impl Listener {
     /// hand out: the caller was killed between poll and receive, or it was
     /// an `exec`, answered here.
     pub(crate) fn receive_event(&self) -> io::Result<Option<Event>> {
-        if let Some(call) = self.pending.take() {
-            return Ok(Some(Event::Exit(call)));
+        if let Some(event) = self.pending.take() {
+            return Ok(Some(event));
         }
         Ok(match self.receive_any()? {
             Some(Notified::Exit(call)) => Some(Event::Exit(call)),
@@ -351,7 +348,7 @@ impl Listener {
 
 /// A call handed out by [`Listener::receive_event`]; each must be answered
 /// with [`Listener::proceed`].
-#[derive(Debug)]
+#[derive(Debug, Clone, Copy)]
 pub(crate) enum Event {
     Exit(ExitCall),
     Write(WriteCall),
@@ -398,8 +395,8 @@ fn runs_our_executable(tid: i32) -> bool {
 /// end of `socket` and then execs, while a helper thread takes the listener
 /// as soon as the child sends it and answers the calls the forked copy of
 /// us makes under the filter (its `exec`, and its `_exit` when the exec
-/// failed). The first exit call of anything else (the test, already running)
-/// is kept for the watcher, unanswered. `hidden`: what the test's execs must
+/// failed). The first exit or write of anything else (the test, already
+/// running) is kept for the watcher, unanswered. `hidden`: what the test's execs must
 /// not pass on.
 ///
 /// Returns what `spawn` returned and, when it succeeded, the listener (or
@@ -450,12 +447,17 @@ fn serve_while_spawning(
         match listener.receive_any()? {
             Some(Notified::Exit(call)) if runs_our_executable(call.tid) => listener.proceed(call),
             Some(Notified::Exit(call)) => {
-                listener.pending.set(Some(call));
+                listener.pending.set(Some(Event::Exit(call)));
                 return Ok(listener);
             }
             Some(Notified::Exec { call, own }) => listener.answer_exec(&call, own),
-            // The forked copy of us writes nothing; a test's write is let go.
-            Some(Notified::Write(write)) => listener.proceed(write.call),
+            // The forked copy of us writes nothing: this is the test's first
+            // write (with boundaries, perhaps libtest announcing its first
+            // test), kept for the watcher like an exit.
+            Some(Notified::Write(write)) => {
+                listener.pending.set(Some(Event::Write(write)));
+                return Ok(listener);
+            }
             None => {}
         }
     }
