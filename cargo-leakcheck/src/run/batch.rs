@@ -14,12 +14,14 @@
 //! started go on in a new process. Each test's time limit counts from its
 //! own start.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use leakcheck::{Outcome, TestRecord};
 
-use super::boundary::{self, BatchEnded, TestEnd};
+use super::boundary::{self, BatchEnded, TestEnd, Until};
 use super::context::{RunContext, Waker};
 use super::reaper::ExitStatus;
 use super::spawn::{self, Launch};
@@ -30,15 +32,24 @@ use crate::list::TestCase;
 /// smaller batches spread slow tests over the workers.
 const MOST_PER_BATCH: usize = 64;
 
-/// Runs every libtest test of `cases` in batches; returns, by case index,
-/// the records of the tests that passed clean. The others are left to the
-/// one-process-per-test engine.
-pub(super) fn run(
-    context: &RunContext,
-    cases: &[TestCase],
-    jobs: usize,
-    next_serial: &AtomicUsize,
-) -> Vec<Option<TestRecord>> {
+/// What one batch process showed of each test it ran to its result, in
+/// the order they ran: by case index, the instances of each shape
+/// ([`leakcheck::shape`]) the test left at its end (none when clean).
+/// Creation evidence for [`super::singleton`]: a test that left nothing,
+/// after another left a shape, found it there.
+pub(super) type Made = Vec<(usize, BTreeMap<String, usize>)>;
+
+/// What the batches gave.
+pub(super) struct Batched {
+    /// By case index, the records of the tests that passed clean. The
+    /// others are left to the one-process-per-test engine.
+    pub(super) clean: Vec<Option<TestRecord>>,
+    /// What each batch process showed.
+    pub(super) made: Vec<Made>,
+}
+
+/// Runs every libtest test of `cases` in batches.
+pub(super) fn run(context: &RunContext, cases: &[TestCase], jobs: usize, next_serial: &AtomicUsize) -> Batched {
     if let Some(heap) = &context.heap {
         // A target run whole, or one on libtest-mimic, is not batched:
         // checked preloaded, alone.
@@ -49,9 +60,10 @@ pub(super) fn run(
     let batches = plan(cases, jobs);
     let next = AtomicUsize::new(0);
     let clean: Mutex<Vec<(usize, TestRecord)>> = Mutex::new(Vec::new());
+    let made: Mutex<Vec<Made>> = Mutex::new(Vec::new());
     std::thread::scope(|scope| {
         for worker in 0..jobs.max(1).min(batches.len()) {
-            let (batches, next, clean) = (&batches, &next, &clean);
+            let (batches, next, clean, made) = (&batches, &next, &clean, &made);
             std::thread::Builder::new()
                 .name(format!("leakcheck-batch-{worker}"))
                 .spawn_scoped(scope, move || {
@@ -60,8 +72,9 @@ pub(super) fn run(
                         if context.supervisor.interrupted().is_some() {
                             return;
                         }
-                        let records = run_batch(context, &waker, cases, batch, next_serial);
+                        let (records, seen) = run_batch(context, &waker, cases, batch, next_serial);
                         clean.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).extend(records);
+                        made.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).extend(seen);
                     }
                 })
                 .expect("a batch worker thread starts");
@@ -71,7 +84,7 @@ pub(super) fn run(
     for (index, record) in clean.into_inner().unwrap_or_else(|poisoned| poisoned.into_inner()) {
         records[index] = Some(record);
     }
-    records
+    Batched { clean: records, made: made.into_inner().unwrap_or_else(|poisoned| poisoned.into_inner()) }
 }
 
 /// The batches: each binary's runnable tests dealt round-robin (libtest
@@ -132,36 +145,61 @@ fn run_batch(
     cases: &[TestCase],
     batch: &[usize],
     next_serial: &AtomicUsize,
-) -> Vec<(usize, TestRecord)> {
+) -> (Vec<(usize, TestRecord)>, Vec<Made>) {
     let binary = &cases[batch[0]].binary;
-    let ran = run_in_order(context, waker, cases, batch, next_serial, |tests, ended| {
+    let started = Instant::now();
+    let first = run_in_order(context, waker, cases, batch, next_serial, None, |tests, ended| {
         heap_verdict(context, binary, tests, ended)
     });
-    let heap_covered = ran.iter().filter(|ran| ran.heap_clean).count();
+    let heap_covered = first.ran.iter().filter(|ran| ran.heap_clean).count();
     if let (Some(heap), true) = (&context.heap, heap_covered < batch.len()) {
         heap.check_each_test_of(&binary.executable);
     }
-    let mut clean: Vec<&Ran> = ran.iter().filter(|ran| ran.passed_clean()).collect();
-    let first_unclean = ran.iter().position(|ran| ran.end == TestEnd::NotClean);
+    let mut clean: Vec<&Ran> = first.ran.iter().filter(|ran| ran.passed_clean()).collect();
+    let mut made = first.made.clone();
+    // What the tests that were not clean left, of the kinds singleton
+    // detection looks at: what the run again must see made once more.
+    let detected = |shape: &&String| {
+        ["fd ", "thread ", "child "]
+            .iter()
+            .zip(context.detect_singletons)
+            .any(|(kind, on)| on && shape.starts_with(kind))
+    };
+    let wanted: BTreeSet<String> =
+        first.made.iter().flatten().flat_map(|(_, shapes)| shapes.keys().filter(detected).cloned()).collect();
+    let first_unclean = first.ran.iter().position(|ran| ran.end == TestEnd::NotClean);
     let again: Vec<usize> = first_unclean
-        .map(|first| ran[first..].iter().filter(|ran| ran.passed_clean()).map(|ran| ran.case).collect())
+        .map(|at| first.ran[at..].iter().filter(|ran| ran.passed_clean()).map(|ran| ran.case).collect())
         .unwrap_or_default();
-    if !again.is_empty() && context.supervisor.interrupted().is_none() {
-        let rerun = run_in_order(context, waker, cases, &again, next_serial, |_, _| true);
-        let still_clean = |case: usize| rerun.iter().any(|ran| ran.case == case && ran.passed_clean());
+    if !again.is_empty() && !wanted.is_empty() && context.supervisor.interrupted().is_none() {
+        // It ends once every shape wanted was made again, or after a
+        // quarter of the batch's time: a leak of the test's own is never
+        // made again, and the run again must not double a slow suite.
+        let budget = (started.elapsed() / 4).max(Duration::from_secs(1));
+        let covered = |made: &BTreeSet<String>| wanted.is_subset(made);
+        let until = Until { deadline: Instant::now() + budget, covered: &covered };
+        let rerun = run_in_order(context, waker, cases, &again, next_serial, Some(&until), |_, _| true);
+        made.extend(rerun.made.iter().cloned());
+        let not_clean = |case: usize| {
+            rerun.cut.contains(&case) || rerun.ran.iter().any(|ran| ran.case == case && !ran.passed_clean())
+        };
         let before = clean.len();
-        clean.retain(|ran| !again.contains(&ran.case) || still_clean(ran.case));
+        clean.retain(|ran| !not_clean(ran.case));
         if context.verbose {
             eprintln!(
-                "        Batch {}: {} again without the {} not clean: {} not clean now (singletons' next makers)",
+                "        Batch {}: {} of {} again without the {} not clean ({}): {} not clean now (singletons' next makers)",
                 binary.id,
+                rerun.ran.len(),
                 count_tests(again.len()),
-                ran.iter().filter(|ran| !ran.passed_clean()).count(),
+                first.ran.iter().filter(|ran| !ran.passed_clean()).count(),
+                if rerun.stopped_early { "stopped once all it left was made again, or at its time budget" } else { "to the end" },
                 before - clean.len()
             );
         }
     }
-    clean.into_iter().map(|ran| (ran.case, clean_record(context, &cases[ran.case], ran_duration(ran)))).collect()
+    let records =
+        clean.into_iter().map(|ran| (ran.case, clean_record(context, &cases[ran.case], ran_duration(ran)))).collect();
+    (records, made)
 }
 
 fn ran_duration(ran: &Ran) -> std::time::Duration {
@@ -171,25 +209,50 @@ fn ran_duration(ran: &Ran) -> std::time::Duration {
     }
 }
 
+/// What [`run_in_order`] saw.
+struct InOrder {
+    /// Each test that reached its result, in the order they ran.
+    ran: Vec<Ran>,
+    /// What each process showed.
+    made: Vec<Made>,
+    /// Tests running when their process crashed or timed out.
+    cut: Vec<usize>,
+    /// Ended by `until`.
+    stopped_early: bool,
+}
+
 /// Runs `tests` in one process (and, after a crash or a timeout, the tests
-/// not yet started in new ones); returns each test that reached its result,
-/// in the order they ran. `heap_clean` judges each process's heap report.
+/// not yet started in new ones), until `until` says so if given.
+/// `heap_clean` judges each process's heap report.
 fn run_in_order(
     context: &RunContext,
     waker: &Waker,
     cases: &[TestCase],
     tests: &[usize],
     next_serial: &AtomicUsize,
+    until: Option<&Until>,
     heap_clean: impl Fn(usize, &BatchEnded) -> bool,
-) -> Vec<Ran> {
+) -> InOrder {
     let binary = &cases[tests[0]].binary;
-    let mut ran = Vec::new();
+    let mut seen = InOrder { ran: Vec::new(), made: Vec::new(), cut: Vec::new(), stopped_early: false };
     let mut todo: Vec<usize> = tests.to_vec();
     while !todo.is_empty() && context.supervisor.interrupted().is_none() {
         let names: Vec<&str> = todo.iter().map(|&index| cases[index].name.as_str()).collect();
-        let Some(ended) = run_process(context, waker, binary, &names, next_serial) else { break };
+        let Some(ended) = run_process(context, waker, binary, &names, next_serial, until) else { break };
         let heap_clean = heap_clean(names.len(), &ended);
-        ran.extend(ended.ended.iter().map(|&(at, end)| Ran { case: todo[at], end, heap_clean }));
+        seen.ran.extend(ended.ended.iter().map(|&(at, end)| Ran { case: todo[at], end, heap_clean }));
+        let left = |at: usize| ended.left.iter().find(|(left, _)| *left == at).map(|(_, shapes)| shapes.clone());
+        // A test that failed (or whose end could not be read) shows nothing.
+        let made = |&(at, end): &(usize, TestEnd)| match end {
+            TestEnd::Clean { .. } => Some((todo[at], BTreeMap::new())),
+            TestEnd::NotClean => left(at).map(|shapes| (todo[at], shapes)),
+        };
+        seen.made.push(ended.ended.iter().filter_map(made).collect());
+        if ended.stopped {
+            seen.stopped_early = true;
+            break;
+        }
+        seen.cut.extend(ended.cut.map(|at| todo[at]));
         // libtest finished, or the process ran no test: what it did not run
         // is run alone. Else (a crash, a timeout) the rest go on.
         if ended.finished || (ended.ended.is_empty() && ended.cut.is_none()) {
@@ -206,7 +269,7 @@ fn run_in_order(
             );
         }
     }
-    ran
+    seen
 }
 
 /// One batch process over `names`. `None`: it could not be started, or
@@ -217,6 +280,7 @@ fn run_process(
     binary: &Arc<TestBinary>,
     names: &[&str],
     next_serial: &AtomicUsize,
+    until: Option<&Until>,
 ) -> Option<BatchEnded> {
     let case = TestCase {
         binary: binary.clone(),
@@ -233,7 +297,7 @@ fn run_process(
     if process.listener.is_none() {
         super::reaper::kill_group(process.pid, nix::sys::signal::Signal::SIGKILL);
     }
-    let ended = boundary::watch_batch(context, waker, names, &binary.cwd, &mut process);
+    let ended = boundary::watch_batch(context, waker, names, &binary.cwd, &mut process, until, false);
     let _ = std::fs::remove_file(&process.record_file);
     process.listener.is_some().then_some(ended)
 }

@@ -17,6 +17,7 @@
 //! left behind, makes the test "not clean": the batch never gives a failing
 //! verdict, the test is run again alone (see [`super::batch`]).
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::os::fd::AsFd;
 use std::time::{Duration, Instant};
 
@@ -55,6 +56,24 @@ pub(super) struct BatchEnded {
     /// The heap runtime's report: `None` when not preloaded, `Some(None)`
     /// when it could not check the process.
     pub(super) heap: Option<Option<Vec<Leak>>>,
+    /// What each test that passed but was not clean left at its end: instances of
+    /// each shape ([`leakcheck::shape`]), by index into the batch's names.
+    pub(super) left: Vec<(usize, BTreeMap<String, usize>)>,
+    /// Ended by its [`Until`], not by itself.
+    pub(super) stopped: bool,
+    /// The tests libtest did not report `ok`, by index into the names.
+    pub(super) failed: Vec<usize>,
+    /// Asked for with `survivors`: what the process had at its exit that
+    /// it did not have at its first test's start, settled with the whole
+    /// grace, in instances of each shape.
+    pub(super) survivors: Option<BTreeMap<String, usize>>,
+}
+
+/// When to end a batch early: at a deadline, or once the tests that were
+/// not clean have left every shape `covered` asks for.
+pub(super) struct Until<'a> {
+    pub(super) deadline: Instant,
+    pub(super) covered: &'a dyn Fn(&BTreeSet<String>) -> bool,
 }
 
 /// The test between its announcement and its result.
@@ -74,21 +93,15 @@ pub(super) fn watch_batch(
     names: &[&str],
     package_dir: &std::path::Path,
     process: &mut TestProcess,
+    until: Option<&Until>,
+    survivors: bool,
 ) -> BatchEnded {
     let (pid, marker, record_file) = (process.pid, process.marker.clone(), process.record_file.clone());
-    let mut batch = Batch {
-        context,
-        names,
-        pid,
-        marker: &marker,
-        heap_report: process.heap_log.as_ref().map(|prefix| format!("{}.", prefix.display())),
-        record_file: &record_file,
-        running: None,
-        ended: Vec::new(),
-        finished: false,
-    };
+    let heap_report = process.heap_log.as_ref().map(|prefix| format!("{}.", prefix.display()));
+    let mut batch = Batch::new(context, names, pid, &marker, heap_report, &record_file);
+    batch.survivors = survivors.then_some(None);
     let mut idle_since = process.started;
-    let (mut timed_out, mut killed) = (false, false);
+    let (mut timed_out, mut killed, mut stopped) = (false, false, false);
     let mut probe_live = process.listener.is_some();
     let kill_all = || {
         reaper::kill_tree(&reaper::processes_of(pid, &marker), Signal::SIGKILL);
@@ -130,6 +143,14 @@ pub(super) fn watch_batch(
             waker.drain();
         }
         let interrupted = context.supervisor.interrupted().is_some();
+        let shapes_left = || batch.left.iter().flat_map(|(_, shapes)| shapes.keys().cloned()).collect();
+        if let (Some(until), false) = (until, killed) {
+            if batch.running.is_none() && (Instant::now() >= until.deadline || (until.covered)(&shapes_left())) {
+                stopped = true;
+                killed = true;
+                kill_all();
+            }
+        }
         if !killed && (Instant::now() >= deadline || interrupted) && process.slot.status().is_none() {
             timed_out = !interrupted;
             killed = true;
@@ -143,7 +164,19 @@ pub(super) fn watch_batch(
         _ => None,
     };
     let cut = batch.running.take().map(|running| running.index);
-    BatchEnded { ended: batch.ended, cut, finished: batch.finished, timed_out, status, heap }
+    let finished = batch.finished && !stopped;
+    BatchEnded {
+        ended: batch.ended,
+        cut,
+        finished,
+        timed_out,
+        status,
+        heap,
+        left: batch.left,
+        stopped,
+        failed: batch.failed,
+        survivors: batch.survivors.flatten(),
+    }
 }
 
 /// What the watcher knows of the batch between two events.
@@ -158,10 +191,41 @@ struct Batch<'a> {
     record_file: &'a std::path::Path,
     running: Option<Running>,
     ended: Vec<(usize, TestEnd)>,
+    left: Vec<(usize, BTreeMap<String, usize>)>,
+    failed: Vec<usize>,
     finished: bool,
+    /// The process at its first test's start.
+    first_baseline: Option<Baseline>,
+    /// `Some` when asked for: filled in at the main thread's exit.
+    survivors: Option<Option<BTreeMap<String, usize>>>,
 }
 
-impl Batch<'_> {
+impl<'a> Batch<'a> {
+    fn new(
+        context: &'a RunContext,
+        names: &'a [&'a str],
+        pid: i32,
+        marker: &'a str,
+        heap_report: Option<String>,
+        record_file: &'a std::path::Path,
+    ) -> Self {
+        Batch {
+            context,
+            names,
+            pid,
+            marker,
+            heap_report,
+            record_file,
+            running: None,
+            ended: Vec::new(),
+            left: Vec::new(),
+            failed: Vec::new(),
+            finished: false,
+            first_baseline: None,
+            survivors: None,
+        }
+    }
+
     /// Takes one call from the listener and answers it, after acting on it
     /// when it is one of libtest's boundaries.
     fn serve_one(&mut self, listener: &Listener) -> std::io::Result<()> {
@@ -169,6 +233,9 @@ impl Batch<'_> {
             Some(Event::Exit(call)) => {
                 if call.tid == self.pid {
                     self.finished = true;
+                    if self.survivors.is_some() {
+                        self.survivors = Some(self.survivors(listener));
+                    }
                 }
                 listener.proceed(call);
             }
@@ -195,16 +262,53 @@ impl Batch<'_> {
                 // A process we cannot read cannot be judged: the test is cut.
                 let Ok(snapshot) = snapshot::take(self.pid) else { return };
                 let processes = reaper::processes_of(self.pid, self.marker);
+                if self.first_baseline.is_none() {
+                    self.first_baseline = Some(Baseline::of(&snapshot));
+                }
                 self.running =
                     Some(Running { index, started: Instant::now(), baseline: Baseline::of(&snapshot), processes });
             }
             // libtest's "has been running for over 60 seconds" note.
             Some(running) if bytes.starts_with(b"test ") => self.running = Some(running),
             Some(running) => {
-                let end = if bytes.starts_with(b"ok") { self.settle(listener, &running) } else { TestEnd::NotClean };
+                let passed = bytes.starts_with(b"ok");
+                let end = if passed { self.settle(listener, &running) } else { TestEnd::NotClean };
+                if !passed {
+                    self.failed.push(running.index);
+                }
+                if passed && end == TestEnd::NotClean {
+                    if let Some(shapes) = self.shapes_left(&running) {
+                        self.left.push((running.index, shapes));
+                    }
+                }
                 self.ended.push((running.index, end));
             }
         }
+    }
+
+    /// The instances of each shape a test left, read once more (it is
+    /// still held).
+    fn shapes_left(&self, running: &Running) -> Option<BTreeMap<String, usize>> {
+        let snapshot = snapshot::take_since(self.pid, Some(&running.baseline)).ok()?;
+        let name = self.names[running.index];
+        let leaks = Delta::between(&running.baseline, snapshot).into_leaks(self.pid);
+        Some(leakcheck::shape::shape_counts(&leaks, &[name]))
+    }
+
+    /// What the process has, held at its exit, that it did not have at its
+    /// first test's start, once nothing more goes away within the grace.
+    fn survivors(&self, listener: &Listener) -> Option<BTreeMap<String, usize>> {
+        let baseline = self.first_baseline.as_ref()?;
+        let read = || {
+            serve_others(listener);
+            let snapshot = snapshot::take_since(self.pid, Some(baseline))?;
+            Ok(Delta::between(baseline, snapshot))
+        };
+        // Held at its exit with no thread of its own left but the exiting
+        // one and no child, nothing can close an fd any more.
+        let still = |delta: &Delta| delta.threads.is_empty() && delta.children.is_empty();
+        let delta = settle_until(self.context.grace, read, still).ok()?;
+        Some(leakcheck::shape::shape_counts(&delta.into_leaks(self.pid), self.names))
     }
 
     /// The end of a test that passed: clean when, within the grace, it has

@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use leakcheck::{Outcome, TestRecord};
 
+use super::batch::Made;
 use super::context::Settle;
 use super::context::{RunContext, Waker};
 use super::harness_client::run_harness;
@@ -48,11 +49,15 @@ pub(crate) fn run_all(
     run.harness_binaries(list_args, &mut slots, &mut on_record);
     // Without singleton detection every test touching a singleton fails
     // for it, which only a process per test shows.
+    let mut made = Vec::new();
     if context.isolate || context.filter.is_none() || !context.detect_singletons[..2].contains(&true) {
         super::heap_filter::run(context, cases, jobs, &next_serial);
     } else {
-        // Clean passes in batches are final; the rest run one per process.
-        for (index, record) in super::batch::run(context, cases, jobs, &next_serial).into_iter().enumerate() {
+        // Clean passes in batches are final; the rest run one per process,
+        // and what the batches saw made helps tell their singletons.
+        let batched = super::batch::run(context, cases, jobs, &next_serial);
+        made = batched.made;
+        for (index, record) in batched.clean.into_iter().enumerate() {
             if let Some(mut record) = record {
                 context.policy.apply(&mut record);
                 on_record(&record);
@@ -60,7 +65,7 @@ pub(crate) fn run_all(
             }
         }
     }
-    run.one_process_each(&mut slots, &mut on_record);
+    run.one_process_each(&mut slots, &made, &mut on_record);
     let records: Vec<TestRecord> = slots.into_iter().flatten().collect();
     RunResult { not_run: cases.len() - records.len(), records, duration_ms: started.elapsed().as_millis() as u64 }
 }
@@ -178,7 +183,12 @@ impl Run<'_> {
     }
 
     /// Every other test: one process each, `jobs` workers.
-    fn one_process_each(&self, slots: &mut [Option<TestRecord>], on_record: &mut dyn FnMut(&TestRecord)) {
+    fn one_process_each(
+        &self,
+        slots: &mut [Option<TestRecord>],
+        made: &[Made],
+        on_record: &mut dyn FnMut(&TestRecord),
+    ) {
         let process_cases: Vec<usize> = (0..self.cases.len())
             .filter(|&index| !self.cases[index].binary.harness && slots[index].is_none())
             .collect();
@@ -219,13 +229,13 @@ impl Run<'_> {
                 if *left == 0 {
                     let (done, rest) = held.drain(..).partition(|record| record.record.binary == binary);
                     held = rest;
-                    self.report_resolved(self.resolve_singletons(done), slots, on_record);
+                    self.report_resolved(self.resolve_singletons(done, made), slots, on_record);
                     self.judged.add_one();
                 }
             }
         });
         // Binaries the run stopped in the middle of.
-        self.report_resolved(self.resolve_singletons(held), slots, on_record);
+        self.report_resolved(self.resolve_singletons(held, made), slots, on_record);
     }
 
     /// Reports judged records; under fail-fast a failing one stops the run.
@@ -247,7 +257,7 @@ impl Run<'_> {
     /// The held records with their singletons moved out of their leaks,
     /// binary by binary. A hurried record that still fails is confirmed by
     /// a run with the whole grace, whose verdict counts.
-    fn resolve_singletons(&self, mut held: Vec<Held>) -> Vec<Held> {
+    fn resolve_singletons(&self, mut held: Vec<Held>, made: &[Made]) -> Vec<Held> {
         let context = self.context;
         if held.is_empty() {
             return held;
@@ -264,7 +274,7 @@ impl Run<'_> {
         let mut resolved = Vec::new();
         let mut to_confirm = Vec::new();
         for group in by_binary {
-            let findings = singleton::resolve(context, &waker, self.cases, &group, self.next_serial, self.jobs);
+            let findings = singleton::resolve(context, &waker, self.cases, &group, made, self.next_serial, self.jobs);
             for (mut record, finding) in group.into_iter().zip(findings) {
                 singleton::move_singletons(&mut record.record, &finding.shared);
                 if record.hurried

@@ -4,23 +4,31 @@
 //! signal driver (a unix socket pair), rayon's global pool, a self-pipe. Run
 //! one test per process and every test that touches it "leaks" it. Run the
 //! tests that leak the same *shape* of resource (kind plus normalised
-//! identity, see [`shape_of`]) **together** in one process and count: a
-//! singleton is left once however many tests touched it; a per-test leak
-//! grows with the number of tests.
+//! identity, see [`shape_of`]) **together** in one process and count what
+//! each makes: a singleton is made once however many tests touched it (the
+//! later ones find it there); a per-test leak is made by every test, however
+//! many of its instances go away later (a pool's workers exiting 30 s after
+//! its test would read as one survivor at the process's exit).
 //!
-//! For each shape shared by two or more leaking tests of a binary, the group
-//! of those tests runs together (`NAME... --exact --test-threads=1`, the same
-//! exit probe). If the group leaves no more of the shape than the *smallest*
-//! count any member left alone, every member's leaks of that shape are one
-//! shared thing: singletons. Otherwise the group is split (first by the count
-//! each member left alone, then in halves, in name order) and the parts are
-//! tried again, so two different singletons of one shape and per-test leaks
-//! of that shape come apart. Each shape has a budget of group runs that grows
-//! with the log of its tests, never with their number; a part left over
-//! keeps its per-test verdicts. A group whose run fails, times out or cannot
-//! be probed is inconclusive: its tests keep their verdicts.
+//! What a test made is what it left at its own end, seen at libtest's
+//! boundaries as in a batch ([`boundary`]). Batches show it first
+//! ([`super::batch::Made`]): where two or more of the tests leaking a shape
+//! ran in one batch process and made together no more of it than the
+//! smallest count alone, they found it there, a singleton, with no group
+//! run. For each shape still open and shared by two or more leaking tests
+//! of a binary, the group of those tests runs together (`NAME... --exact
+//! --test-threads=1`). If the group makes no more of the shape than the
+//! *smallest* count any member left alone, every member's leaks of that
+//! shape are one shared thing: singletons. Otherwise the group is split
+//! (first by the count each member left alone, then in halves, in name
+//! order) and the parts are tried again, so two different singletons of one
+//! shape and per-test leaks of that shape come apart. Each shape has a
+//! budget of group runs that grows with the log of its tests, never with
+//! their number; a part left over keeps its per-test verdicts. A group
+//! whose run fails, times out or cannot be probed is inconclusive: its
+//! tests keep their verdicts.
 //!
-//! Soundness: a test is cleared only by a group run that shows its leaks of
+//! Soundness: a test is cleared only by a run that shows its leaks of
 //! that shape were shared; a test that also leaks more of the shape than the
 //! singleton accounts for (its own socket pair next to tokio's) keeps the
 //! surplus, the highest-numbered fds (or newest threads, children) first.
@@ -31,8 +39,9 @@ use std::sync::Arc;
 
 use leakcheck::{Leak, Outcome, TestRecord};
 
-use super::context::{RunContext, Settle, Waker};
-use super::{spawn, watch};
+use super::batch::Made;
+use super::context::{RunContext, Waker};
+use super::{boundary, spawn};
 use crate::list::TestCase;
 use leakcheck::shape::{shape_counts, shape_of, take_by_shape};
 
@@ -73,9 +82,10 @@ pub(super) type Shared = BTreeMap<String, usize>;
 pub(super) struct Finding {
     /// Instances of each shape that are a singleton's.
     pub(super) shared: Shared,
-    /// Shapes whose every instance the test left also in a group run, where
-    /// it had the rest of the group's run and the grace to go away: lasting,
-    /// so a hurried verdict on them needs no confirmation.
+    /// Shapes whose every instance the test made also in a group run and
+    /// left at its exit, where it had the rest of the group's run and the
+    /// grace to go away: lasting, so a hurried verdict on them needs no
+    /// confirmation.
     pub(super) lasting: BTreeSet<String>,
 }
 
@@ -87,6 +97,7 @@ pub(super) fn resolve(
     waker: &Waker,
     cases: &[TestCase],
     held: &[Held],
+    made: &[Made],
     serial: &AtomicUsize,
     jobs: usize,
 ) -> Vec<Finding> {
@@ -115,6 +126,8 @@ pub(super) fn resolve(
         if members.len() < 2 {
             continue;
         }
+        let count = |member: usize| alone[member].get(shape).copied().unwrap_or(0);
+        let seed = from_batches(made, shape, &members, |member| held[member].index, count);
         let mut search = ShapeSearch {
             shape,
             alone: &alone,
@@ -123,7 +136,7 @@ pub(super) fn resolve(
             lasting: Vec::new(),
             excluded: BTreeSet::new(),
         };
-        for (member, count) in search.resolve(&mut runner, members, jobs) {
+        for (member, count) in search.resolve(&mut runner, members, seed, jobs) {
             findings[member].shared.insert(shape.to_owned(), count);
         }
         for member in search.lasting {
@@ -131,6 +144,49 @@ pub(super) fn resolve(
         }
     }
     findings
+}
+
+/// What the batches showed of one shape, as a group run shows it: each
+/// batch process in which two or more `members` passed is a group run of
+/// them, each making what it left at its own end. Members that together
+/// made no more than the smallest count alone found the thing there: one
+/// shared thing, cleared, and a reference for the others. (What else a
+/// batch shows is not used: its tests are dealt round-robin, which keeps
+/// the tests that share a singleton apart.)
+fn from_batches(
+    made: &[Made],
+    shape: &str,
+    members: &[usize],
+    case_of: impl Fn(usize) -> usize,
+    count: impl Fn(usize) -> usize,
+) -> Seed {
+    let mut seed = Seed::default();
+    for process in made {
+        let group: Vec<(usize, usize)> = process
+            .iter()
+            .filter_map(|(case, shapes)| {
+                let member = members.iter().copied().find(|&member| case_of(member) == *case)?;
+                Some((member, shapes.get(shape).copied().unwrap_or(0)))
+            })
+            .filter(|&(member, _)| seed.cleared.iter().all(|&(done, _)| done != member))
+            .collect();
+        let left: usize = group.iter().map(|&(_, made)| made).sum();
+        let smallest = group.iter().map(|&(member, _)| count(member)).min().unwrap_or(0);
+        if group.len() >= 2 && left > 0 && left <= smallest {
+            seed.cleared.extend(group.iter().map(|&(member, _)| (member, left.min(count(member)))));
+            seed.references.push((group[0].0, left));
+        }
+    }
+    seed
+}
+
+/// What the search of one shape starts from.
+#[derive(Debug, Default)]
+struct Seed {
+    /// Members shown to share a singleton, with their instances of it.
+    cleared: Vec<(usize, usize)>,
+    /// One member of each such group, with the singleton's instances.
+    references: Vec<(usize, usize)>,
 }
 
 /// The group runs of one shape.
@@ -153,11 +209,17 @@ impl ShapeSearch<'_> {
         self.alone[member].get(self.shape).copied().unwrap_or(0)
     }
 
-    /// What the members left together (`None`: inconclusive or no budget).
     /// Runs `members` together (less any that failed in an earlier group
     /// run: a test that cannot share a process keeps its verdict, and is
-    /// left out of the retry); returns the members run and what they left.
-    fn run(&mut self, runner: &mut GroupRunner<'_>, members: &[usize], least: usize) -> Option<(Vec<usize>, usize)> {
+    /// left out of the retry); returns the members run, how many of the
+    /// shape they made, and how many of those were left at the exit.
+    /// `None`: inconclusive or no budget.
+    fn run(
+        &mut self,
+        runner: &mut GroupRunner<'_>,
+        members: &[usize],
+        least: usize,
+    ) -> Option<(Vec<usize>, usize, usize)> {
         loop {
             let group: Vec<usize> = members.iter().copied().filter(|member| !self.excluded.contains(member)).collect();
             if group.len() < least || self.budget == 0 {
@@ -166,7 +228,10 @@ impl ShapeSearch<'_> {
             self.budget -= 1;
             let names: Vec<&str> = group.iter().map(|&member| self.names[member]).collect();
             match runner.run(&names) {
-                GroupRun::Left(left) => return Some((group, left.get(self.shape).copied().unwrap_or(0))),
+                GroupRun::Passed { made, survived } => {
+                    let of_shape = |counts: &BTreeMap<String, usize>| counts.get(self.shape).copied().unwrap_or(0);
+                    return Some((group, of_shape(&made), of_shape(&survived)));
+                }
                 GroupRun::Failed(failing) => {
                     let before = self.excluded.len();
                     self.excluded.extend(
@@ -190,28 +255,37 @@ impl ShapeSearch<'_> {
     /// reference): a part that adds nothing to the reference's count shares
     /// its singleton; a part that adds all its own count shares nothing with
     /// it; anything between is split.
-    fn resolve(&mut self, runner: &mut GroupRunner<'_>, members: Vec<usize>, jobs: usize) -> Vec<(usize, usize)> {
-        let mut cleared: Vec<(usize, usize)> = Vec::new();
-        let mut references: Vec<(usize, usize)> = Vec::new();
-        let mut work = vec![members.clone()];
+    fn resolve(
+        &mut self,
+        runner: &mut GroupRunner<'_>,
+        members: Vec<usize>,
+        seed: Seed,
+        jobs: usize,
+    ) -> Vec<(usize, usize)> {
+        let Seed { mut cleared, mut references } = seed;
+        let open: Vec<usize> =
+            members.iter().copied().filter(|member| cleared.iter().all(|(done, _)| done != member)).collect();
+        let mut work = vec![open.clone()];
         // A group run costs the sum of its tests' times, in one process:
         // with more than one job, the first groups are `jobs` parts of the
         // members, run at once (each can show the singleton by itself).
-        if jobs > 1 && members.len() >= 2 * jobs {
-            let size = members.len().div_ceil(jobs);
-            work = members.chunks(size).map(<[usize]>::to_vec).collect();
+        if jobs > 1 && open.len() >= 2 * jobs {
+            let size = open.len().div_ceil(jobs);
+            work = open.chunks(size).map(<[usize]>::to_vec).collect();
             let names: Vec<Vec<&str>> =
                 work.iter().map(|part| part.iter().map(|&member| self.names[member]).collect()).collect();
             runner.prefetch(&names, jobs);
         }
         while let Some(group) = work.pop() {
-            let Some((group, left)) = self.run(runner, &group, 2) else { continue };
+            let Some((group, left, survived)) = self.run(runner, &group, 2) else { continue };
             let smallest = group.iter().map(|&member| self.count(member)).min().unwrap_or(0);
             let sum: usize = group.iter().map(|&member| self.count(member)).sum();
             if left >= sum {
                 // Nothing of the shape shared within the group: no split
                 // can find a singleton here (the references may, below).
-                self.lasting.extend(&group);
+                if survived >= sum {
+                    self.lasting.extend(&group);
+                }
             } else if left > smallest {
                 work.extend(split(&group, |member| self.count(member)));
             } else if left > 0 {
@@ -233,7 +307,7 @@ impl ShapeSearch<'_> {
                 let mut group = part.clone();
                 group.push(reference);
                 group.sort_unstable();
-                let Some((group, left)) = self.run(runner, &group, 2) else { continue };
+                let Some((group, left, survived)) = self.run(runner, &group, 2) else { continue };
                 if !group.contains(&reference) {
                     break;
                 }
@@ -242,7 +316,9 @@ impl ShapeSearch<'_> {
                 if left <= singleton {
                     cleared.extend(part.iter().map(|&member| (member, singleton.min(self.count(member)))));
                 } else if left >= singleton + own {
-                    self.lasting.extend(&part);
+                    if survived >= singleton + own {
+                        self.lasting.extend(&part);
+                    }
                 } else if part.len() > 1 {
                     let (first, second) = part.split_at(part.len() / 2);
                     work.extend([first.to_vec(), second.to_vec()]);
@@ -309,8 +385,9 @@ struct GroupRunner<'a> {
 /// What one group run showed.
 #[derive(Debug, Clone)]
 enum GroupRun {
-    /// It passed: instances of each shape left at its exit.
-    Left(BTreeMap<String, usize>),
+    /// It passed: instances of each shape its tests made (left at their
+    /// own ends, summed), and of those, the ones at its exit.
+    Passed { made: BTreeMap<String, usize>, survived: BTreeMap<String, usize> },
     /// These tests failed in it (libtest's `test NAME ... FAILED` lines).
     Failed(Vec<String>),
     /// It timed out, was interrupted, crashed or could not be probed: why.
@@ -386,9 +463,17 @@ fn run_group(site: GroupSite<'_>, waker: &Waker, names: &[&str]) -> GroupRun {
     let inconclusive = matches!(result, GroupRun::Inconclusive(_)) && context.supervisor.interrupted().is_none();
     if context.verbose || inconclusive {
         let what = match &result {
-            GroupRun::Left(left) => {
-                let shapes: Vec<String> = left.iter().map(|(shape, count)| format!("{count} x `{shape}`")).collect();
-                format!("left {}", if shapes.is_empty() { "nothing".to_owned() } else { shapes.join(", ") })
+            GroupRun::Passed { made, survived } => {
+                let counts = |counts: &BTreeMap<String, usize>| {
+                    let shapes: Vec<String> =
+                        counts.iter().map(|(shape, count)| format!("{count} x `{shape}`")).collect();
+                    if shapes.is_empty() {
+                        "nothing".to_owned()
+                    } else {
+                        shapes.join(", ")
+                    }
+                };
+                format!("made {}; at its exit {}", counts(made), counts(survived))
             }
             GroupRun::Failed(failing) => format!("{} failed (left out of the next group)", failing.join(", ")),
             GroupRun::Inconclusive(why) => {
@@ -423,28 +508,39 @@ fn run_group_once(site: GroupSite<'_>, waker: &Waker, names: &[&str]) -> GroupRu
         Ok(process) => process,
         Err(error) => return GroupRun::Inconclusive(format!("could not run ({error})")),
     };
-    process.settle = Settle::Full;
-    let ended = watch::watch(context, waker, &case, &mut process);
-    let finished = ended.exit_view.as_ref().is_some_and(|view| view.by_main_thread);
+    if process.listener.is_none() {
+        super::reaper::kill_group(process.pid, nix::sys::signal::Signal::SIGKILL);
+    }
+    let ended = boundary::watch_batch(context, waker, names, &binary.cwd, &mut process, None, true);
     let _ = std::fs::remove_file(&process.record_file);
+    if process.listener.is_none() {
+        return GroupRun::Inconclusive("no probe to see its tests' boundaries".into());
+    }
     if ended.timed_out {
         return GroupRun::Inconclusive(format!("ran past the --timeout of {:?}", context.timeout));
     }
-    if ended.exit_view.is_none() {
-        return GroupRun::Inconclusive(format!("no exit snapshot ({})", ended_how(ended.status)));
+    if ended.cut.is_some() {
+        return GroupRun::Inconclusive(format!("it ended in a test ({})", ended_how(ended.status)));
     }
-    if ended.status == super::reaper::ExitStatus::Code(101) {
-        let failing = failed_tests(&process.stdout.into_text(), names);
-        return if failing.is_empty() {
-            GroupRun::Inconclusive("it failed, and libtest named no failing test".into())
-        } else {
-            GroupRun::Failed(failing)
-        };
+    if ended.ended.len() != names.len() {
+        return GroupRun::Inconclusive(format!("{} of its {} tests were seen ending", ended.ended.len(), names.len()));
     }
-    if !finished || ended.status != super::reaper::ExitStatus::Code(0) {
+    if !ended.failed.is_empty() {
+        return GroupRun::Failed(ended.failed.iter().map(|&at| names[at].to_owned()).collect());
+    }
+    if !ended.finished || ended.status != super::reaper::ExitStatus::Code(0) {
         return GroupRun::Inconclusive(format!("libtest did not finish ({})", ended_how(ended.status)));
     }
-    GroupRun::Left(shape_counts(&ended.leaks, names))
+    let Some(survived) = ended.survivors else {
+        return GroupRun::Inconclusive("no exit snapshot".into());
+    };
+    // What each test made: what it left at its own end, whether or not it
+    // went away later in the run.
+    let mut made = BTreeMap::new();
+    for (shape, count) in ended.left.iter().flat_map(|(_, shapes)| shapes) {
+        *made.entry(shape.clone()).or_insert(0) += count;
+    }
+    GroupRun::Passed { made, survived }
 }
 
 fn ended_how(status: super::reaper::ExitStatus) -> String {
@@ -454,35 +550,12 @@ fn ended_how(status: super::reaper::ExitStatus) -> String {
     }
 }
 
-/// The tests of `names` that libtest's output says failed: its closing
-/// `failures:` list (one indented name a line), or `test NAME ... FAILED`.
-fn failed_tests(output: &str, names: &[&str]) -> Vec<String> {
-    let listed = output.rsplit_once("\nfailures:\n").map_or("", |(_, list)| list);
-    let mut failing: Vec<String> = listed
-        .lines()
-        .map_while(|line| line.strip_prefix("    "))
-        .chain(output.lines().filter_map(|line| line.strip_prefix("test ")?.strip_suffix(" ... FAILED")))
-        .filter(|name| names.contains(name))
-        .map(str::to_owned)
-        .collect();
-    failing.sort();
-    failing.dedup();
-    failing
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn fd(fd: i32, target: &str, detail: &str) -> Leak {
         Leak::Fd { fd, target: target.into(), detail: detail.into(), sites: vec![] }
-    }
-
-    #[test]
-    fn failing_members_are_read_from_libtests_closing_list() {
-        let output = "running 3 tests\ntest a ... ok\ntest b ... thread panicked\nFAILED\n\nfailures:\n\n---- b stdout ----\n\n\nfailures:\n    b\n    c\n\ntest result: FAILED.";
-        assert_eq!(failed_tests(output, &["a", "b", "c"]), ["b", "c"]);
-        assert_eq!(failed_tests("test x ... FAILED\n", &["x"]), ["x"]);
     }
 
     #[test]

@@ -58,7 +58,8 @@ pub(super) enum Launch {
     /// An explain re-run of a plain test whose heap leaked under the
     /// runtime: preloaded again, with full allocation stacks.
     ExplainHeap,
-    /// A group run of singleton detection: the heap is not looked at.
+    /// A group run of singleton detection, judged at libtest's boundaries
+    /// as a batch is: the heap is not looked at.
     Group,
     /// The heap check's filter: a binary's tests together, preloaded.
     HeapFilter,
@@ -104,7 +105,10 @@ pub(super) fn start(
     let child_end = probe_socket.as_ref().map(|(_, child)| child.as_raw_fd());
     // Preloaded, the test's execs are stopped too, to run without the runtime.
     let filter = context.filter.map(|filter| if heap.is_some() { filter.with_exec() } else { filter });
-    let filter = filter.map(|filter| if launch == Launch::Batch { filter.with_boundaries() } else { filter });
+    let filter =
+        filter.map(
+            |filter| if matches!(launch, Launch::Batch | Launch::Group) { filter.with_boundaries() } else { filter },
+        );
     // SAFETY: between fork and exec the closure only resets the signal
     // state and, with the probe, runs `child_setup` on plain captured data
     // (the filter program and an fd number); both are async-signal-safe.
