@@ -6,7 +6,8 @@
 //! the batches; a test alone goes through `isolated` (`spawn` -> `watch` ->
 //! `judge`), a `leakcheck::main!()` binary through `harness_client`; with
 //! `--isolate` and the heap check, `heap_filter` first runs each binary's
-//! tests together, preloaded. `reaper` owns every process, `probe`
+//! tests together, preloaded; `singleton` tells singletons by group runs,
+//! `siblings` those of a test with no peer in its binary. `reaper` owns every process, `probe`
 //! the seccomp exit probe, `output` the captured streams, `context` what all
 //! of them share.
 
@@ -23,6 +24,7 @@ mod poll;
 mod probe;
 mod reaper;
 mod scheduler;
+mod siblings;
 mod singleton;
 mod spawn;
 mod watch;

@@ -12,6 +12,7 @@ use super::context::Settle;
 use super::context::{RunContext, Waker};
 use super::harness_client::run_harness;
 use super::isolated::{libtest_args, run_test};
+use super::siblings::Siblings;
 use super::singleton::{self, Held};
 use crate::list::TestCase;
 
@@ -195,6 +196,7 @@ impl Run<'_> {
         let next = AtomicUsize::new(0);
         let (sender, receiver) = mpsc::channel::<Finished>();
         let mut held: Vec<Held> = Vec::new();
+        let mut siblings = Siblings::new(self.fail_fast);
         // Tests of each binary still to end: a binary's held records are
         // judged when its last test ends, so fail-fast can stop the next.
         let mut remaining: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
@@ -229,13 +231,16 @@ impl Run<'_> {
                 if *left == 0 {
                     let (done, rest) = held.drain(..).partition(|record| record.record.binary == binary);
                     held = rest;
-                    self.report_resolved(self.resolve_singletons(done, made), slots, on_record);
+                    let resolved = self.resolve_singletons(done, made);
+                    self.report_resolved(siblings.learn_all(self.context, resolved), slots, on_record);
                     self.judged.add_one();
                 }
             }
         });
         // Binaries the run stopped in the middle of.
-        self.report_resolved(self.resolve_singletons(held, made), slots, on_record);
+        let resolved = self.resolve_singletons(held, made);
+        self.report_resolved(siblings.learn_all(self.context, resolved), slots, on_record);
+        self.report_resolved(siblings.finish(), slots, on_record);
     }
 
     /// Reports judged records; under fail-fast a failing one stops the run.

@@ -329,7 +329,7 @@ impl ShapeSearch<'_> {
     }
 }
 
-fn detected(context: &RunContext, leak: &Leak) -> bool {
+pub(super) fn detected(context: &RunContext, leak: &Leak) -> bool {
     kind_index(leak).is_some_and(|kind| context.detect_singletons[kind])
 }
 
