@@ -45,8 +45,11 @@ Configuration (.config/leakcheck.toml; flags win over the file):
 Process-wide singletons:
   What a library makes once per process and keeps (tokio's signal socket pair,
   a global thread pool, a self-pipe) is told apart from per-test leaks by
-  running the tests that leak it together in one process: it passes, and is
-  listed once under Singletons. --fail-singletons makes it fail instead.
+  running the tests that leak it together in one process and counting what
+  each makes (a singleton is made once; a per-test leak by every test): it
+  passes, and is listed once under Singletons. The only test of its binary
+  leaking a shape is judged by what the package's other binaries showed.
+  --fail-singletons makes it fail instead.
 
 Heap:
   Plain tests have no allocator of ours inside: LeakSanitizer's runtime (GCC's
