@@ -32,6 +32,16 @@ use crate::list::TestCase;
 /// smaller batches spread slow tests over the workers.
 const MOST_PER_BATCH: usize = 64;
 
+/// Batches per worker, where there are tests enough: test times are not
+/// known beforehand, and a worker that drew the slow tests must not be
+/// the one the run waits for (threadpool's suite: two batches of sleeping
+/// tests, one twice the other).
+const BATCHES_PER_WORKER: usize = 4;
+
+/// Fewest tests in a batch that is one of several: each batch is a
+/// process to start (with the heap runtime, to load).
+const LEAST_PER_BATCH: usize = 4;
+
 /// What one batch process showed of each test it ran to its result, in
 /// the order they ran: by case index, the instances of each shape
 /// ([`leakcheck::shape`]) the test left at its end (none when clean).
@@ -89,8 +99,8 @@ pub(super) fn run(context: &RunContext, cases: &[TestCase], jobs: usize, next_se
 
 /// The batches: each binary's runnable tests dealt round-robin (libtest
 /// sorts by name, and slow tests tend to share a prefix) into enough
-/// batches that every worker has one, none over [`MOST_PER_BATCH`];
-/// biggest first.
+/// batches that every worker has [`BATCHES_PER_WORKER`] (none under
+/// [`LEAST_PER_BATCH`] tests, none over [`MOST_PER_BATCH`]); biggest first.
 fn plan(cases: &[TestCase], jobs: usize) -> Vec<Vec<usize>> {
     let mut by_binary: Vec<(&Arc<TestBinary>, Vec<usize>)> = Vec::new();
     for (index, case) in cases.iter().enumerate() {
@@ -106,7 +116,9 @@ fn plan(cases: &[TestCase], jobs: usize) -> Vec<Vec<usize>> {
     let mut batches = Vec::new();
     for (_, indices) in by_binary {
         let n = indices.len();
-        let count = n.div_ceil(MOST_PER_BATCH).max((n * jobs.max(1)).div_ceil(total.max(1))).clamp(1, n);
+        let share = (n * jobs.max(1)).div_ceil(total.max(1));
+        let spread = (share * BATCHES_PER_WORKER).min(n.div_ceil(LEAST_PER_BATCH));
+        let count = n.div_ceil(MOST_PER_BATCH).max(share).max(spread).clamp(1, n);
         for first in 0..count {
             batches.push(indices.iter().copied().skip(first).step_by(count).collect::<Vec<usize>>());
         }
@@ -393,16 +405,20 @@ mod tests {
         seen.sort();
         assert_eq!(seen, (0..203).collect::<Vec<_>>());
         assert!(batches.iter().all(|batch| batch.len() <= MOST_PER_BATCH));
-        // 200 tests: 4 batches of 50, each every 4th test; 3 tests: one.
-        assert_eq!(batches[0][..3], [0, 4, 8]);
+        // 200 tests: 8 batches of 25 (4 for each worker), each every 8th
+        // test; 3 tests: one.
+        assert_eq!(batches[0][..3], [0, 8, 16]);
         assert!(batches.windows(2).all(|pair| pair[0].len() >= pair[1].len()));
-        assert_eq!(batches.len(), 5);
+        assert_eq!(batches.len(), 9);
     }
 
     #[test]
     fn a_small_suite_still_gives_each_worker_a_batch() {
-        let cases = cases(&[("a", 4)]);
-        assert_eq!(plan(&cases, 2), vec![vec![0, 2], vec![1, 3]]);
-        assert_eq!(plan(&cases[..1], 2), vec![vec![0]]);
+        let four = cases(&[("a", 4)]);
+        assert_eq!(plan(&four, 2), vec![vec![0, 2], vec![1, 3]]);
+        assert_eq!(plan(&four[..1], 2), vec![vec![0]]);
+        // 21 tests: 6 batches, none under 4 tests but the remainder's.
+        let sizes: Vec<usize> = plan(&cases(&[("a", 21)]), 2).iter().map(Vec::len).collect();
+        assert_eq!(sizes, [4, 4, 4, 3, 3, 3]);
     }
 }

@@ -137,10 +137,21 @@ fn owned_signals() -> SigSet {
     set
 }
 
+/// The supervisor, once started: [`processes_of`] asks it which of our
+/// children are test processes.
+static STARTED: std::sync::OnceLock<&'static Supervisor> = std::sync::OnceLock::new();
+
+/// Whether `pid` is a test process we started (registered until its status
+/// is delivered): never part of another test.
+fn is_registered_test(pid: i32) -> bool {
+    STARTED.get().is_some_and(|supervisor| lock(&supervisor.running).contains_key(&pid))
+}
+
 impl Supervisor {
     /// Starts the signal thread. The supervisor lives for the whole process.
     pub(crate) fn start() -> &'static Supervisor {
         let supervisor: &'static Supervisor = Box::leak(Box::default());
+        let _ = STARTED.set(supervisor);
         std::thread::Builder::new()
             .name("leakcheck-signals".into())
             .spawn(move || supervisor.serve_signals())
@@ -314,7 +325,9 @@ pub(crate) fn processes_of(test_pid: i32, marker: &str) -> Vec<i32> {
     let own = std::process::id() as i32;
     let mut roots = children_of(test_pid);
     for child in children_of(own) {
-        if child != test_pid && belongs_to(child, test_pid, marker) {
+        // Another test's process is not looked into (reading its
+        // environment was most of a batch's cost per test).
+        if child != test_pid && !is_registered_test(child) && belongs_to(child, test_pid, marker) {
             roots.push(child);
         }
     }
