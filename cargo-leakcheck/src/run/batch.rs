@@ -32,7 +32,7 @@ use crate::list::TestCase;
 /// smaller batches spread slow tests over the workers.
 const MOST_PER_BATCH: usize = 64;
 
-/// Batches per worker, where there are tests enough: test times are not
+/// Batches per worker, where there are tests and workers enough: test times are not
 /// known beforehand, and a worker that drew the slow tests must not be
 /// the one the run waits for (threadpool's suite: two batches of sleeping
 /// tests, one twice the other).
@@ -117,7 +117,8 @@ fn plan(cases: &[TestCase], jobs: usize) -> Vec<Vec<usize>> {
     for (_, indices) in by_binary {
         let n = indices.len();
         let share = (n * jobs.max(1)).div_ceil(total.max(1));
-        let spread = (share * BATCHES_PER_WORKER).min(n.div_ceil(LEAST_PER_BATCH));
+        // One worker waits for every batch anyway.
+        let spread = if jobs > 1 { (share * BATCHES_PER_WORKER).min(n.div_ceil(LEAST_PER_BATCH)) } else { 1 };
         let count = n.div_ceil(MOST_PER_BATCH).max(share).max(spread).clamp(1, n);
         for first in 0..count {
             batches.push(indices.iter().copied().skip(first).step_by(count).collect::<Vec<usize>>());

@@ -80,6 +80,9 @@ pub(crate) struct SpawnedTest {
 #[derive(Debug, Default)]
 pub(crate) struct Supervisor {
     running: Mutex<HashMap<i32, RunningTest>>,
+    /// The pids of `running`, under a lock of their own: [`processes_of`]
+    /// reads it, also while `running` is held (interruption).
+    test_pids: Mutex<std::collections::HashSet<i32>>,
     reaping: AtomicBool,
     /// The signal that interrupted the run, or 0.
     interrupted: AtomicI32,
@@ -144,7 +147,7 @@ static STARTED: std::sync::OnceLock<&'static Supervisor> = std::sync::OnceLock::
 /// Whether `pid` is a test process we started (registered until its status
 /// is delivered): never part of another test.
 fn is_registered_test(pid: i32) -> bool {
-    STARTED.get().is_some_and(|supervisor| lock(&supervisor.running).contains_key(&pid))
+    STARTED.get().is_some_and(|supervisor| lock(&supervisor.test_pids).contains(&pid))
 }
 
 impl Supervisor {
@@ -214,6 +217,7 @@ impl Supervisor {
         let mut child = command.spawn()?;
         let pid = child.id() as i32;
         running.insert(pid, RunningTest { pid, marker: marker.to_owned(), slot: slot.clone() });
+        lock(&self.test_pids).insert(pid);
         drop(running);
         if self.interrupted().is_some() {
             kill_group(pid, Signal::SIGKILL);
@@ -227,6 +231,7 @@ impl Supervisor {
     /// Forgets a test whose status was delivered.
     pub(crate) fn unregister(&self, pid: i32) {
         lock(&self.running).remove(&pid);
+        lock(&self.test_pids).remove(&pid);
     }
 
     pub(crate) fn add_helper(&self, pid: i32) {
