@@ -336,13 +336,18 @@ fn help_explains_the_exit_codes() {
 }
 
 fn interrupt_mid_run(signal: &str, package: &str, test: &str, daemon: &str) {
+    let args = ["-p", package, "--timeout", "10m", "--message-format", "json", test, "--", "--ignored", "--exact"];
+    interrupt(signal, leakcheck(&args), package, daemon);
+}
+
+/// Sends `signal` to the run of `command` once `daemon` runs; the run ends
+/// at once, reports nothing, and leaves nothing running.
+fn interrupt(signal: &str, mut command: std::process::Command, package: &str, daemon: &str) {
     let _serial = serial();
     // Build first, so the run below reaches its tests at once.
     let built = run_to_end(leakcheck(&["-p", package, "--list"]));
     assert_eq!(built.code, Some(0), "{}", built.stderr);
 
-    let mut command =
-        leakcheck(&["-p", package, "--timeout", "10m", "--message-format", "json", test, "--", "--ignored", "--exact"]);
     let child = command.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap();
     let pid = child.id();
     let guard = KillOnDrop(Some(child));
@@ -368,6 +373,14 @@ fn interrupt_mid_run(signal: &str, package: &str, test: &str, daemon: &str) {
 #[test]
 fn sigint_mid_run_kills_every_test_process() {
     interrupt_mid_run("INT", "leaky", "hangs_with_children", "sleep 301");
+}
+
+#[test]
+fn sigint_mid_batch_kills_every_test_process() {
+    // Not ignored: the test runs in a batch (by default), not alone.
+    let mut command = leakcheck(&["-p", "faults", "--test", "faults", "--message-format", "json", "hangs_in_a_batch"]);
+    command.env("LEAKCHECK_FIXTURE_HANG", "1");
+    interrupt("INT", command, "faults", "sleep 307");
 }
 
 #[test]
