@@ -129,8 +129,12 @@ fn tricky_but_clean_tests_all_pass() {
         assert!(record.leaks.is_empty(), "{record:#?}");
         assert!(record.unchecked.is_empty(), "{record:#?}");
     }
-    assert_eq!(report.tests.len(), 12);
+    assert_eq!(report.tests.len(), 14);
     assert_eq!(run.code, Some(0), "stderr:\n{}", run.stderr);
+    // It failed in its batch, after the test that touched the static, and
+    // passed alone: that is its verdict, and one line says why.
+    let order = "Order clean::order b_fails_after_it: failed in its batch (after a_touches_a_static), passed alone";
+    assert!(run.stderr.contains(order), "{}", run.stderr);
 }
 
 #[test]

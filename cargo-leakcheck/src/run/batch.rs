@@ -56,6 +56,9 @@ pub(super) struct Batched {
     pub(super) clean: Vec<Option<TestRecord>>,
     /// What each batch process showed.
     pub(super) made: Vec<Made>,
+    /// Tests that failed in a batch, each with the test that ran just
+    /// before it there (see [`note_order_dependence`]).
+    pub(super) failed: Vec<(usize, Option<usize>)>,
 }
 
 /// Runs every libtest test of `cases` in batches.
@@ -71,9 +74,10 @@ pub(super) fn run(context: &RunContext, cases: &[TestCase], jobs: usize, next_se
     let next = AtomicUsize::new(0);
     let clean: Mutex<Vec<(usize, TestRecord)>> = Mutex::new(Vec::new());
     let made: Mutex<Vec<Made>> = Mutex::new(Vec::new());
+    let failed: Mutex<Vec<(usize, Option<usize>)>> = Mutex::new(Vec::new());
     std::thread::scope(|scope| {
         for worker in 0..jobs.max(1).min(batches.len()) {
-            let (batches, next, clean, made) = (&batches, &next, &clean, &made);
+            let (batches, next, clean, made, failed) = (&batches, &next, &clean, &made, &failed);
             std::thread::Builder::new()
                 .name(format!("leakcheck-batch-{worker}"))
                 .spawn_scoped(scope, move || {
@@ -82,9 +86,10 @@ pub(super) fn run(context: &RunContext, cases: &[TestCase], jobs: usize, next_se
                         if context.supervisor.interrupted().is_some() {
                             return;
                         }
-                        let (records, seen) = run_batch(context, &waker, cases, batch, next_serial);
-                        clean.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).extend(records);
-                        made.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).extend(seen);
+                        let seen = run_batch(context, &waker, cases, batch, next_serial);
+                        clean.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).extend(seen.clean);
+                        made.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).extend(seen.made);
+                        failed.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).extend(seen.failed);
                     }
                 })
                 .expect("a batch worker thread starts");
@@ -94,7 +99,38 @@ pub(super) fn run(context: &RunContext, cases: &[TestCase], jobs: usize, next_se
     for (index, record) in clean.into_inner().unwrap_or_else(|poisoned| poisoned.into_inner()) {
         records[index] = Some(record);
     }
-    Batched { clean: records, made: made.into_inner().unwrap_or_else(|poisoned| poisoned.into_inner()) }
+    Batched {
+        clean: records,
+        made: made.into_inner().unwrap_or_else(|poisoned| poisoned.into_inner()),
+        failed: failed.into_inner().unwrap_or_else(|poisoned| poisoned.into_inner()),
+    }
+}
+
+/// One line for each test that failed in a batch and passed alone: it
+/// depends on what ran before it (the lone run's verdict is its verdict).
+pub(super) fn note_order_dependence(
+    cases: &[TestCase],
+    failed: &[(usize, Option<usize>)],
+    alone: &[Option<TestRecord>],
+) {
+    for &(case, before) in failed {
+        // Only a pass tells: a `#[leakcheck::test]` fails for its own
+        // leak in a batch as alone, and a test re-run without the heap
+        // runtime (unchecked: heap) failed in its batch for the runtime.
+        let Some(record) = &alone[case] else { continue };
+        if record.outcome != Outcome::Passed || record.unchecked.iter().any(|kind| kind == "heap") {
+            continue;
+        }
+        let after = before.map_or("as the first test of its process".to_owned(), |before| {
+            format!("after {}", leakcheck::record::escape_control(&cases[before].name))
+        });
+        eprintln!(
+            "        Order {} {}: failed in its batch ({after}), {} alone: it depends on what ran before it; the lone run's verdict counts",
+            record.binary,
+            leakcheck::record::escape_control(&record.name),
+            record.outcome.as_str()
+        );
+    }
 }
 
 /// The batches: each binary's runnable tests dealt round-robin (libtest
@@ -158,7 +194,7 @@ fn run_batch(
     cases: &[TestCase],
     batch: &[usize],
     next_serial: &AtomicUsize,
-) -> (Vec<(usize, TestRecord)>, Vec<Made>) {
+) -> Seen {
     let binary = &cases[batch[0]].binary;
     let started = Instant::now();
     let first = run_in_order(context, waker, cases, batch, next_serial, None, |tests, ended| {
@@ -170,6 +206,7 @@ fn run_batch(
     }
     let mut clean: Vec<&Ran> = first.ran.iter().filter(|ran| ran.passed_clean()).collect();
     let mut made = first.made.clone();
+    let mut failed = first.failed.clone();
     // What the tests that were not clean left, of the kinds singleton
     // detection looks at: what the run again must see made once more.
     let detected = |shape: &&String| {
@@ -193,6 +230,7 @@ fn run_batch(
         let until = Until { deadline: Instant::now() + budget, covered: &covered };
         let rerun = run_in_order(context, waker, cases, &again, next_serial, Some(&until), |_, _| true);
         made.extend(rerun.made.iter().cloned());
+        failed.extend(rerun.failed.iter().copied());
         let not_clean = |case: usize| {
             rerun.cut.contains(&case) || rerun.ran.iter().any(|ran| ran.case == case && !ran.passed_clean())
         };
@@ -210,9 +248,17 @@ fn run_batch(
             );
         }
     }
-    let records =
+    let clean =
         clean.into_iter().map(|ran| (ran.case, clean_record(context, &cases[ran.case], ran_duration(ran)))).collect();
-    (records, made)
+    Seen { clean, made, failed }
+}
+
+/// What one batch gave: its clean records, by case index, and what
+/// [`InOrder`] saw of its processes.
+struct Seen {
+    clean: Vec<(usize, TestRecord)>,
+    made: Vec<Made>,
+    failed: Vec<(usize, Option<usize>)>,
 }
 
 fn ran_duration(ran: &Ran) -> std::time::Duration {
@@ -228,6 +274,9 @@ struct InOrder {
     ran: Vec<Ran>,
     /// What each process showed.
     made: Vec<Made>,
+    /// Tests libtest reported failing, each with the test that ran just
+    /// before it in its process.
+    failed: Vec<(usize, Option<usize>)>,
     /// Tests running when their process crashed or timed out.
     cut: Vec<usize>,
     /// Ended by `until`.
@@ -247,7 +296,8 @@ fn run_in_order(
     heap_clean: impl Fn(usize, &BatchEnded) -> bool,
 ) -> InOrder {
     let binary = &cases[tests[0]].binary;
-    let mut seen = InOrder { ran: Vec::new(), made: Vec::new(), cut: Vec::new(), stopped_early: false };
+    let mut seen =
+        InOrder { ran: Vec::new(), made: Vec::new(), failed: Vec::new(), cut: Vec::new(), stopped_early: false };
     let mut todo: Vec<usize> = tests.to_vec();
     while !todo.is_empty() && context.supervisor.interrupted().is_none() {
         let names: Vec<&str> = todo.iter().map(|&index| cases[index].name.as_str()).collect();
@@ -261,6 +311,12 @@ fn run_in_order(
             TestEnd::NotClean => left(at).map(|shapes| (todo[at], shapes)),
         };
         seen.made.push(ended.ended.iter().filter_map(made).collect());
+        for (position, &(at, _)) in ended.ended.iter().enumerate() {
+            if ended.failed.contains(&at) {
+                let before = position.checked_sub(1).map(|before| todo[ended.ended[before].0]);
+                seen.failed.push((todo[at], before));
+            }
+        }
         if ended.stopped {
             seen.stopped_early = true;
             break;

@@ -50,7 +50,7 @@ pub(crate) fn run_all(
     run.harness_binaries(list_args, &mut slots, &mut on_record);
     // Without singleton detection every test touching a singleton fails
     // for it, which only a process per test shows.
-    let mut made = Vec::new();
+    let (mut made, mut failed_in_batches) = (Vec::new(), Vec::new());
     if context.isolate || context.filter.is_none() || !context.detect_singletons[..2].contains(&true) {
         super::heap_filter::run(context, cases, jobs, &next_serial);
     } else {
@@ -58,6 +58,7 @@ pub(crate) fn run_all(
         // and what the batches saw made helps tell their singletons.
         let batched = super::batch::run(context, cases, jobs, &next_serial);
         made = batched.made;
+        failed_in_batches = batched.failed;
         for (index, record) in batched.clean.into_iter().enumerate() {
             if let Some(mut record) = record {
                 context.policy.apply(&mut record);
@@ -67,6 +68,7 @@ pub(crate) fn run_all(
         }
     }
     run.one_process_each(&mut slots, &made, &mut on_record);
+    super::batch::note_order_dependence(cases, &failed_in_batches, &slots);
     let records: Vec<TestRecord> = slots.into_iter().flatten().collect();
     RunResult { not_run: cases.len() - records.len(), records, duration_ms: started.elapsed().as_millis() as u64 }
 }
