@@ -24,7 +24,7 @@ use leakcheck::{Outcome, TestRecord};
 use super::boundary::{self, BatchEnded, TestEnd, Until};
 use super::context::{RunContext, Waker};
 use super::reaper::ExitStatus;
-use super::spawn::{self, Launch};
+use super::spawn::Launch;
 use crate::cargo::TestBinary;
 use crate::list::TestCase;
 
@@ -205,18 +205,10 @@ fn run_batch(
         heap.check_each_test_of(&binary.executable);
     }
     let mut clean: Vec<&Ran> = first.ran.iter().filter(|ran| ran.passed_clean()).collect();
-    let mut made = first.made.clone();
-    let mut failed = first.failed.clone();
-    // What the tests that were not clean left, of the kinds singleton
-    // detection looks at: what the run again must see made once more.
-    let detected = |shape: &&String| {
-        ["fd ", "thread ", "child "]
-            .iter()
-            .zip(context.detect_singletons)
-            .any(|(kind, on)| on && shape.starts_with(kind))
-    };
-    let wanted: BTreeSet<String> =
-        first.made.iter().flatten().flat_map(|(_, shapes)| shapes.keys().filter(detected).cloned()).collect();
+    // What the tests that were not clean left (of the kinds singleton
+    // detection looks at): what the run again must see made once more.
+    let wanted: BTreeSet<String> = first.made.iter().flatten().flat_map(|(_, shapes)| shapes.keys().cloned()).collect();
+    let (mut made, mut failed) = (first.made, first.failed);
     let first_unclean = first.ran.iter().position(|ran| ran.end == TestEnd::NotClean);
     let again: Vec<usize> = first_unclean
         .map(|at| first.ran[at..].iter().filter(|ran| ran.passed_clean()).map(|ran| ran.case).collect())
@@ -226,11 +218,10 @@ fn run_batch(
         // quarter of the batch's time: a leak of the test's own is never
         // made again, and the run again must not double a slow suite.
         let budget = (started.elapsed() / 4).max(Duration::from_secs(1));
-        let covered = |made: &BTreeSet<String>| wanted.is_subset(made);
-        let until = Until { deadline: Instant::now() + budget, covered: &covered };
+        let until = Until { deadline: Instant::now() + budget, wanted: &wanted };
         let rerun = run_in_order(context, waker, cases, &again, next_serial, Some(&until), |_, _| true);
-        made.extend(rerun.made.iter().cloned());
-        failed.extend(rerun.failed.iter().copied());
+        made.extend(rerun.made);
+        failed.extend(rerun.failed);
         let not_clean = |case: usize| {
             rerun.cut.contains(&case) || rerun.ran.iter().any(|ran| ran.case == case && !ran.passed_clean())
         };
@@ -301,7 +292,11 @@ fn run_in_order(
     let mut todo: Vec<usize> = tests.to_vec();
     while !todo.is_empty() && context.supervisor.interrupted().is_none() {
         let names: Vec<&str> = todo.iter().map(|&index| cases[index].name.as_str()).collect();
-        let Some(ended) = run_process(context, waker, binary, &names, next_serial, until) else { break };
+        let serial = next_serial.fetch_add(1, Ordering::SeqCst);
+        // Not watched (not started, or no probe): every test runs alone.
+        let Ok(ended) = boundary::run_together(context, waker, binary, &names, serial, Launch::Batch, until) else {
+            break;
+        };
         let heap_clean = heap_clean(names.len(), &ended);
         seen.ran.extend(ended.ended.iter().map(|&(at, end)| Ran { case: todo[at], end, heap_clean }));
         let left = |at: usize| ended.left.iter().find(|(left, _)| *left == at).map(|(_, shapes)| shapes.clone());
@@ -339,36 +334,6 @@ fn run_in_order(
         }
     }
     seen
-}
-
-/// One batch process over `names`. `None`: it could not be started, or
-/// without the probe it cannot be judged (every test then runs alone).
-fn run_process(
-    context: &RunContext,
-    waker: &Waker,
-    binary: &Arc<TestBinary>,
-    names: &[&str],
-    next_serial: &AtomicUsize,
-    until: Option<&Until>,
-) -> Option<BatchEnded> {
-    let case = TestCase {
-        binary: binary.clone(),
-        name: format!("{} tests (batch)", names.len()),
-        ignored: false,
-        serial: next_serial.fetch_add(1, Ordering::SeqCst),
-    };
-    let mut args: Vec<String> = names.iter().map(|name| (*name).to_owned()).collect();
-    // `--nocapture`, as in the per-test runs: with libtest capturing output,
-    // a `#[leakcheck::test]` would isolate itself in yet another process.
-    args.extend(["--exact", "--nocapture", "--test-threads=1"].map(String::from));
-    args.extend(context.test_args.iter().cloned());
-    let mut process = spawn::start(context, waker, &case, &args, Launch::Batch).ok()?;
-    if process.listener.is_none() {
-        super::reaper::kill_group(process.pid, nix::sys::signal::Signal::SIGKILL);
-    }
-    let ended = boundary::watch_batch(context, waker, names, &binary.cwd, &mut process, until, false);
-    let _ = std::fs::remove_file(&process.record_file);
-    process.listener.is_some().then_some(ended)
 }
 
 /// Whether the heap runtime vouches for the batch's clean tests: not

@@ -19,6 +19,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::os::fd::AsFd;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use leakcheck::diff::{settle_until, Baseline, Delta};
@@ -31,7 +32,9 @@ use super::exec_env::read_remote;
 use super::poll::{is_hung_up, wait_for_events};
 use super::probe::{Event, Listener, WriteCall};
 use super::reaper::{self, ExitStatus};
-use super::spawn::TestProcess;
+use super::spawn::{self, Launch, TestProcess};
+use crate::cargo::TestBinary;
+use crate::list::TestCase;
 
 /// How one test of a batch ended, at its result boundary.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,8 +59,9 @@ pub(super) struct BatchEnded {
     /// The heap runtime's report: `None` when not preloaded, `Some(None)`
     /// when it could not check the process.
     pub(super) heap: Option<Option<Vec<Leak>>>,
-    /// What each test that passed but was not clean left at its end: instances of
-    /// each shape ([`leakcheck::shape`]), by index into the batch's names.
+    /// What each test that passed but was not clean left at its end, of the
+    /// kinds singleton detection looks at: instances of each shape
+    /// ([`leakcheck::shape`]), by index into the batch's names.
     pub(super) left: Vec<(usize, BTreeMap<String, usize>)>,
     /// Ended by its [`Until`], not by itself.
     pub(super) stopped: bool,
@@ -69,11 +73,47 @@ pub(super) struct BatchEnded {
     pub(super) survivors: Option<BTreeMap<String, usize>>,
 }
 
-/// When to end a batch early: at a deadline, or once the tests that were
-/// not clean have left every shape `covered` asks for.
+/// When to end a batch early, between two tests: at a deadline, or once
+/// the tests that were not clean have left every shape `wanted`.
 pub(super) struct Until<'a> {
     pub(super) deadline: Instant,
-    pub(super) covered: &'a dyn Fn(&BTreeSet<String>) -> bool,
+    pub(super) wanted: &'a BTreeSet<String>,
+}
+
+/// Runs the tests `names` of `binary` in one process (`NAME... --exact
+/// --nocapture --test-threads=1`) and watches it at libtest's boundaries,
+/// until `until` says so if given. A group run (`Launch::Group`) also
+/// counts what is left at the exit. `Err`: why it could not be watched
+/// (not started, or no probe).
+pub(super) fn run_together(
+    context: &RunContext,
+    waker: &Waker,
+    binary: &Arc<TestBinary>,
+    names: &[&str],
+    serial: usize,
+    launch: Launch,
+    until: Option<&Until>,
+) -> Result<BatchEnded, String> {
+    let what = if launch == Launch::Group { "together" } else { "(batch)" };
+    let case =
+        TestCase { binary: binary.clone(), name: format!("{} tests {what}", names.len()), ignored: false, serial };
+    let mut args: Vec<String> = names.iter().map(|name| (*name).to_owned()).collect();
+    // `--nocapture`, as in the per-test runs: with libtest capturing output,
+    // a `#[leakcheck::test]` would isolate itself in yet another process.
+    args.extend(["--exact", "--nocapture", "--test-threads=1"].map(String::from));
+    args.extend(context.test_args.iter().cloned());
+    let mut process =
+        spawn::start(context, waker, &case, &args, launch).map_err(|error| format!("could not run ({error})"))?;
+    if process.listener.is_none() {
+        reaper::kill_group(process.pid, Signal::SIGKILL);
+    }
+    let survivors = launch == Launch::Group;
+    let ended = watch_batch(context, waker, names, &binary.cwd, &mut process, until, survivors);
+    let _ = std::fs::remove_file(&process.record_file);
+    match process.listener {
+        Some(_) => Ok(ended),
+        None => Err("no probe to see its tests' boundaries".into()),
+    }
 }
 
 /// The test between its announcement and its result.
@@ -87,7 +127,7 @@ struct Running {
 
 /// Watches `process`, running `names`, until it is gone; ends whatever it
 /// left alive. Every test's time limit counts from its own announcement.
-pub(super) fn watch_batch(
+fn watch_batch(
     context: &RunContext,
     waker: &Waker,
     names: &[&str],
@@ -98,8 +138,7 @@ pub(super) fn watch_batch(
 ) -> BatchEnded {
     let (pid, marker, record_file) = (process.pid, process.marker.clone(), process.record_file.clone());
     let heap_report = process.heap_log.as_ref().map(|prefix| format!("{}.", prefix.display()));
-    let mut batch = Batch::new(context, names, pid, &marker, heap_report, &record_file);
-    batch.survivors = survivors.then_some(None);
+    let mut batch = Batch::new(context, names, pid, &marker, heap_report, &record_file, survivors);
     let mut idle_since = process.started;
     let (mut timed_out, mut killed, mut stopped) = (false, false, false);
     let mut probe_live = process.listener.is_some();
@@ -143,9 +182,9 @@ pub(super) fn watch_batch(
             waker.drain();
         }
         let interrupted = context.supervisor.interrupted().is_some();
-        let shapes_left = || batch.left.iter().flat_map(|(_, shapes)| shapes.keys().cloned()).collect();
+        let made_again = |shape: &String| batch.left.iter().any(|(_, shapes)| shapes.contains_key(shape.as_str()));
         if let (Some(until), false) = (until, killed) {
-            if batch.running.is_none() && (Instant::now() >= until.deadline || (until.covered)(&shapes_left())) {
+            if batch.running.is_none() && (Instant::now() >= until.deadline || until.wanted.iter().all(made_again)) {
                 stopped = true;
                 killed = true;
                 kill_all();
@@ -175,7 +214,7 @@ pub(super) fn watch_batch(
         left: batch.left,
         stopped,
         failed: batch.failed,
-        survivors: batch.survivors.flatten(),
+        survivors: batch.survivors,
     }
 }
 
@@ -196,8 +235,9 @@ struct Batch<'a> {
     finished: bool,
     /// The process at its first test's start.
     first_baseline: Option<Baseline>,
-    /// `Some` when asked for: filled in at the main thread's exit.
-    survivors: Option<Option<BTreeMap<String, usize>>>,
+    /// Count what is left at the main thread's exit, into `survivors`.
+    wants_survivors: bool,
+    survivors: Option<BTreeMap<String, usize>>,
 }
 
 impl<'a> Batch<'a> {
@@ -208,6 +248,7 @@ impl<'a> Batch<'a> {
         marker: &'a str,
         heap_report: Option<String>,
         record_file: &'a std::path::Path,
+        wants_survivors: bool,
     ) -> Self {
         Batch {
             context,
@@ -222,6 +263,7 @@ impl<'a> Batch<'a> {
             failed: Vec::new(),
             finished: false,
             first_baseline: None,
+            wants_survivors,
             survivors: None,
         }
     }
@@ -233,8 +275,8 @@ impl<'a> Batch<'a> {
             Some(Event::Exit(call)) => {
                 if call.tid == self.pid {
                     self.finished = true;
-                    if self.survivors.is_some() {
-                        self.survivors = Some(self.survivors(listener));
+                    if self.wants_survivors {
+                        self.survivors = self.survivors(listener);
                     }
                 }
                 listener.proceed(call);
@@ -286,12 +328,13 @@ impl<'a> Batch<'a> {
         }
     }
 
-    /// The instances of each shape a test left, read once more (it is
-    /// still held).
+    /// The instances of each shape a test left, of the kinds singleton
+    /// detection looks at, read once more (it is still held).
     fn shapes_left(&self, running: &Running) -> Option<BTreeMap<String, usize>> {
         let snapshot = snapshot::take_since(self.pid, Some(&running.baseline)).ok()?;
         let name = self.names[running.index];
-        let leaks = Delta::between(&running.baseline, snapshot).into_leaks(self.pid);
+        let mut leaks = Delta::between(&running.baseline, snapshot).into_leaks(self.pid);
+        leaks.retain(|leak| self.context.detects_singletons_of(leak));
         Some(leakcheck::shape::shape_counts(&leaks, &[name]))
     }
 

@@ -49,6 +49,19 @@ pub(crate) struct RunContext {
     pub(crate) lasting: std::sync::Mutex<HashMap<String, HashSet<String>>>,
 }
 
+impl RunContext {
+    /// Whether singleton detection looks at leaks of `leak`'s kind.
+    pub(super) fn detects_singletons_of(&self, leak: &leakcheck::Leak) -> bool {
+        let kind = match leak {
+            leakcheck::Leak::Fd { .. } => 0,
+            leakcheck::Leak::Thread { .. } => 1,
+            leakcheck::Leak::Child { .. } => 2,
+            leakcheck::Leak::Heap { .. } => return false,
+        };
+        self.detect_singletons[kind]
+    }
+}
+
 /// A worker's wake-up pipe: the reaper writes to it when the worker's test exits.
 #[derive(Debug)]
 pub(crate) struct Waker {

@@ -234,14 +234,14 @@ impl Run<'_> {
                     let (done, rest) = held.drain(..).partition(|record| record.record.binary == binary);
                     held = rest;
                     let resolved = self.resolve_singletons(done, made);
-                    self.report_resolved(siblings.learn_all(self.context, resolved), slots, on_record);
+                    self.report_resolved(siblings.learn(self.context, resolved), slots, on_record);
                     self.judged.add_one();
                 }
             }
         });
         // Binaries the run stopped in the middle of.
         let resolved = self.resolve_singletons(held, made);
-        self.report_resolved(siblings.learn_all(self.context, resolved), slots, on_record);
+        self.report_resolved(siblings.learn(self.context, resolved), slots, on_record);
         self.report_resolved(siblings.finish(), slots, on_record);
     }
 

@@ -49,35 +49,33 @@ impl Siblings {
         Siblings { at_once, ..Siblings::default() }
     }
 
-    /// Learns the singletons of `held` (judged); returns it unless it must
-    /// wait: it still leaks, and some leak of it has a shape no other of
-    /// `peers` (its binary's held records) left.
-    fn learn(&mut self, context: &RunContext, held: Held, peers: &[&TestRecord]) -> Option<Held> {
-        let record = &held.record;
-        let known = self.proven.entry(package_of(&record.binary).to_owned()).or_default();
-        for (shape, count) in shape_counts(&record.singletons, &[&record.name]) {
-            let entry = known.entry(shape).or_insert((0, record.binary.clone()));
-            entry.0 = entry.0.max(count);
-        }
-        let alone = peerless(context, record, peers);
-        if !record.outcome.is_failure() || alone.is_empty() {
-            return Some(held);
-        }
-        if self.at_once {
-            return Some(judge(&self.proven, held, &alone));
-        }
-        self.waiting.push((held, alone));
-        None
-    }
-
-    /// [`Siblings::learn`] for each of `resolved`, its peers the records
-    /// of its binary among them; returns the ones that need not wait.
-    pub(super) fn learn_all(&mut self, context: &RunContext, resolved: Vec<Held>) -> Vec<Held> {
-        let records: Vec<TestRecord> = resolved.iter().map(|held| held.record.clone()).collect();
+    /// Learns the singletons of each of `resolved` (judged); returns the
+    /// ones that need not wait: those that pass, and those whose every
+    /// leak has a shape another record of its binary among them left.
+    pub(super) fn learn(&mut self, context: &RunContext, resolved: Vec<Held>) -> Vec<Held> {
+        let alone: Vec<BTreeMap<String, usize>> = resolved
+            .iter()
+            .map(|held| {
+                let peers: Vec<&TestRecord> =
+                    resolved.iter().map(|peer| &peer.record).filter(|peer| peer.binary == held.record.binary).collect();
+                peerless(context, &held.record, &peers)
+            })
+            .collect();
         let mut ready = Vec::new();
-        for held in resolved {
-            let peers: Vec<&TestRecord> = records.iter().filter(|peer| peer.binary == held.record.binary).collect();
-            ready.extend(self.learn(context, held, &peers));
+        for (held, alone) in resolved.into_iter().zip(alone) {
+            let record = &held.record;
+            let known = self.proven.entry(package_of(&record.binary).to_owned()).or_default();
+            for (shape, count) in shape_counts(&record.singletons, &[&record.name]) {
+                let entry = known.entry(shape).or_insert((0, record.binary.clone()));
+                entry.0 = entry.0.max(count);
+            }
+            if !record.outcome.is_failure() || alone.is_empty() {
+                ready.push(held);
+            } else if self.at_once {
+                ready.push(judge(&self.proven, held, &alone));
+            } else {
+                self.waiting.push((held, alone));
+            }
         }
         ready
     }
@@ -117,7 +115,7 @@ fn judge(proven: &Proven, mut held: Held, alone: &BTreeMap<String, usize>) -> He
 /// The detected shapes `record` leaks that none of `peers` (other records
 /// of its binary) leaked or shared, with its count of each.
 fn peerless(context: &RunContext, record: &TestRecord, peers: &[&TestRecord]) -> BTreeMap<String, usize> {
-    let leaks: Vec<_> = record.leaks.iter().filter(|leak| singleton::detected(context, leak)).cloned().collect();
+    let leaks: Vec<_> = record.leaks.iter().filter(|leak| context.detects_singletons_of(leak)).cloned().collect();
     let mut own = shape_counts(&leaks, &[&record.name]);
     for peer in peers.iter().filter(|peer| peer.name != record.name) {
         for leak in peer.leaks.iter().chain(&peer.singletons) {

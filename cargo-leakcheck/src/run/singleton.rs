@@ -57,16 +57,7 @@ pub(super) struct Held {
 /// Whether `record` has a leak that could be a singleton: the test passed
 /// apart from its leaks, and some leak is of a kind the plan detects.
 pub(super) fn is_candidate(context: &RunContext, record: &TestRecord) -> bool {
-    record.outcome == Outcome::Leaked && record.leaks.iter().any(|leak| detected(context, leak))
-}
-
-fn kind_index(leak: &Leak) -> Option<usize> {
-    match leak {
-        Leak::Fd { .. } => Some(0),
-        Leak::Thread { .. } => Some(1),
-        Leak::Child { .. } => Some(2),
-        Leak::Heap { .. } => None,
-    }
+    record.outcome == Outcome::Leaked && record.leaks.iter().any(|leak| context.detects_singletons_of(leak))
 }
 
 /// Group runs at most per shape: 4 per halving level, 4·(1 + log2(tests)).
@@ -109,7 +100,8 @@ pub(super) fn resolve(
         .iter()
         .map(|held| {
             let name = held.record.name.as_str();
-            let leaks: Vec<Leak> = held.record.leaks.iter().filter(|leak| detected(context, leak)).cloned().collect();
+            let leaks: Vec<Leak> =
+                held.record.leaks.iter().filter(|leak| context.detects_singletons_of(leak)).cloned().collect();
             shape_counts(&leaks, &[name])
         })
         .collect();
@@ -329,10 +321,6 @@ impl ShapeSearch<'_> {
     }
 }
 
-pub(super) fn detected(context: &RunContext, leak: &Leak) -> bool {
-    kind_index(leak).is_some_and(|kind| context.detect_singletons[kind])
-}
-
 /// The parts to try next: members with the smallest count apart from the
 /// others when counts differ, else two halves in name order.
 fn split(group: &[usize], count: impl Fn(usize) -> usize) -> Vec<Vec<usize>> {
@@ -495,27 +483,11 @@ fn run_group_once(site: GroupSite<'_>, waker: &Waker, names: &[&str]) -> GroupRu
     if context.supervisor.interrupted().is_some() {
         return GroupRun::Inconclusive("interrupted".into());
     }
-    let case = TestCase {
-        binary: binary.clone(),
-        name: format!("{} tests together", names.len()),
-        ignored: false,
-        serial: serial.fetch_add(1, Ordering::SeqCst),
+    let serial = serial.fetch_add(1, Ordering::SeqCst);
+    let ended = match boundary::run_together(context, waker, binary, names, serial, spawn::Launch::Group, None) {
+        Ok(ended) => ended,
+        Err(why) => return GroupRun::Inconclusive(why),
     };
-    let mut args: Vec<String> = names.iter().map(|name| (*name).to_owned()).collect();
-    args.extend(["--exact", "--nocapture", "--test-threads=1"].map(String::from));
-    args.extend(context.test_args.iter().cloned());
-    let mut process = match spawn::start(context, waker, &case, &args, spawn::Launch::Group) {
-        Ok(process) => process,
-        Err(error) => return GroupRun::Inconclusive(format!("could not run ({error})")),
-    };
-    if process.listener.is_none() {
-        super::reaper::kill_group(process.pid, nix::sys::signal::Signal::SIGKILL);
-    }
-    let ended = boundary::watch_batch(context, waker, names, &binary.cwd, &mut process, None, true);
-    let _ = std::fs::remove_file(&process.record_file);
-    if process.listener.is_none() {
-        return GroupRun::Inconclusive("no probe to see its tests' boundaries".into());
-    }
     if ended.timed_out {
         return GroupRun::Inconclusive(format!("ran past the --timeout of {:?}", context.timeout));
     }
