@@ -3,6 +3,7 @@
 # #[leakcheck::test] in a leakcheck::main!() target, builds both once, then
 # times `cargo test` and `cargo nextest run` (plain tests), `cargo leakcheck`
 # (zero-config: tests in batches, heap checked by default; with --no-heap;
+# with the file check off;
 # and with --isolate, one process per test) and `cargo leakcheck` on the harness
 # target (heap checked; a forked child runs clean tests one after another,
 # and once more with --fork-per-test: a fresh fork per test), alternating,
@@ -74,7 +75,10 @@ time_one() { # prints seconds; runs in $dir
 median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 
 declare -A times
-contenders=("cargo test" "cargo nextest run" "cargo leakcheck" "cargo leakcheck --no-heap" "cargo leakcheck --isolate" "cargo leakcheck, harness" "harness, --fork-per-test")
+# The file check off (no private temp dir per process): what it costs.
+files_off=$suite/files-off.toml
+printf '[profile.default]\nkinds = { file = "off" }\n' > "$files_off"
+contenders=("cargo test" "cargo nextest run" "cargo leakcheck" "cargo leakcheck --no-heap" "leakcheck, file off" "cargo leakcheck --isolate" "cargo leakcheck, harness" "harness, --fork-per-test")
 for round in $(seq "$rounds"); do
   times["cargo test"]+="$(time_one cargo test -q) "
   if cargo nextest --version >/dev/null 2>&1; then
@@ -84,6 +88,7 @@ for round in $(seq "$rounds"); do
   # The default checks the heap where a LeakSanitizer runtime is found;
   # without it, what the heap check costs.
   times["cargo leakcheck --no-heap"]+="$(time_one "$tool" leakcheck --no-fail-fast --no-heap) "
+  times["leakcheck, file off"]+="$(time_one "$tool" leakcheck --no-fail-fast --config-file "$files_off") "
   times["cargo leakcheck --isolate"]+="$(time_one "$tool" leakcheck --no-fail-fast --isolate) "
   times["cargo leakcheck, harness"]+="$(dir=$harness_suite time_one "$tool" leakcheck --no-fail-fast) "
   times["harness, --fork-per-test"]+="$(dir=$harness_suite time_one "$tool" leakcheck --no-fail-fast --fork-per-test) "
@@ -108,6 +113,8 @@ if [ -n "${medians["cargo nextest run"]:-}" ]; then
   printf '  heap check cost per test (default - --no-heap): %.2f ms of wall time\n' \
     "$(awk -v a="${medians["cargo leakcheck"]}" -v b="${medians["cargo leakcheck --no-heap"]}" -v n="$n" 'BEGIN { print (a - b) * 1000 / n }')"
 fi
+printf '  file check cost per test (default - file off): %.3f ms of wall time\n' \
+  "$(awk -v a="${medians["cargo leakcheck"]}" -v b="${medians["leakcheck, file off"]}" -v n="$n" 'BEGIN { print (a - b) * 1000 / n }')"
 printf '  ratio leakcheck / cargo test: %.2f\n' "$(awk -v a="${medians["cargo leakcheck"]}" -v b="${medians["cargo test"]}" 'BEGIN { print a / b }')"
 
 # ---------------------------------------------------------------------------

@@ -66,7 +66,7 @@ fn profiles_set_severities_and_the_ci_profile_falls_back_to_default() {
 kinds = { child = "warn" }
 
 [profile.ci]
-kinds = { fd = "off" }
+kinds = { fd = "off", file = "off" }
 "#,
     );
     let args =
@@ -183,7 +183,7 @@ fn junit_reports_parse_back_with_leaks_in_the_failure() {
     let case = &parsed.test_suites[0].test_cases[0];
     match &case.status {
         quick_junit::TestCaseStatus::NonSuccess { message, description, ty, .. } => {
-            assert_eq!(message.as_ref().map(|m| m.as_str()), Some("leaked 1 fd"));
+            assert_eq!(message.as_ref().map(|m| m.as_str()), Some("leaked 1 fd, 1 file"));
             assert_eq!(ty.as_ref().map(|t| t.as_str()), Some("leaked"));
             assert!(description.as_ref().unwrap().as_str().contains("leakcheck-fixture-forgotten.txt (regular file)"));
         }
@@ -260,7 +260,8 @@ fn the_nextest_wrapper_catches_a_leak_inside_cargo_nextest_run() {
     assert_eq!(output.status.code(), Some(100), "{stderr}");
     assert!(stderr.contains("3 tests run: 0 passed, 3 failed"), "{stderr}");
     let all = format!("{stdout}{stderr}");
-    assert!(all.contains("leaked fd 3 -> /tmp/leakcheck-fixture-forgotten.txt (regular file)"), "{all}");
+    assert!(all.contains("leaked fd 3 -> $TMPDIR/leakcheck-fixture-forgotten.txt (regular file)"), "{all}");
+    assert!(all.contains("leaked file $TMPDIR/leakcheck-fixture-forgotten.txt (left in the test's temp dir"), "{all}");
     assert!(all.contains("leaked thread \"flusher\""), "{all}");
     // The label keeps the package, as cargo leakcheck prints it.
     assert!(all.contains("LEAK [") && all.contains("] leaky::leaks fd::forgotten_file"), "{all}");

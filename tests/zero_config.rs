@@ -4,7 +4,7 @@
 
 mod support;
 
-use leakcheck::Outcome;
+use leakcheck::{Leak, Outcome};
 use support::*;
 
 #[test]
@@ -24,10 +24,16 @@ fn every_leak_of_the_showcase_is_named() {
 
     let forgotten = record(&report, leaks, "fd::forgotten_file");
     assert_outcome(forgotten, Outcome::Leaked);
-    assert_eq!(forgotten.leaks.len(), 1, "{forgotten:#?}");
+    assert_eq!(forgotten.leaks.len(), 2, "{forgotten:#?}");
     let (target, detail) = fds(forgotten)[0];
-    assert!(target.ends_with("/leakcheck-fixture-forgotten.txt"), "{target}");
+    // The test's private temp dir is gone after the run: named by $TMPDIR.
+    assert_eq!(target, "$TMPDIR/leakcheck-fixture-forgotten.txt");
     assert_eq!(detail, "regular file");
+    // The file itself stays in that temp dir: a leak of its own.
+    assert!(
+        matches!(&forgotten.leaks[1], Leak::File { path, file_type, .. } if path == "leakcheck-fixture-forgotten.txt" && file_type == "file"),
+        "{forgotten:#?}"
+    );
 
     let listener = record(&report, leaks, "fd::leaked_listener");
     assert_outcome(listener, Outcome::Leaked);
@@ -145,14 +151,15 @@ fn motivating_cases_leak_and_their_fixes_pass() {
     let report = run.report();
     let cases = "field-cases::cases";
 
+    // The fd, and the file it names, left in the temp dir.
     let store = record(&report, cases, "runner_never_run_leaks");
     assert_outcome(store, Outcome::Leaked);
-    assert_eq!(store.leaks.len(), 1);
+    assert_eq!(store.leaks.iter().map(Leak::kind).collect::<Vec<_>>(), ["fd", "file"]);
     assert!(fds(store)[0].0.ends_with("-store.db"), "{store:#?}");
 
     let log = record(&report, cases, "deploy_log_leaks");
     assert_outcome(log, Outcome::Leaked);
-    assert_eq!(log.leaks.len(), 1);
+    assert_eq!(log.leaks.iter().map(Leak::kind).collect::<Vec<_>>(), ["fd", "file"]);
     assert!(fds(log)[0].0.ends_with("-deploy.log"), "{log:#?}");
 
     let browser = record(&report, cases, "browser_close_not_awaited_leaks");
@@ -312,8 +319,10 @@ fn without_the_probe_children_are_still_caught_and_the_gap_is_said() {
     command.env("LEAKCHECK_NO_PROBE", "1");
     let run = run_to_end(command);
     let report = run.report();
+    // The fd goes unseen; the file it left in the temp dir does not.
     let forgotten = record(&report, "leaky::leaks", "fd::forgotten_file");
-    assert_outcome(forgotten, Outcome::Passed);
+    assert_outcome(forgotten, Outcome::Leaked);
+    assert_eq!(forgotten.leaks.iter().map(Leak::kind).collect::<Vec<_>>(), ["file"]);
     assert_eq!(forgotten.unchecked, ["fd", "thread"]);
 }
 
@@ -330,7 +339,9 @@ fn help_explains_the_exit_codes() {
     }
     // The configuration summary states the defaults as they are.
     for line in [
-        "kinds = { fd, thread, child, heap }: \"fail\" (default), \"warn\" or \"off\"",
+        "kinds = { fd, thread, child, heap, file }:\n",
+        "\"fail\" (default), \"warn\" or \"off\"",
+        "Files:",
         "(default: fd and thread \"pass\", child \"fail\")",
         "--fail-singletons",
         "--locked",
@@ -496,7 +507,8 @@ fn where_seccomp_is_refused_the_run_warns_once_and_still_catches_children() {
         assert_eq!(children(record).iter().map(|child| child.0).collect::<Vec<_>>(), ["sleep 30"]);
     }
     let file = record(&report, "leaky::leaks", "fd::forgotten_file");
-    assert_outcome(file, Outcome::Passed);
+    assert_outcome(file, Outcome::Leaked);
+    assert_eq!(file.leaks.iter().map(Leak::kind).collect::<Vec<_>>(), ["file"]);
     assert_eq!(file.unchecked, ["fd", "thread"]);
 }
 
@@ -706,7 +718,7 @@ fn cargos_own_flags_pass_through_and_what_cannot_be_honoured_is_refused() {
 #[test]
 fn isolate_gives_the_expected_verdicts_with_no_batch() {
     let _serial = serial();
-    let packages = ["clean", "leaky", "faults", "singletons", "heap-leaks", "harnessed"];
+    let packages = ["clean", "leaky", "faults", "singletons", "heap-leaks", "harnessed", "files"];
     let mut args = vec!["--isolate", "--no-fail-fast", "--message-format", "json", "-v"];
     for package in packages {
         args.extend(["-p", package]);

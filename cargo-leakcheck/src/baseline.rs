@@ -118,13 +118,17 @@ pub(crate) fn render(records: &[TestRecord]) -> String {
 /// A leak's identity without what changes from run to run.
 pub(crate) fn identity(leak: &Leak) -> String {
     match leak {
-        Leak::Fd { target, detail, .. } if target.starts_with('/') => format!("{} ({detail})", normalise(target)),
+        Leak::Fd { target, detail, .. } if leakcheck::temp_dir::is_path(target) => {
+            format!("{} ({detail})", normalise(target))
+        }
         Leak::Fd { detail, .. } => normalise(detail),
         Leak::Thread { name, .. } => name.clone(),
         // Its program: a child that exits as the test ends reads as
         // running in one run and as a zombie (`[comm]`) in the next.
         Leak::Child { cmdline, .. } => leakcheck::shape::program_of(cmdline),
         Leak::Heap { .. } => "heap".to_owned(),
+        // tempfile's random names (`.tmpAbC123`) differ in every run.
+        Leak::File { path, file_type, .. } => format!("$TMPDIR/{} ({file_type})", fold_random_names(path)),
     }
 }
 
@@ -152,6 +156,22 @@ fn normalise(text: &str) -> String {
         }
     }
     out
+}
+
+/// `path` with each name tempfile makes up (`.tmp` and six random
+/// letters or digits, or a prefix of the caller's then six) and each run of
+/// three or more digits written `N`.
+fn fold_random_names(path: &str) -> String {
+    let names: Vec<String> = path
+        .split('/')
+        .map(|name| match name.strip_prefix(".tmp") {
+            Some(rest) if rest.len() >= 6 && rest.chars().all(|c| c.is_ascii_alphanumeric() || c == '.') => {
+                format!(".tmp*{}", rest.split_once('.').map(|(_, ext)| format!(".{ext}")).unwrap_or_default())
+            }
+            _ => normalise(name),
+        })
+        .collect();
+    names.join("/")
 }
 
 /// Whether the digits at `start..start + len` are part of `1.2.3.4`.

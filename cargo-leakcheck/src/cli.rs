@@ -15,8 +15,8 @@ How it works:
   test binary. A libtest binary's tests run in batches, one after another in
   one process (--test-threads=1), each stopped at its start and at its end (a
   seccomp user-notification probe on libtest's own writes): its open file
-  descriptors, threads and child processes are compared with what it started
-  with. A test that passed with nothing left behind passes. Every other test
+  descriptors, threads, child processes and temp dir are compared with what
+  it started with. A test that passed with nothing left behind passes. Every other test
   (a leak, a failure, a crash, a timeout) runs again alone, in a fresh process
   stopped at exit_group, and that verdict counts: anything left behind fails
   it and is named. Processes a test leaves running are reported, then killed,
@@ -35,11 +35,12 @@ Configuration (.config/leakcheck.toml; flags win over the file):
   [profile.default]        grace, timeout, jobs, fail-fast, repeat,
                            check-heap = true (--heap) or false (--no-heap),
                            isolate = true (--isolate: one process per test),
-                           kinds = { fd, thread, child, heap }: \"fail\" (default), \"warn\" or \"off\"
+                           kinds = { fd, thread, child, heap, file }:
+                             \"fail\" (default), \"warn\" or \"off\"
                            singletons = { fd, thread, child }: \"pass\" or \"fail\"
                              (default: fd and thread \"pass\", child \"fail\")
   [profile.ci]             the same keys; unset ones fall back to profile.default
-  [[allow]]                kind, target | name | cmdline | bytes/site, tests, max, reason (required);
+  [[allow]]                kind, target | name | cmdline | bytes/site | path, tests, max, reason (required);
                            detail (fd), waiting-in (thread); name = \"(unnamed)\" for unnamed threads
 
 Process-wide singletons:
@@ -50,6 +51,13 @@ Process-wide singletons:
   passes, and is listed once under Singletons. The only test of its binary
   leaking a shape is judged by what the package's other binaries showed.
   --fail-singletons makes it fail instead.
+
+Files:
+  Every test process gets TMPDIR pointing at a private directory of its own.
+  What a test leaves in it (a kept NamedTempFile, a forgotten TempDir, a
+  socket file left bound) fails the test as a `file` leak, named by its path
+  under $TMPDIR; the directory is removed after the test whatever is in it.
+  kinds = { file = \"off\" } gives the tests the caller's TMPDIR instead.
 
 Heap:
   Plain tests have no allocator of ours inside: LeakSanitizer's runtime (GCC's

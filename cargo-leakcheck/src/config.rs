@@ -8,14 +8,14 @@
 //! jobs = 4
 //! fail-fast = true
 //! check-heap = true     # false: as --no-heap (default: on when a runtime is found)
-//! kinds = { fd = "fail", thread = "fail", child = "fail", heap = "warn" }
+//! kinds = { fd = "fail", thread = "fail", child = "fail", heap = "warn", file = "fail" }
 //!
 //! [profile.ci]          # unset keys fall back to profile.default
 //! timeout = "60s"
 //!
 //! [[allow]]             # every profile
 //! kind = "thread"
-//! name = "tokio-*"      # fd: target (and/or detail), thread: name, child: cmdline, heap: bytes and/or site
+//! name = "tokio-*"      # fd: target (and/or detail), thread: name, child: cmdline, heap: bytes and/or site, file: path
 //! tests = "server::*"   # optional glob on the test name (or "binary test")
 //! max = 4               # optional, per test
 //! reason = "the shared runtime is started once per process"
@@ -30,6 +30,8 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
+use leakcheck::LeakKind;
+
 use crate::duration::parse_duration;
 use crate::errors::ConfigError;
 
@@ -43,27 +45,6 @@ pub(crate) enum Severity {
     Warn,
     /// The kind is not reported at all.
     Off,
-}
-
-/// A kind as written in the file.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub(crate) enum KindName {
-    Fd,
-    Thread,
-    Child,
-    Heap,
-}
-
-impl KindName {
-    pub(crate) fn as_str(self) -> &'static str {
-        match self {
-            KindName::Fd => "fd",
-            KindName::Thread => "thread",
-            KindName::Child => "child",
-            KindName::Heap => "heap",
-        }
-    }
 }
 
 /// A duration written as a string: "500ms", "2s".
@@ -127,12 +108,13 @@ struct KindsFile {
     thread: Option<Severity>,
     child: Option<Severity>,
     heap: Option<Severity>,
+    file: Option<Severity>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct AllowFile {
-    kind: KindName,
+    kind: LeakKind,
     tests: Option<String>,
     target: Option<String>,
     detail: Option<String>,
@@ -140,6 +122,7 @@ struct AllowFile {
     #[serde(rename = "waiting-in")]
     waiting_in: Option<String>,
     cmdline: Option<String>,
+    path: Option<String>,
     bytes: Option<u64>,
     site: Option<String>,
     max: Option<usize>,
@@ -149,7 +132,7 @@ struct AllowFile {
 /// One allow rule, checked.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct AllowRule {
-    pub(crate) kind: KindName,
+    pub(crate) kind: LeakKind,
     /// Glob on the test name, or on "binary test".
     pub(crate) tests: Option<String>,
     /// Glob on the fd target, thread name, child command line or (heap) an
@@ -180,8 +163,8 @@ pub(crate) struct Profile {
     /// `isolate`: one process per test, no batches (`--isolate`).
     pub(crate) isolate: Option<bool>,
     pub(crate) repeat: Option<u32>,
-    /// fd, thread, child, heap.
-    pub(crate) kinds: [Option<Severity>; 4],
+    /// Per [`LeakKind`], by its index.
+    pub(crate) kinds: [Option<Severity>; 5],
     /// fd, thread, child: what a singleton of that kind does.
     pub(crate) singletons: [Option<SingletonRule>; 3],
     pub(crate) allow: Vec<AllowRule>,
@@ -201,15 +184,17 @@ fn unknown_profile(file: &ConfigFile, path: &Path, name: &str) -> ConfigError {
 /// a reason.
 fn check_rule(rule: &AllowFile, origin: String) -> Result<AllowRule, String> {
     let expected: &[&str] = match rule.kind {
-        KindName::Fd => &["target"],
-        KindName::Thread => &["name"],
-        KindName::Child => &["cmdline"],
-        KindName::Heap => &["bytes", "site"],
+        LeakKind::Fd => &["target"],
+        LeakKind::Thread => &["name"],
+        LeakKind::Child => &["cmdline"],
+        LeakKind::Heap => &["bytes", "site"],
+        LeakKind::File => &["path"],
     };
     let given: Vec<&str> = [
         ("target", rule.target.is_some()),
         ("name", rule.name.is_some()),
         ("cmdline", rule.cmdline.is_some()),
+        ("path", rule.path.is_some()),
         ("bytes", rule.bytes.is_some()),
         ("site", rule.site.is_some()),
     ]
@@ -224,14 +209,14 @@ fn check_rule(rule: &AllowFile, origin: String) -> Result<AllowRule, String> {
             expected.join("` and `")
         ));
     }
-    if rule.detail.is_some() && rule.kind != KindName::Fd {
+    if rule.detail.is_some() && rule.kind != LeakKind::Fd {
         return Err("`detail` matches the description of an fd; use it with kind = \"fd\"".into());
     }
-    if rule.waiting_in.is_some() && rule.kind != KindName::Thread {
+    if rule.waiting_in.is_some() && rule.kind != LeakKind::Thread {
         return Err("`waiting-in` matches what a thread waits in; use it with kind = \"thread\"".into());
     }
-    if rule.max.is_some() && rule.kind == KindName::Heap {
-        return Err("`max` counts fds, threads or children; the heap takes `bytes`".into());
+    if rule.max.is_some() && rule.kind == LeakKind::Heap {
+        return Err("`max` counts fds, threads, children or files; the heap takes `bytes`".into());
     }
     if rule.reason.trim().is_empty() {
         return Err("`reason` must say why this leak is accepted".into());
@@ -244,6 +229,7 @@ fn check_rule(rule: &AllowFile, origin: String) -> Result<AllowRule, String> {
             .clone()
             .or_else(|| rule.name.clone())
             .or_else(|| rule.cmdline.clone())
+            .or_else(|| rule.path.clone())
             .or_else(|| rule.site.clone()),
         detail: rule.detail.clone(),
         waiting_in: rule.waiting_in.clone(),
@@ -305,6 +291,7 @@ fn parse(text: &str, path: &Path, name: &str) -> Result<Profile, ConfigError> {
             pick(|p| p.kinds.and_then(|k| k.thread)),
             pick(|p| p.kinds.and_then(|k| k.child)),
             pick(|p| p.kinds.and_then(|k| k.heap)),
+            pick(|p| p.kinds.and_then(|k| k.file)),
         ],
         singletons: singleton_rules(chosen, base),
         allow: Vec::new(),
@@ -378,7 +365,7 @@ isolate = false
         assert_eq!(parse_ok(text, "quick").isolate, Some(false));
         assert_eq!(ci.grace, Some(Duration::from_millis(300)));
         assert_eq!(ci.timeout, Some(Duration::from_secs(30)));
-        assert_eq!(ci.kinds, [Some(Severity::Off), None, None, Some(Severity::Warn)]);
+        assert_eq!(ci.kinds, [Some(Severity::Off), None, None, Some(Severity::Warn), None]);
         assert_eq!(parse_ok(text, "default").timeout, Some(Duration::from_secs(90)));
     }
 

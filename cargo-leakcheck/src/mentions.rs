@@ -12,6 +12,7 @@
 use std::path::{Path, PathBuf};
 
 use leakcheck::record::{Site, SiteRole};
+use leakcheck::temp_dir::is_path;
 use leakcheck::{Leak, TestRecord};
 
 /// Source files searched at most, and their size at most: a bound for huge
@@ -57,7 +58,7 @@ pub(crate) fn attach(record: &mut TestRecord, package_dir: &Path) {
 /// the most telling first.
 fn needles(leak: &Leak) -> Vec<String> {
     match leak {
-        Leak::Fd { target, .. } if target.starts_with('/') && !target.ends_with(" (deleted)") => {
+        Leak::Fd { target, .. } if is_path(target) && !target.ends_with(" (deleted)") => {
             // A file: its name without the digits a temporary name carries.
             let name = target.rsplit('/').next().unwrap_or(target);
             let longest = name.split(|c: char| c.is_ascii_digit()).max_by_key(|part| part.len()).unwrap_or(name);
@@ -74,7 +75,7 @@ fn needles(leak: &Leak) -> Vec<String> {
         Leak::Fd { detail, .. } if detail.starts_with("tcp ") => vec!["connect(".to_owned(), "accept(".to_owned()],
         Leak::Fd { detail, .. } if detail.starts_with("unix ") => {
             // A named socket by its path's file name, else the type.
-            let path = detail.split_whitespace().nth(2).filter(|word| word.starts_with('/'));
+            let path = detail.split_whitespace().nth(2).filter(|word| is_path(word));
             let name = path.and_then(|path| path.rsplit('/').next()).filter(|name| name.len() >= 4);
             name.map(str::to_owned).into_iter().chain(["UnixStream".to_owned(), "UnixListener".to_owned()]).collect()
         }
@@ -90,6 +91,16 @@ fn needles(leak: &Leak) -> Vec<String> {
                 Vec::new()
             } else {
                 vec![format!("\"{program}\"")]
+            }
+        }
+        Leak::File { path, .. } => {
+            // Its own name, unless tempfile made it up: then what kept it.
+            let top = path.split('/').next().unwrap_or(path);
+            let kept = ["keep(", "into_path(", "persist(", "forget("].map(str::to_owned);
+            if top.starts_with(".tmp") || top.len() < 4 {
+                kept.into()
+            } else {
+                std::iter::once(format!("{top}\"")).chain(kept).collect()
             }
         }
         _ => Vec::new(),

@@ -45,7 +45,7 @@ pub(crate) fn merge(args: &MergeArgs) -> Result<u8, RunError> {
         }
     }
     let baseline = args.baseline.as_deref().map(Baseline::load).transpose()?;
-    let policy = Policy::new([None; 4], Vec::new(), baseline);
+    let policy = Policy::new([None; 5], Vec::new(), baseline);
     if args.baseline.is_some() {
         for record in &mut merged.records {
             policy.apply(record);

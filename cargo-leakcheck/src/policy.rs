@@ -9,30 +9,21 @@ use leakcheck::record::AllowedLeak;
 use leakcheck::{Leak, Outcome, TestRecord};
 
 use crate::baseline::{Baseline, Entry};
-use crate::config::{AllowRule, KindName, Severity};
+use crate::config::{AllowRule, Severity};
 
 /// The rules of a run.
 #[derive(Debug, Default)]
 pub(crate) struct Policy {
-    /// fd, thread, child, heap.
-    pub(crate) severities: [Option<Severity>; 4],
+    /// Per [`LeakKind`], by its index.
+    pub(crate) severities: [Option<Severity>; 5],
     pub(crate) rules: Vec<AllowRule>,
     pub(crate) baseline: Option<Baseline>,
     /// How often each rule matched.
     used: Mutex<Vec<usize>>,
 }
 
-fn kind_index(leak: &Leak) -> usize {
-    match leak {
-        Leak::Fd { .. } => 0,
-        Leak::Thread { .. } => 1,
-        Leak::Child { .. } => 2,
-        Leak::Heap { .. } => 3,
-    }
-}
-
 impl Policy {
-    pub(crate) fn new(severities: [Option<Severity>; 4], rules: Vec<AllowRule>, baseline: Option<Baseline>) -> Policy {
+    pub(crate) fn new(severities: [Option<Severity>; 5], rules: Vec<AllowRule>, baseline: Option<Baseline>) -> Policy {
         let used = Mutex::new(vec![0; rules.len()]);
         Policy { severities, rules, baseline, used }
     }
@@ -41,7 +32,7 @@ impl Policy {
     pub(crate) fn apply(&self, record: &mut TestRecord) {
         let mut per_rule = vec![0usize; self.rules.len()];
         for leak in std::mem::take(&mut record.leaks) {
-            match self.severities[kind_index(&leak)].unwrap_or(Severity::Fail) {
+            match self.severities[leak.leak_kind().index()].unwrap_or(Severity::Fail) {
                 Severity::Off => {
                     let kind = leak.kind().to_owned();
                     if !record.unchecked.contains(&kind) {
@@ -74,12 +65,7 @@ impl Policy {
     }
 
     fn matching_rule(&self, record: &TestRecord, leak: &Leak, per_rule: &[usize]) -> Option<usize> {
-        let kind = match leak {
-            Leak::Fd { .. } => KindName::Fd,
-            Leak::Thread { .. } => KindName::Thread,
-            Leak::Child { .. } => KindName::Child,
-            Leak::Heap { .. } => KindName::Heap,
-        };
+        let kind = leak.leak_kind();
         self.rules.iter().enumerate().position(|(index, rule)| {
             rule.kind == kind
                 && rule.max.is_none_or(|max| per_rule[index] < max)
@@ -107,6 +93,7 @@ impl Policy {
                                 sites.iter().any(|site| glob_match(p, &site.location) || glob_match(p, &site.function))
                             })
                     }
+                    Leak::File { path, .. } => rule.pattern.as_deref().is_none_or(|p| glob_match(p, path)),
                 }
         })
     }
@@ -136,6 +123,7 @@ fn cmdline_matches(pattern: &str, cmdline: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use leakcheck::LeakKind;
 
     fn record(leaks: Vec<Leak>) -> TestRecord {
         TestRecord {
@@ -168,7 +156,7 @@ mod tests {
     #[test]
     fn rules_allow_up_to_max_per_test_and_count_their_matches() {
         let rule = AllowRule {
-            kind: KindName::Thread,
+            kind: LeakKind::Thread,
             tests: Some("pool::*".into()),
             pattern: Some("worker-*".into()),
             detail: None,
@@ -178,7 +166,7 @@ mod tests {
             reason: "the pool".into(),
             origin: "f:3".into(),
         };
-        let policy = Policy::new([None; 4], vec![rule], None);
+        let policy = Policy::new([None; 5], vec![rule], None);
         let mut leaky = record(vec![thread("worker-1"), thread("worker-2"), thread("worker-3"), thread("flusher")]);
         policy.apply(&mut leaky);
         assert_eq!(leaky.leaks, vec![thread("worker-3"), thread("flusher")]);
@@ -194,7 +182,7 @@ mod tests {
     #[test]
     fn unnamed_threads_are_matched_as_unnamed_and_by_what_they_wait_in() {
         let rule = AllowRule {
-            kind: KindName::Thread,
+            kind: LeakKind::Thread,
             tests: None,
             pattern: Some("(unnamed)".into()),
             detail: None,
@@ -204,7 +192,7 @@ mod tests {
             reason: "rayon's global pool".into(),
             origin: "f:1".into(),
         };
-        let policy = Policy::new([None; 4], vec![rule], None);
+        let policy = Policy::new([None; 5], vec![rule], None);
         let unnamed = |waiting: &str| Leak::Thread {
             tid: 2,
             name: "pool::starts".into(),
@@ -222,7 +210,7 @@ mod tests {
     #[test]
     fn warn_and_off_do_not_fail_the_test() {
         let heap = Leak::Heap { bytes: 10, blocks: 1, indirect: false, sites: vec![] };
-        let policy = Policy::new([None, Some(Severity::Off), None, Some(Severity::Warn)], vec![], None);
+        let policy = Policy::new([None, Some(Severity::Off), None, Some(Severity::Warn), None], vec![], None);
         let mut both = record(vec![thread("t"), heap.clone()]);
         policy.apply(&mut both);
         assert_eq!(both.outcome, Outcome::Passed);

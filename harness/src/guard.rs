@@ -126,7 +126,7 @@ pub fn combine_runs(findings: Vec<Finding>) -> (Finding, Vec<Leak>) {
     let mut warnings = Vec::new();
     for kind in [Kind::Fd, Kind::Thread, Kind::Child, Kind::Heap] {
         let of_kind = |finding: &Finding| -> Vec<Leak> {
-            finding.judgement.leaks.iter().filter(|leak| Kind::of(leak) == kind).cloned().collect()
+            finding.judgement.leaks.iter().filter(|leak| leak.leak_kind() == kind).cloned().collect()
         };
         let leaking_runs = findings.iter().filter(|finding| !of_kind(finding).is_empty()).count();
         let last = findings.iter().rev().map(of_kind).find(|leaks| !leaks.is_empty()).unwrap_or_default();

@@ -84,6 +84,8 @@ pub mod shape;
 pub mod signals;
 pub mod sites;
 pub mod snapshot;
+#[cfg(target_os = "linux")]
+pub mod temp_dir;
 
 #[doc(hidden)]
 #[cfg(target_os = "linux")]
@@ -97,7 +99,7 @@ pub use guard::{check, Finding, Guard};
 #[cfg(target_os = "linux")]
 pub use isolation::{isolation, Isolation};
 pub use leakcheck_macros::test;
-pub use record::{Leak, Outcome, Report, Summary, TestRecord};
+pub use record::{Leak, LeakKind, Outcome, Report, Summary, TestRecord};
 #[cfg(target_os = "linux")]
 pub use reuse::FORK_PER_TEST_ENV;
 

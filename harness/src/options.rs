@@ -5,40 +5,8 @@ use std::time::Duration;
 
 use crate::record::Leak;
 
-/// A kind of resource a test can leak.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Kind {
-    /// File descriptors.
-    Fd,
-    /// Threads.
-    Thread,
-    /// Child processes.
-    Child,
-    /// Heap memory.
-    Heap,
-}
-
-impl Kind {
-    /// The kind of a leak.
-    pub fn of(leak: &Leak) -> Kind {
-        match leak {
-            Leak::Fd { .. } => Kind::Fd,
-            Leak::Thread { .. } => Kind::Thread,
-            Leak::Child { .. } => Kind::Child,
-            Leak::Heap { .. } => Kind::Heap,
-        }
-    }
-
-    /// `fd`, `thread`, `child`, `heap`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Kind::Fd => "fd",
-            Kind::Thread => "thread",
-            Kind::Child => "child",
-            Kind::Heap => "heap",
-        }
-    }
-}
+/// A kind of resource a test can leak (`Kind::Fd`, ... in the macro's output).
+pub use crate::record::LeakKind as Kind;
 
 /// One allow rule: leaks of `kind` matching `pattern` are accepted, up to `max`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -104,11 +72,11 @@ impl Options {
         let mut used = vec![0usize; self.allow.len()];
         let mut judgement = Judgement::default();
         for leak in leaks {
-            if !self.checks(Kind::of(&leak)) {
+            if !self.checks(leak.leak_kind()) {
                 continue;
             }
             let rule = self.allow.iter().enumerate().find(|(index, rule)| {
-                rule.kind == Kind::of(&leak) && rule.max.is_none_or(|max| used[*index] < max) && rule.accepts(&leak)
+                rule.kind == leak.leak_kind() && rule.max.is_none_or(|max| used[*index] < max) && rule.accepts(&leak)
             });
             match rule {
                 Some((index, rule)) => {
@@ -129,6 +97,7 @@ impl Allow {
             Leak::Thread { name, .. } => name.as_str(),
             Leak::Child { cmdline, .. } => cmdline.as_str(),
             Leak::Heap { bytes, .. } => return self.bytes.is_none_or(|limit| *bytes <= limit),
+            Leak::File { path, .. } => path.as_str(),
         };
         self.pattern.is_none_or(|pattern| glob_match(pattern, subject))
     }

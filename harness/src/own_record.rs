@@ -78,11 +78,8 @@ mod tests {
         InProcessReport {
             body_passed,
             leaks: vec![crate::Leak::Heap { bytes: 8, blocks: 1, indirect: false, sites: vec![] }; leaks],
-            allowed: vec![],
-            unchecked: vec![],
-            closed_fds: vec![],
-            singletons: vec![],
             failure: failure.map(str::to_owned),
+            ..InProcessReport::default()
         }
     }
 

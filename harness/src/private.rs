@@ -86,6 +86,8 @@ pub fn run_test(options: &Options, body: fn() -> Result<(), String>) {
     // baseline so it is not counted as the test's.
     let _ = std::thread::spawn(|| ()).join();
     wait_until_main_thread_sleeps();
+    // The temp dir, when it is this process's own (see crate::temp_dir).
+    let files_before = crate::temp_dir::private_listing();
     let runs = options.repeat_runs();
     // Repeat mode: a first, unmeasured run does the one-time initialisation.
     if runs > 0 {
@@ -149,7 +151,20 @@ pub fn run_test(options: &Options, body: fn() -> Result<(), String>) {
     if explain == Explain::AfterALeak && matches!(outcome, Ok(Ok(()))) && !finding.judgement.leaks.is_empty() {
         explain_after_leak(body, options, &mut finding.judgement.leaks);
     }
+    if let Some(before) = files_before {
+        add_files_left(&before, options, &mut finding);
+    }
     report_verdict(outcome, &finding, &warnings, &singletons, (body, started))
+}
+
+/// Adds what the test left in its private temp dir since `before`, judged
+/// by its options, to `finding`; its fds' paths there named by `$TMPDIR`.
+fn add_files_left(before: &crate::temp_dir::Listing, options: &Options, finding: &mut crate::guard::Finding) {
+    let dir = std::env::temp_dir();
+    crate::temp_dir::name_by_tmpdir(&mut finding.judgement.leaks, &dir);
+    let judged = options.judge(crate::temp_dir::Listing::of(&dir).new_since(before));
+    finding.judgement.leaks.extend(judged.leaks);
+    finding.judgement.allowed.extend(judged.allowed);
 }
 
 /// Tells the verdict: warnings and singletons as notes, the record to
@@ -181,6 +196,8 @@ fn report_verdict(
         unchecked: finding.unchecked.clone(),
         closed_fds: finding.closed_fds.clone(),
         singletons: singletons.to_vec(),
+        // run_test looked at the temp dir exactly when it is private.
+        files_checked: crate::temp_dir::private_listing().is_some(),
         failure: match &outcome {
             Ok(Err(message)) => Some(message.clone()),
             Err(payload) => Some(crate::panic_text::payload_text(payload.as_ref())),
@@ -253,15 +270,7 @@ fn conclude_isolated(
         crate::self_isolation::Isolated::Report(report) => report,
         crate::self_isolation::Isolated::NoReport(why) => {
             eprintln!("{why}");
-            let failed = InProcessReport {
-                body_passed: false,
-                leaks: Vec::new(),
-                allowed: Vec::new(),
-                unchecked: Vec::new(),
-                closed_fds: Vec::new(),
-                singletons: Vec::new(),
-                failure: Some(why.clone()),
-            };
+            let failed = InProcessReport { failure: Some(why.clone()), ..InProcessReport::default() };
             crate::own_record::write_if_asked(&failed, registration(body), started);
             resume_unwind(Box::new(why));
         }

@@ -125,16 +125,78 @@ pub enum Leak {
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         sites: Vec<Site>,
     },
+    /// A file, directory, socket, fifo or symlink the test made in its
+    /// private temp dir (`TMPDIR`) and left there (see
+    /// [`crate::temp_dir`]). The directory is removed after the test.
+    File {
+        /// Path relative to the test's temp dir.
+        path: String,
+        /// "file", "dir", "socket", "fifo", "symlink" or "device".
+        #[serde(rename = "type")]
+        file_type: String,
+        /// A file's size; for a directory, the size of the files in it.
+        bytes: u64,
+        /// A directory: how many entries it holds, at any depth.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        entries: Option<u64>,
+        /// Where it was created, when known (not recorded yet).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        sites: Vec<Site>,
+    },
+}
+
+/// What kind of resource a [`Leak`] is: the index of per-kind settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LeakKind {
+    /// An open file descriptor.
+    Fd,
+    /// A running thread.
+    Thread,
+    /// A child process, running or a zombie.
+    Child,
+    /// Heap memory.
+    Heap,
+    /// A file left in the test's temp dir.
+    File,
+}
+
+impl LeakKind {
+    /// Every kind, in index order.
+    pub const ALL: [LeakKind; 5] = [LeakKind::Fd, LeakKind::Thread, LeakKind::Child, LeakKind::Heap, LeakKind::File];
+
+    /// The kind as written in reports and configuration: `fd`, `thread`, ...
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LeakKind::Fd => "fd",
+            LeakKind::Thread => "thread",
+            LeakKind::Child => "child",
+            LeakKind::Heap => "heap",
+            LeakKind::File => "file",
+        }
+    }
+
+    /// Its position in [`LeakKind::ALL`], for per-kind arrays.
+    pub fn index(self) -> usize {
+        self as usize
+    }
 }
 
 impl Leak {
-    /// The kind as written in the JSON report: `fd`, `thread`, `child`, `heap`.
+    /// The kind as written in the JSON report: `fd`, `thread`, `child`,
+    /// `heap`, `file`.
     pub fn kind(&self) -> &'static str {
+        self.leak_kind().as_str()
+    }
+
+    /// The kind of resource.
+    pub fn leak_kind(&self) -> LeakKind {
         match self {
-            Leak::Fd { .. } => "fd",
-            Leak::Thread { .. } => "thread",
-            Leak::Child { .. } => "child",
-            Leak::Heap { .. } => "heap",
+            Leak::Fd { .. } => LeakKind::Fd,
+            Leak::Thread { .. } => LeakKind::Thread,
+            Leak::Child { .. } => LeakKind::Child,
+            Leak::Heap { .. } => LeakKind::Heap,
+            Leak::File { .. } => LeakKind::File,
         }
     }
 
@@ -156,6 +218,9 @@ impl Leak {
             Leak::Heap { .. } => {
                 "Memory allocated during the test is still allocated at its end: look for Box::leak, mem::forget, Rc cycles or globals that grow per test."
             }
+            Leak::File { .. } => {
+                "The test left this in its temp dir: remove it before the test returns, or use tempfile's NamedTempFile/TempDir and let it drop (not keep(), into_path() or mem::forget)."
+            }
         }
     }
 
@@ -165,7 +230,8 @@ impl Leak {
             Leak::Fd { sites, .. }
             | Leak::Thread { sites, .. }
             | Leak::Child { sites, .. }
-            | Leak::Heap { sites, .. } => sites,
+            | Leak::Heap { sites, .. }
+            | Leak::File { sites, .. } => sites,
         }
     }
 
@@ -175,7 +241,8 @@ impl Leak {
             Leak::Fd { sites, .. }
             | Leak::Thread { sites, .. }
             | Leak::Child { sites, .. }
-            | Leak::Heap { sites, .. } => sites,
+            | Leak::Heap { sites, .. }
+            | Leak::File { sites, .. } => sites,
         }
     }
 
@@ -211,6 +278,16 @@ impl Leak {
             Leak::Heap { bytes, blocks, indirect, .. } => {
                 let reach = if *indirect { " (indirect: reachable only from other leaked blocks)" } else { "" };
                 format!("heap: {bytes} bytes in {blocks} {}{reach}", if *blocks == 1 { "block" } else { "blocks" })
+            }
+            Leak::File { path, file_type, bytes, entries, .. } => {
+                let size = format!("{bytes} {}", if *bytes == 1 { "byte" } else { "bytes" });
+                let held = match entries {
+                    Some(count) => format!("{count} {}, {size}", if *count == 1 { "entry" } else { "entries" }),
+                    None if file_type == "file" => size,
+                    None => String::new(),
+                };
+                let held = if held.is_empty() { String::new() } else { format!(", {held}") };
+                format!("{file_type} $TMPDIR/{path} (left in the test's temp dir{held})")
             }
         }
     }
@@ -515,6 +592,10 @@ pub struct InProcessReport {
     /// Why the body failed (its error or panic message), when it did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failure: Option<String>,
+    /// Whether the check looked at the process's private temp dir: its
+    /// `file` leaks are then among `leaks`.
+    #[serde(default)]
+    pub files_checked: bool,
 }
 
 /// The message of a test failed by its leaks.

@@ -44,11 +44,14 @@ pub(crate) fn run_alone(name: &str) -> Option<Isolated> {
     let record = scratch.path().join("record.json");
     let stdout = std::fs::File::create(scratch.path().join("stdout")).ok()?;
     let stderr = std::fs::File::create(scratch.path().join("stderr")).ok()?;
+    // Its own temp dir, checked by the isolated run, removed after it.
+    let temp = crate::temp_dir::PrivateTemp::new_in(scratch.path()).ok()?;
     let mut command = Command::new(executable);
     command
         .args([name, "--exact", "--test-threads=1", "--include-ignored", "--nocapture"])
         .env(ISOLATED_ENV, "1")
         .env("LEAKCHECK_RECORD_FILE", &record)
+        .envs(temp.environment())
         .stdin(Stdio::null())
         .stdout(stdout)
         .stderr(stderr)
@@ -67,6 +70,7 @@ pub(crate) fn run_alone(name: &str) -> Option<Isolated> {
     // Whatever the test left in its group ends with it.
     // SAFETY: kill of the child's own process group (its pid).
     unsafe { libc::kill(-(child.id() as i32), libc::SIGKILL) };
+    drop(temp);
     forward_output(scratch.path(), name);
     let report = std::fs::read(&record).ok().and_then(|bytes| serde_json::from_slice::<InProcessReport>(&bytes).ok());
     Some(match (report, status) {

@@ -30,7 +30,8 @@ pub fn shape_of(leak: &Leak, test_threads: &[&str]) -> Option<String> {
         }
         // A program's name is the same in every process.
         Leak::Child { cmdline, .. } => format!("child {}", program_of(cmdline)),
-        Leak::Heap { .. } => return None,
+        // Neither is a singleton: what survives the process is left.
+        Leak::Heap { .. } | Leak::File { .. } => return None,
     })
 }
 
@@ -73,7 +74,7 @@ pub fn take_by_shape(
         Leak::Fd { fd, .. } => i64::from(*fd),
         Leak::Thread { tid, .. } => i64::from(*tid),
         Leak::Child { pid, .. } => i64::from(*pid),
-        Leak::Heap { .. } => i64::MAX,
+        Leak::Heap { .. } | Leak::File { .. } => i64::MAX,
     });
     let mut taken = vec![false; leaks.len()];
     for index in order {

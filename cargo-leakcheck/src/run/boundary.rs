@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 
 use leakcheck::diff::{settle_until, Baseline, Delta};
 use leakcheck::snapshot;
+use leakcheck::temp_dir::Listing;
 use leakcheck::Leak;
 use nix::sys::signal::Signal;
 
@@ -123,6 +124,8 @@ struct Running {
     baseline: Baseline,
     /// The test's other processes when it started (earlier tests' leftovers).
     processes: Vec<i32>,
+    /// What the batch's temp dir held when it started.
+    files: Listing,
 }
 
 /// Watches `process`, running `names`, until it is gone; ends whatever it
@@ -139,6 +142,7 @@ fn watch_batch(
     let (pid, marker, record_file) = (process.pid, process.marker.clone(), process.record_file.clone());
     let heap_report = process.heap_log.as_ref().map(|prefix| format!("{}.", prefix.display()));
     let mut batch = Batch::new(context, names, pid, &marker, heap_report, &record_file, survivors);
+    batch.temp_dir = process.temp.as_ref().map(|temp| temp.path().to_owned());
     let mut idle_since = process.started;
     let (mut timed_out, mut killed, mut stopped) = (false, false, false);
     let mut probe_live = process.listener.is_some();
@@ -228,6 +232,8 @@ struct Batch<'a> {
     heap_report: Option<String>,
     /// A `#[leakcheck::test]` leaves its in-process verdict here.
     record_file: &'a std::path::Path,
+    /// The process's `TMPDIR`, listed at every boundary.
+    temp_dir: Option<std::path::PathBuf>,
     running: Option<Running>,
     ended: Vec<(usize, TestEnd)>,
     left: Vec<(usize, BTreeMap<String, usize>)>,
@@ -257,6 +263,7 @@ impl<'a> Batch<'a> {
             marker,
             heap_report,
             record_file,
+            temp_dir: None,
             running: None,
             ended: Vec::new(),
             left: Vec::new(),
@@ -307,8 +314,14 @@ impl<'a> Batch<'a> {
                 if self.first_baseline.is_none() {
                     self.first_baseline = Some(Baseline::of(&snapshot));
                 }
-                self.running =
-                    Some(Running { index, started: Instant::now(), baseline: Baseline::of(&snapshot), processes });
+                let files = self.temp_dir.as_deref().map(Listing::of).unwrap_or_default();
+                self.running = Some(Running {
+                    index,
+                    started: Instant::now(),
+                    baseline: Baseline::of(&snapshot),
+                    processes,
+                    files,
+                });
             }
             // libtest's "has been running for over 60 seconds" note.
             Some(running) if bytes.starts_with(b"test ") => self.running = Some(running),
@@ -334,6 +347,7 @@ impl<'a> Batch<'a> {
         let snapshot = snapshot::take_since(self.pid, Some(&running.baseline)).ok()?;
         let name = self.names[running.index];
         let mut leaks = Delta::between(&running.baseline, snapshot).into_leaks(self.pid);
+        self.name_by_tmpdir(&mut leaks);
         leaks.retain(|leak| self.context.detects_singletons_of(leak));
         Some(leakcheck::shape::shape_counts(&leaks, &[name]))
     }
@@ -351,7 +365,17 @@ impl<'a> Batch<'a> {
         // one and no child, nothing can close an fd any more.
         let still = |delta: &Delta| delta.threads.is_empty() && delta.children.is_empty();
         let delta = settle_until(self.context.grace, read, still).ok()?;
-        Some(leakcheck::shape::shape_counts(&delta.into_leaks(self.pid), self.names))
+        let mut leaks = delta.into_leaks(self.pid);
+        self.name_by_tmpdir(&mut leaks);
+        Some(leakcheck::shape::shape_counts(&leaks, self.names))
+    }
+
+    /// Paths in the process's temp dir as `$TMPDIR/...`: the same in every
+    /// process.
+    fn name_by_tmpdir(&self, leaks: &mut [Leak]) {
+        if let Some(dir) = &self.temp_dir {
+            leakcheck::temp_dir::name_by_tmpdir(leaks, dir);
+        }
     }
 
     /// The end of a test that passed: clean when, within the grace, it has
@@ -380,6 +404,10 @@ impl<'a> Batch<'a> {
         match settle_until(self.context.grace, read, only_fds) {
             Ok(delta) if delta.is_empty() && delta.closed.is_empty() => {}
             _ => return TestEnd::NotClean,
+        }
+        // Anything it left in the temp dir (read once its threads are gone).
+        if self.temp_dir.as_deref().is_some_and(|dir| !Listing::of(dir).new_since(&running.files).is_empty()) {
+            return TestEnd::NotClean;
         }
         // Processes it started that are not its children any more (a
         // daemon, an orphaned grandchild), given the rest of the grace.

@@ -50,15 +50,17 @@ pub(crate) struct RunContext {
 }
 
 impl RunContext {
+    /// Whether test processes get a private temp dir that is checked for
+    /// files left behind (not with `kinds = { file = "off" }`: the tests
+    /// then share the caller's, as under `cargo test`).
+    pub(super) fn checks_files(&self) -> bool {
+        self.policy.severities[leakcheck::LeakKind::File.index()] != Some(crate::config::Severity::Off)
+    }
+
     /// Whether singleton detection looks at leaks of `leak`'s kind.
     pub(super) fn detects_singletons_of(&self, leak: &leakcheck::Leak) -> bool {
-        let kind = match leak {
-            leakcheck::Leak::Fd { .. } => 0,
-            leakcheck::Leak::Thread { .. } => 1,
-            leakcheck::Leak::Child { .. } => 2,
-            leakcheck::Leak::Heap { .. } => return false,
-        };
-        self.detect_singletons[kind]
+        let kind = leak.leak_kind().index();
+        kind < self.detect_singletons.len() && self.detect_singletons[kind]
     }
 }
 

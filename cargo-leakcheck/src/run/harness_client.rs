@@ -39,7 +39,11 @@ pub(crate) fn run_harness(
     let marker = format!("{}:harness:{}", std::process::id(), cases[0].serial);
     let (mut records, records_write) = io::pipe()?;
     let records_fd = records_write.as_raw_fd();
+    // The fork server gives each test a private temp dir inside this one;
+    // whatever is left in it goes with it when the run of the binary ends.
+    let temp = leakcheck::temp_dir::PrivateTemp::new_in(&context.scratch)?;
     let mut command = harness_command(context, binary, list_args, jobs, &marker, records_fd);
+    command.env(leakcheck::temp_dir::TMPDIR_VAR, temp.path());
     let started = Instant::now();
     let SpawnedTest { pid, slot, stdout, stderr } =
         context.supervisor.spawn_test(&mut command, &marker, &waker.writer)?;

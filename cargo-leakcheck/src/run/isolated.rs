@@ -53,7 +53,10 @@ pub(crate) fn run_test(
     if let Some(alone) = without_heap_if_it_failed_preloaded(context, waker, case, args, settle, &record)? {
         record = alone;
     }
-    let explainable = context.explain && !record.leaks.is_empty() && record.outcome != Outcome::TimedOut;
+    // Files have no recorder yet: they alone are not worth a re-run.
+    let explainable = context.explain
+        && record.leaks.iter().any(|leak| !matches!(leak, Leak::File { .. }))
+        && record.outcome != Outcome::TimedOut;
     let heap = record.leaks.iter().any(|leak| matches!(leak, Leak::Heap { .. }));
     if explainable && (checked_in_process || heap) {
         let launch = if checked_in_process { Launch::Explain { heap } } else { Launch::ExplainHeap };

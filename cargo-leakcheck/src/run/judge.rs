@@ -16,7 +16,7 @@ use crate::list::TestCase;
 /// The record of one run of `case`; with it, whether a `#[leakcheck::test]`
 /// checked it from inside.
 pub(super) fn record(context: &RunContext, case: &TestCase, process: TestProcess, ended: Ended) -> (TestRecord, bool) {
-    let Ended { status, duration, timed_out, exit_view, mut leaks } = ended;
+    let Ended { status, duration, timed_out, exit_view, mut leaks, files } = ended;
     // libtest finished when its main thread returned from `main` (the probe
     // saw who called exit_group); without the probe, its closing line says
     // so (absent if the test closed stdout: then it reads as a failure).
@@ -53,6 +53,9 @@ pub(super) fn record(context: &RunContext, case: &TestCase, process: TestProcess
             leaks = report.leaks.clone();
             leaks.extend(orphans);
             leaks.extend(heap_leaks);
+            if !report.files_checked {
+                leaks.extend(files);
+            }
             allowed = report.allowed.clone();
             unchecked = report.unchecked.clone();
             if process.heap_log.is_some() {
@@ -68,19 +71,11 @@ pub(super) fn record(context: &RunContext, case: &TestCase, process: TestProcess
         }
         None => {
             leaks.extend(heap_leaks);
+            leaks.extend(files);
             judge(status, timed_out, finished, &leaks, context.timeout)
         }
     };
-    // A test that exec'd another program never finished: whatever ended
-    // with status 0 was not libtest.
-    let replaced_by = exit_view.as_ref().and_then(|view| view.replaced_by.clone());
-    let (outcome, message) = match replaced_by {
-        Some(program) if !outcome.is_failure() => (
-            Outcome::Failed,
-            Some(format!("the test process replaced itself with `{program}` (exec) before the test finished")),
-        ),
-        _ => (outcome, message),
-    };
+    let (outcome, message) = unless_replaced((outcome, message), exit_view.as_ref());
     if in_process.is_none() && process.listener.is_none() {
         unchecked.extend(["fd".to_owned(), "thread".to_owned()]);
     }
@@ -113,6 +108,21 @@ pub(super) fn record(context: &RunContext, case: &TestCase, process: TestProcess
         output,
     };
     (record, in_process.is_some())
+}
+
+/// A test that exec'd another program never finished: whatever ended with
+/// status 0 was not libtest.
+fn unless_replaced(
+    (outcome, message): (Outcome, Option<String>),
+    exit_view: Option<&super::watch::ExitView>,
+) -> (Outcome, Option<String>) {
+    match exit_view.and_then(|view| view.replaced_by.as_deref()) {
+        Some(program) if !outcome.is_failure() => (
+            Outcome::Failed,
+            Some(format!("the test process replaced itself with `{program}` (exec) before the test finished")),
+        ),
+        _ => (outcome, message),
+    }
 }
 
 fn read_in_process_report(path: &std::path::Path) -> Option<InProcessReport> {

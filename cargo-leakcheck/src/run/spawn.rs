@@ -10,6 +10,7 @@ use std::time::Instant;
 
 use leakcheck::diff::Baseline;
 use leakcheck::snapshot::{key_of_path, FdKey};
+use leakcheck::temp_dir::PrivateTemp;
 use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
 
 use super::context::Settle;
@@ -41,6 +42,18 @@ pub(super) struct TestProcess {
     pub(super) settle: Settle,
     /// The heap check's report prefix (`PREFIX.PID`), when the heap is checked.
     pub(super) heap_log: Option<std::path::PathBuf>,
+    /// Its `TMPDIR`: private, removed with whatever is in it when dropped
+    /// (`None`: files not checked).
+    pub(super) temp: Option<PrivateTemp>,
+}
+
+impl TestProcess {
+    /// Paths of `leaks` in the process's temp dir as `$TMPDIR/...`.
+    pub(super) fn name_by_tmpdir(&self, leaks: &mut [leakcheck::Leak]) {
+        if let Some(temp) = &self.temp {
+            leakcheck::temp_dir::name_by_tmpdir(leaks, temp.path());
+        }
+    }
 }
 
 /// Why a test process is started.
@@ -81,6 +94,7 @@ pub(super) fn start(
     let marker = format!("{}:{}", std::process::id(), case.serial);
     let record_file = context.scratch.join(format!("{}.json", case.serial));
     let _ = std::fs::remove_file(&record_file);
+    let temp = context.checks_files().then(|| PrivateTemp::new_in(&context.scratch)).transpose()?;
     let mut command = Command::new(&binary.executable);
     command
         .args(args)
@@ -88,6 +102,7 @@ pub(super) fn start(
         .envs(binary.env.iter().map(|(key, value)| (key, value)))
         .env(MARKER_VAR, &marker)
         .env("LEAKCHECK_RECORD_FILE", &record_file)
+        .envs(temp.iter().flat_map(PrivateTemp::environment))
         .envs(context.repeat.map(|runs| ("LEAKCHECK_REPEAT", runs.to_string())))
         .envs(explain_env(launch))
         .stdin(Stdio::null())
@@ -164,6 +179,7 @@ pub(super) fn start(
         record_file,
         settle: Settle::Full,
         heap_log,
+        temp,
     })
 }
 

@@ -7,7 +7,7 @@ use std::io;
 use std::os::fd::AsFd;
 use std::time::{Duration, Instant};
 
-use leakcheck::diff::{child_leak, mark_unnamed_threads, settle_until, Baseline, Delta};
+use leakcheck::diff::{child_leak, mark_unnamed_threads, settle_until, Delta};
 use leakcheck::snapshot;
 use leakcheck::Leak;
 use nix::sys::signal::Signal;
@@ -50,6 +50,9 @@ pub(super) struct Ended {
     /// Everything left behind: the exit view's leaks, then the processes
     /// still alive after the exit (already terminated and reaped).
     pub(super) leaks: Vec<Leak>,
+    /// What was left in the test's temp dir once every process of it was
+    /// gone.
+    pub(super) files: Vec<Leak>,
 }
 
 /// Watches `process` until the reaper has its exit status, then collects
@@ -93,13 +96,7 @@ pub(super) fn watch(context: &RunContext, waker: &Waker, case: &TestCase, proces
         }
         if ready[2] {
             if let Some(listener) = &process.listener {
-                let served = serve_exit_call(
-                    listener,
-                    (pid, &process.baseline, process.settle, process.heap_log.as_deref()),
-                    case,
-                    context,
-                    &mut exit_view,
-                );
+                let served = serve_exit_call(listener, process, case, context, &mut exit_view);
                 if served.is_err() && !killed {
                     // The probe broke: the test cannot be judged; end it.
                     killed = true;
@@ -122,7 +119,8 @@ pub(super) fn watch(context: &RunContext, waker: &Waker, case: &TestCase, proces
     let duration = process.started.elapsed().saturating_sub(settled_for);
     context.supervisor.unregister(pid);
     let leaks = end_leftovers(context, process, exit_view.as_ref(), killed, timed_out);
-    Ended { status, duration, timed_out, exit_view, leaks }
+    let files = process.temp.as_ref().map(|temp| temp.left_since(&Default::default())).unwrap_or_default();
+    Ended { status, duration, timed_out, exit_view, leaks, files }
 }
 
 /// The exit view's leaks plus every process of the test still alive after
@@ -177,12 +175,13 @@ fn all_lasting_fds(context: &RunContext, binary: &str, test_name: &str, leaks: &
 /// snapshotted first (once), while it still holds everything.
 fn serve_exit_call(
     listener: &Listener,
-    process: (i32, &Baseline, Settle, Option<&std::path::Path>),
+    process: &TestProcess,
     case: &TestCase,
     context: &RunContext,
     exit_view: &mut Option<ExitView>,
 ) -> io::Result<()> {
-    let (pid, baseline, settle, heap_log) = process;
+    let (pid, baseline, settle, heap_log) =
+        (process.pid, &process.baseline, process.settle, process.heap_log.as_deref());
     // The heap runtime keeps its report open after writing it: ours, not
     // the test's.
     let heap_report = heap_log.map(|prefix| format!("{}.", prefix.display()));
@@ -223,7 +222,8 @@ fn serve_exit_call(
             match &*described {
                 Some((known, leaks)) if known == delta => leaks.clone(),
                 _ => {
-                    let leaks = delta.clone().into_leaks(pid);
+                    let mut leaks = delta.clone().into_leaks(pid);
+                    process.name_by_tmpdir(&mut leaks);
                     *described = Some((delta.clone(), leaks.clone()));
                     leaks
                 }

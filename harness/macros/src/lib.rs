@@ -50,14 +50,14 @@ struct TestOptions {
     repeat: Option<syn::LitInt>,
 }
 
-const KINDS: [&str; 4] = ["fd", "thread", "child", "heap"];
+const KINDS: [&str; 5] = ["fd", "thread", "child", "heap", "file"];
 
 fn kind_of(meta: &Meta) -> syn::Result<syn::Ident> {
     match meta {
         Meta::Path(path) if path.get_ident().is_some_and(|ident| KINDS.contains(&ident.to_string().as_str())) => {
             Ok(path.get_ident().cloned().expect("checked above"))
         }
-        other => Err(syn::Error::new_spanned(other, "expected a kind: `fd`, `thread`, `child` or `heap`")),
+        other => Err(syn::Error::new_spanned(other, "expected a kind: `fd`, `thread`, `child`, `heap` or `file`")),
     }
 }
 
@@ -155,6 +155,7 @@ fn parse_allow(list: &syn::MetaList) -> syn::Result<AllowRule> {
         "fd" => "target",
         "thread" => "name",
         "child" => "cmdline",
+        "file" => "path",
         _ => "",
     };
     let mut rule =
@@ -170,7 +171,7 @@ fn parse_allow(list: &syn::MetaList) -> syn::Result<AllowRule> {
             "max" if expected_pattern.is_empty() => {
                 return Err(syn::Error::new_spanned(
                     pair,
-                    "`max` counts fds, threads or children; the heap takes `bytes`",
+                    "`max` counts fds, threads, children or files; the heap takes `bytes`",
                 ))
             }
             "max" => rule.max = Some(int_value(pair)?),
@@ -376,6 +377,7 @@ fn kind_tokens(kind: &syn::Ident) -> TokenStream2 {
         "fd" => quote!(Fd),
         "thread" => quote!(Thread),
         "child" => quote!(Child),
+        "file" => quote!(File),
         _ => quote!(Heap),
     };
     quote_spanned!(kind.span()=> ::leakcheck::__private::Kind::#variant)

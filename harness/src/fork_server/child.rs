@@ -25,6 +25,8 @@ pub(super) fn serve_tests(
     heap: bool,
 ) -> ! {
     let marker = std::env::var("LEAKCHECK_TEST_ID").ok();
+    // The server's temp dir; each test gets a private one inside it.
+    let temp_root = std::env::temp_dir();
     let mut def = first;
     loop {
         // Under cargo leakcheck, name this test in the marker every process
@@ -39,8 +41,16 @@ pub(super) fn serve_tests(
             // SAFETY: no other thread exists in this child between tests.
             unsafe { std::env::set_var("LEAKCHECK_TEST_ID", format!("{marker}/{}{suffix}", def.full_name())) };
         }
+        let temp = crate::temp_dir::PrivateTemp::new_in(&temp_root).ok();
+        if let Some(temp) = &temp {
+            // SAFETY: as above, no other thread exists in this child now.
+            unsafe { std::env::set_var(crate::temp_dir::TMPDIR_VAR, temp.path()) };
+        }
         let before = commands.is_some().then(crate::reuse::ProcessState::read);
-        let (record, panicked) = run_in_child(def, explain, heap);
+        let (mut record, panicked) = run_in_child(def, explain, heap);
+        if let Some(temp) = temp {
+            add_files_left(&mut record, &def.options, &temp);
+        }
         let reused = before.is_some_and(|before| {
             !panicked
                 && crate::reuse::record_is_clean(&record)
@@ -66,6 +76,19 @@ pub(super) fn serve_tests(
     // SAFETY: ends the child without running the parent's atexit handlers
     // or destructors, which belong to the parent.
     unsafe { libc::_exit(0) }
+}
+
+/// Judges what the test left in its temp dir (then removed with it) by its
+/// options, into `record`; its fds' paths in that dir named by `$TMPDIR`.
+fn add_files_left(record: &mut TestRecord, options: &Options, temp: &crate::temp_dir::PrivateTemp) {
+    crate::temp_dir::name_by_tmpdir(&mut record.leaks, temp.path());
+    let judgement = options.judge(temp.left_since(&Default::default()));
+    let allowed = judgement.allowed.into_iter().map(|(leak, reason)| AllowedLeak { leak, reason: reason.to_owned() });
+    record.allowed.extend(allowed);
+    if !judgement.leaks.is_empty() && record.outcome == Outcome::Passed {
+        record.outcome = Outcome::Leaked;
+    }
+    record.leaks.extend(judgement.leaks);
 }
 
 /// Runs one test in the forked child: on a fresh thread named after it,

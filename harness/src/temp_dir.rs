@@ -1,0 +1,276 @@
+//! A private temp dir per test, and what a test leaves in it.
+//!
+//! Every test process `cargo leakcheck` starts, and every test the fork
+//! server runs, gets `TMPDIR` pointing at a fresh private directory
+//! (`std::env::temp_dir()`, `tempfile` and most libraries honour it). What
+//! is in it at the test's end that was not there at its start is a `file`
+//! leak ([`Leak::File`]). The directory is removed when the process is
+//! gone, whatever the test left in it, so a run leaves no temp files behind.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use crate::record::Leak;
+
+/// The variable that names the temp dir.
+pub const TMPDIR_VAR: &str = "TMPDIR";
+/// Set beside `TMPDIR` by whoever made it private to the process (`cargo
+/// leakcheck`, a self-isolating test): while the two agree, what appears
+/// in it is the process's own, and `#[leakcheck::test]` checks it.
+pub const PRIVATE_VAR: &str = "LEAKCHECK_PRIVATE_TMPDIR";
+
+/// What this process's temp dir holds now, when the dir is private to it
+/// ([`PRIVATE_VAR`]); `None` when it may be shared (`/tmp`).
+pub fn private_listing() -> Option<Listing> {
+    let private = std::env::var_os(PRIVATE_VAR)?;
+    let dir = std::env::var_os(TMPDIR_VAR)?;
+    (dir == private).then(|| Listing::of(Path::new(&dir)))
+}
+
+/// Entries a listing reads at most: a test that writes a million files is
+/// reported by its first ones, not read to the end at every boundary.
+const MOST_ENTRIES: usize = 10_000;
+/// Directory levels a listing descends at most.
+const DEEPEST: usize = 32;
+
+/// A fresh, private (0700, random name) directory for one test process;
+/// removed with everything in it when dropped.
+#[derive(Debug)]
+pub struct PrivateTemp {
+    dir: tempfile::TempDir,
+}
+
+impl PrivateTemp {
+    /// A new directory inside `parent` (itself private: a run's scratch).
+    pub fn new_in(parent: &Path) -> io::Result<PrivateTemp> {
+        Ok(PrivateTemp { dir: tempfile::Builder::new().prefix("tmp-").tempdir_in(parent)? })
+    }
+
+    /// Where it is: the test's `TMPDIR`.
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The environment that makes it a process's temp dir: `TMPDIR`, and
+    /// [`PRIVATE_VAR`] saying it is private.
+    pub fn environment(&self) -> [(&'static str, &Path); 2] {
+        [(TMPDIR_VAR, self.path()), (PRIVATE_VAR, self.path())]
+    }
+
+    /// What is in it now.
+    pub fn listing(&self) -> Listing {
+        Listing::of(self.path())
+    }
+
+    /// What is in it now that was not in `before`, one leak per topmost
+    /// new entry (a new directory is one leak, with what it holds counted).
+    pub fn left_since(&self, before: &Listing) -> Vec<Leak> {
+        self.listing().new_since(before)
+    }
+}
+
+impl Drop for PrivateTemp {
+    fn drop(&mut self) {
+        // A test may have left a directory it made read-only: removal needs
+        // write and search permission on every directory inside.
+        make_removable(self.dir.path(), 0);
+        let _ = std::fs::remove_dir_all(self.dir.path());
+    }
+}
+
+fn make_removable(dir: &Path, depth: usize) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if depth < DEEPEST && entry.file_type().is_ok_and(|kind| kind.is_dir()) {
+            let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o700));
+            make_removable(&path, depth + 1);
+        }
+    }
+}
+
+/// Writes the paths of `leaks` inside `dir`, a process's private temp dir,
+/// as `$TMPDIR/...`: that directory is gone after the run, and its random
+/// name would make the same leak differ in every process (shapes, baselines).
+pub fn name_by_tmpdir(leaks: &mut [Leak], dir: &Path) {
+    let Some(dir) = dir.to_str() else { return };
+    for leak in leaks {
+        if let Leak::Fd { target, detail, .. } = leak {
+            for text in [target, detail] {
+                if text.contains(dir) {
+                    let mut named = text.replace(&format!("{dir}/"), "$TMPDIR/");
+                    // The directory itself, open (an fd on it, a cwd).
+                    if let Some(head) = named.strip_suffix(dir) {
+                        named = format!("{head}$TMPDIR");
+                    }
+                    *text = named;
+                }
+            }
+        }
+    }
+}
+
+/// Whether an fd's target (or a word of its description) is a path: from
+/// the root, or in the test's temp dir as [`name_by_tmpdir`] writes it.
+pub fn is_path(text: &str) -> bool {
+    text.starts_with('/') || text.starts_with("$TMPDIR/")
+}
+
+/// One entry of a [`Listing`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Entry {
+    kind: &'static str,
+    bytes: u64,
+}
+
+/// Every entry under a directory, at any depth (symlinks not followed), by
+/// path relative to it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Listing {
+    entries: BTreeMap<PathBuf, Entry>,
+}
+
+impl Listing {
+    /// What `dir` holds now; empty when it cannot be read.
+    pub fn of(dir: &Path) -> Listing {
+        let mut listing = Listing::default();
+        listing.read(dir, Path::new(""), 0);
+        listing
+    }
+
+    /// Whether it holds nothing.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    fn read(&mut self, root: &Path, relative: &Path, depth: usize) {
+        let Ok(entries) = std::fs::read_dir(root.join(relative)) else { return };
+        for entry in entries.flatten() {
+            if self.entries.len() >= MOST_ENTRIES {
+                return;
+            }
+            let Ok(metadata) = entry.metadata() else { continue };
+            let path = relative.join(entry.file_name());
+            let kind = kind_name(metadata.file_type());
+            let bytes = if metadata.is_file() { metadata.len() } else { 0 };
+            self.entries.insert(path.clone(), Entry { kind, bytes });
+            if metadata.is_dir() && depth < DEEPEST {
+                self.read(root, &path, depth + 1);
+            }
+        }
+    }
+
+    /// The entries not in `before`, topmost first: an entry inside a new
+    /// directory counts toward that directory's leak.
+    pub fn new_since(&self, before: &Listing) -> Vec<Leak> {
+        let mut leaks: Vec<(PathBuf, Leak)> = Vec::new();
+        for (path, entry) in &self.entries {
+            if before.entries.contains_key(path) {
+                continue;
+            }
+            if let Some((top, Leak::File { bytes, entries, .. })) = leaks.last_mut() {
+                if path.starts_with(&*top) {
+                    *bytes += entry.bytes;
+                    *entries.get_or_insert(0) += 1;
+                    continue;
+                }
+            }
+            let leak = Leak::File {
+                path: path.to_string_lossy().into_owned(),
+                file_type: entry.kind.to_owned(),
+                bytes: entry.bytes,
+                entries: (entry.kind == "dir").then_some(0),
+                sites: Vec::new(),
+            };
+            leaks.push((path.clone(), leak));
+        }
+        leaks.into_iter().map(|(_, leak)| leak).collect()
+    }
+}
+
+fn kind_name(kind: std::fs::FileType) -> &'static str {
+    if kind.is_file() {
+        "file"
+    } else if kind.is_dir() {
+        "dir"
+    } else if kind.is_symlink() {
+        "symlink"
+    } else if kind.is_socket() {
+        "socket"
+    } else if kind.is_fifo() {
+        "fifo"
+    } else {
+        "device"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_new_directory_is_one_leak_with_what_it_holds() {
+        let temp = PrivateTemp::new_in(&std::env::temp_dir()).unwrap();
+        std::fs::write(temp.path().join("kept"), b"12").unwrap();
+        let before = temp.listing();
+        std::fs::create_dir_all(temp.path().join("d/e")).unwrap();
+        std::fs::write(temp.path().join("d/e/f"), b"12345").unwrap();
+        std::fs::write(temp.path().join("d-after"), b"1").unwrap();
+        std::os::unix::fs::symlink("/nowhere", temp.path().join("link")).unwrap();
+        let leaks = temp.left_since(&before);
+        let brief: Vec<(String, String, u64, Option<u64>)> = leaks
+            .into_iter()
+            .map(|leak| match leak {
+                Leak::File { path, file_type, bytes, entries, .. } => (path, file_type, bytes, entries),
+                other => panic!("not a file: {other:?}"),
+            })
+            .collect();
+        assert_eq!(
+            brief,
+            vec![
+                ("d".into(), "dir".into(), 5, Some(2)),
+                ("d-after".into(), "file".into(), 1, None),
+                ("link".into(), "symlink".into(), 0, None),
+            ]
+        );
+    }
+
+    #[test]
+    fn paths_in_the_private_dir_are_named_by_tmpdir() {
+        let fd = |target: &str, detail: &str| Leak::Fd {
+            fd: 3,
+            target: target.into(),
+            detail: detail.into(),
+            sites: vec![],
+        };
+        let mut leaks = vec![
+            fd("/s/tmp-ab/x.db", "regular file"),
+            fd("socket:[1]", "unix stream listening on /s/tmp-ab/a.sock"),
+            fd("/s/tmp-abc/y", "regular file"),
+            fd("/s/tmp-ab", "directory"),
+        ];
+        name_by_tmpdir(&mut leaks, Path::new("/s/tmp-ab"));
+        assert_eq!(
+            leaks,
+            vec![
+                fd("$TMPDIR/x.db", "regular file"),
+                fd("socket:[1]", "unix stream listening on $TMPDIR/a.sock"),
+                fd("/s/tmp-abc/y", "regular file"),
+                fd("$TMPDIR", "directory"),
+            ]
+        );
+    }
+
+    #[test]
+    fn dropping_removes_even_read_only_directories() {
+        let temp = PrivateTemp::new_in(&std::env::temp_dir()).unwrap();
+        let path = temp.path().to_owned();
+        std::fs::create_dir(path.join("ro")).unwrap();
+        std::fs::write(path.join("ro/file"), b"x").unwrap();
+        std::fs::set_permissions(path.join("ro"), std::fs::Permissions::from_mode(0o500)).unwrap();
+        drop(temp);
+        assert!(!path.exists());
+    }
+}
