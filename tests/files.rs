@@ -66,10 +66,18 @@ fn each_file_left_is_named_and_nothing_is_left_on_disk() {
     assert_eq!(attribute.leaks.len(), 1, "{attribute:#?}");
     assert_outcome(record(&report, "files::attribute", "attribute_skips_files"), Outcome::Passed);
 
+    // An empty directory is a warning, not a leak.
+    let root = record(&report, left, "shared_root_left_empty");
+    assert_outcome(root, Outcome::Passed);
+    assert!(
+        matches!(&root.warnings[..], [Leak::File { path, entries: Some(0), .. }] if path == "suite-root"),
+        "{root:#?}"
+    );
+
     for tidy in report.tests.iter().filter(|test| test.name.contains("tidy") || test.binary == "files::tidy") {
         assert_outcome(tidy, Outcome::Passed);
     }
-    assert_eq!(report.tests.len(), 18);
+    assert_eq!(report.tests.len(), 19);
     let on_disk: Vec<_> = std::fs::read_dir(temp.path()).unwrap().collect();
     assert!(on_disk.is_empty(), "left in the tool's temp dir: {on_disk:?}");
 }

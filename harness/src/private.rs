@@ -151,20 +151,29 @@ pub fn run_test(options: &Options, body: fn() -> Result<(), String>) {
     if explain == Explain::AfterALeak && matches!(outcome, Ok(Ok(()))) && !finding.judgement.leaks.is_empty() {
         explain_after_leak(body, options, &mut finding.judgement.leaks);
     }
+    let mut warnings = warnings;
     if let Some(before) = files_before {
-        add_files_left(&before, options, &mut finding);
+        warnings.extend(add_files_left(&before, options, &mut finding));
     }
     report_verdict(outcome, &finding, &warnings, &singletons, (body, started))
 }
 
 /// Adds what the test left in its private temp dir since `before`, judged
 /// by its options, to `finding`; its fds' paths there named by `$TMPDIR`.
-fn add_files_left(before: &crate::temp_dir::Listing, options: &Options, finding: &mut crate::guard::Finding) {
+/// Returns the empty directories: warnings (see
+/// [`crate::temp_dir::split_empty_dirs`]).
+fn add_files_left(
+    before: &crate::temp_dir::Listing,
+    options: &Options,
+    finding: &mut crate::guard::Finding,
+) -> Vec<crate::Leak> {
     let dir = std::env::temp_dir();
     crate::temp_dir::name_by_tmpdir(&mut finding.judgement.leaks, &dir);
     let judged = options.judge(crate::temp_dir::Listing::of(&dir).new_since(before));
-    finding.judgement.leaks.extend(judged.leaks);
+    let (leaks, empty) = crate::temp_dir::split_empty_dirs(judged.leaks);
+    finding.judgement.leaks.extend(leaks);
     finding.judgement.allowed.extend(judged.allowed);
+    empty
 }
 
 /// Tells the verdict: warnings and singletons as notes, the record to
@@ -196,6 +205,7 @@ fn report_verdict(
         unchecked: finding.unchecked.clone(),
         closed_fds: finding.closed_fds.clone(),
         singletons: singletons.to_vec(),
+        warnings: warnings.to_vec(),
         // run_test looked at the temp dir exactly when it is private.
         files_checked: crate::temp_dir::private_listing().is_some(),
         failure: match &outcome {

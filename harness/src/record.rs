@@ -282,6 +282,7 @@ impl Leak {
             Leak::File { path, file_type, bytes, entries, .. } => {
                 let size = format!("{bytes} {}", if *bytes == 1 { "byte" } else { "bytes" });
                 let held = match entries {
+                    Some(0) => "empty".to_owned(),
                     Some(count) => format!("{count} {}, {size}", if *count == 1 { "entry" } else { "entries" }),
                     None if file_type == "file" => size,
                     None => String::new(),
@@ -596,6 +597,10 @@ pub struct InProcessReport {
     /// `file` leaks are then among `leaks`.
     #[serde(default)]
     pub files_checked: bool,
+    /// Reported, not failing the test: leaks of some measured runs only,
+    /// empty directories left in the temp dir.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<Leak>,
 }
 
 /// The message of a test failed by its leaks.

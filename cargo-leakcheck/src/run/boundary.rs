@@ -406,6 +406,7 @@ impl<'a> Batch<'a> {
             _ => return TestEnd::NotClean,
         }
         // Anything it left in the temp dir (read once its threads are gone).
+        // An empty directory too: its lone run reports it as a warning.
         if self.temp_dir.as_deref().is_some_and(|dir| !Listing::of(dir).new_since(&running.files).is_empty()) {
             return TestEnd::NotClean;
         }

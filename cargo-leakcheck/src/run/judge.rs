@@ -17,6 +17,7 @@ use crate::list::TestCase;
 /// checked it from inside.
 pub(super) fn record(context: &RunContext, case: &TestCase, process: TestProcess, ended: Ended) -> (TestRecord, bool) {
     let Ended { status, duration, timed_out, exit_view, mut leaks, files } = ended;
+    let (files, mut warnings) = leakcheck::temp_dir::split_empty_dirs(files);
     // libtest finished when its main thread returned from `main` (the probe
     // saw who called exit_group); without the probe, its closing line says
     // so (absent if the test closed stdout: then it reads as a failure).
@@ -53,8 +54,11 @@ pub(super) fn record(context: &RunContext, case: &TestCase, process: TestProcess
             leaks = report.leaks.clone();
             leaks.extend(orphans);
             leaks.extend(heap_leaks);
-            if !report.files_checked {
+            if report.files_checked {
+                warnings = report.warnings.clone();
+            } else {
                 leaks.extend(files);
+                warnings.extend(report.warnings.iter().cloned());
             }
             allowed = report.allowed.clone();
             unchecked = report.unchecked.clone();
@@ -102,7 +106,7 @@ pub(super) fn record(context: &RunContext, case: &TestCase, process: TestProcess
         leaks,
         unchecked,
         allowed,
-        warnings: Vec::new(),
+        warnings,
         singletons,
         closed_fds,
         output,

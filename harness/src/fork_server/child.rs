@@ -5,12 +5,14 @@
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::guard::{combine_runs, Finding, Guard};
 use crate::options::Options;
 use crate::record::{AllowedLeak, Leak, Outcome, TestRecord};
 use crate::registry::{ShouldPanic, TestDef};
+use crate::temp_dir::Listing;
 
 /// The forked child's work: runs `first`, then, while each test passes
 /// clean and `commands` (reuse on) sends more, the tests of `tests` it is
@@ -21,12 +23,14 @@ pub(super) fn serve_tests(
     tests: &[&'static TestDef],
     mut commands: Option<File>,
     mut records: File,
-    explain: bool,
-    heap: bool,
+    (explain, heap): (bool, bool),
+    temp_dir: Option<PathBuf>,
 ) -> ! {
     let marker = std::env::var("LEAKCHECK_TEST_ID").ok();
-    // The server's temp dir; each test gets a private one inside it.
-    let temp_root = std::env::temp_dir();
+    if let Some(dir) = &temp_dir {
+        // SAFETY: no other thread exists in this child yet.
+        unsafe { std::env::set_var(crate::temp_dir::TMPDIR_VAR, dir) };
+    }
     let mut def = first;
     loop {
         // Under cargo leakcheck, name this test in the marker every process
@@ -41,15 +45,11 @@ pub(super) fn serve_tests(
             // SAFETY: no other thread exists in this child between tests.
             unsafe { std::env::set_var("LEAKCHECK_TEST_ID", format!("{marker}/{}{suffix}", def.full_name())) };
         }
-        let temp = crate::temp_dir::PrivateTemp::new_in(&temp_root).ok();
-        if let Some(temp) = &temp {
-            // SAFETY: as above, no other thread exists in this child now.
-            unsafe { std::env::set_var(crate::temp_dir::TMPDIR_VAR, temp.path()) };
-        }
+        let files = temp_dir.as_deref().map(Listing::of);
         let before = commands.is_some().then(crate::reuse::ProcessState::read);
         let (mut record, panicked) = run_in_child(def, explain, heap);
-        if let Some(temp) = temp {
-            add_files_left(&mut record, &def.options, &temp);
+        if let (Some(dir), Some(files)) = (&temp_dir, &files) {
+            add_files_left(&mut record, &def.options, dir, files);
         }
         let reused = before.is_some_and(|before| {
             !panicked
@@ -78,17 +78,20 @@ pub(super) fn serve_tests(
     unsafe { libc::_exit(0) }
 }
 
-/// Judges what the test left in its temp dir (then removed with it) by its
-/// options, into `record`; its fds' paths in that dir named by `$TMPDIR`.
-fn add_files_left(record: &mut TestRecord, options: &Options, temp: &crate::temp_dir::PrivateTemp) {
-    crate::temp_dir::name_by_tmpdir(&mut record.leaks, temp.path());
-    let judgement = options.judge(temp.left_since(&Default::default()));
+/// Judges what the test left in its temp dir since `before` by its
+/// options, into `record` (empty directories as warnings); its fds' paths
+/// in that dir named by `$TMPDIR`.
+fn add_files_left(record: &mut TestRecord, options: &Options, dir: &Path, before: &Listing) {
+    crate::temp_dir::name_by_tmpdir(&mut record.leaks, dir);
+    let judgement = options.judge(Listing::of(dir).new_since(before));
     let allowed = judgement.allowed.into_iter().map(|(leak, reason)| AllowedLeak { leak, reason: reason.to_owned() });
     record.allowed.extend(allowed);
-    if !judgement.leaks.is_empty() && record.outcome == Outcome::Passed {
+    let (leaks, empty_dirs) = crate::temp_dir::split_empty_dirs(judgement.leaks);
+    record.warnings.extend(empty_dirs);
+    if !leaks.is_empty() && record.outcome == Outcome::Passed {
         record.outcome = Outcome::Leaked;
     }
-    record.leaks.extend(judgement.leaks);
+    record.leaks.extend(leaks);
 }
 
 /// Runs one test in the forked child: on a fresh thread named after it,

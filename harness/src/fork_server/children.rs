@@ -37,6 +37,9 @@ pub(super) struct Running {
     pub(super) explain: bool,
     /// For an explain re-run: the first run's record, which gets its sites.
     pub(super) explaining: Option<TestRecord>,
+    /// The child's `TMPDIR`, made here before the fork and removed with
+    /// whatever is in it when the child is reaped (crashed or not).
+    pub(super) _temp: Option<crate::temp_dir::PrivateTemp>,
 }
 
 impl Running {
@@ -92,6 +95,9 @@ impl ForkServer {
         let (record_read, record_write) = pipe()?;
         let command = if reuse { Some(pipe()?) } else { None };
         let output = if self.capture || explain { Some(pipe()?) } else { None };
+        // Inside the server's own temp dir (under cargo leakcheck, private).
+        let temp = crate::temp_dir::PrivateTemp::new_in(&std::env::temp_dir()).ok();
+        let temp_dir = temp.as_ref().map(|temp| temp.path().to_owned());
         let _ = io::stdout().flush();
         let _ = io::stderr().flush();
         let slot = (0..RUNNING_GROUPS.len())
@@ -141,7 +147,9 @@ impl ForkServer {
                 drop(write);
                 File::from(read)
             });
-            serve_tests(def, tests, commands, File::from(record_write), explain, heap);
+            // The child's copy of `temp` is never dropped (it never returns):
+            // the directory is the parent's to remove.
+            serve_tests(def, tests, commands, File::from(record_write), (explain, heap), temp_dir);
         }
         // SAFETY: makes the child its own group leader from our side too, so
         // a kill of the group right after fork cannot miss it.
@@ -171,6 +179,7 @@ impl ForkServer {
             timed_out: false,
             explain,
             explaining: None,
+            _temp: temp,
         })
     }
 
