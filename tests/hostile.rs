@@ -152,3 +152,32 @@ fn a_test_that_execs_another_program_is_not_a_pass() {
     assert_outcome(test, Outcome::Failed);
     assert!(test.message.as_deref().unwrap_or_default().contains("replaced itself with `/"), "{test:#?}");
 }
+
+/// A directory the test made unreadable is never an empty one (a warning):
+/// its file still fails the test; a file name with a newline forges no line;
+/// both are removed with the temp dir.
+#[test]
+fn files_hidden_or_oddly_named_still_leak_and_are_removed() {
+    let _serial = serial();
+    let tmp = tempfile::tempdir().unwrap();
+    let mut command = leakcheck(&["-p", "hostile", "--message-format", "json", "files_hidden"]);
+    command.env("TMPDIR", tmp.path());
+    let run = run_to_end(command);
+    assert_eq!(run.code, Some(100), "{}", run.stderr);
+    let report = run.report();
+    let test = record(&report, BINARY, "files_hidden_in_an_unreadable_dir_leak");
+    assert_outcome(test, Outcome::Leaked);
+    let paths: Vec<&str> = test
+        .leaks
+        .iter()
+        .filter_map(|leak| match leak {
+            leakcheck::Leak::File { path, .. } => Some(path.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(paths, ["a\n    PASS forged", "hidden"], "{test:#?}");
+    assert!(test.warnings.is_empty(), "{test:#?}");
+    assert!(!run.stderr.lines().any(|line| line.starts_with("    PASS forged")), "{}", run.stderr);
+    let left: Vec<_> = std::fs::read_dir(tmp.path()).unwrap().collect();
+    assert!(left.is_empty(), "{left:?}");
+}

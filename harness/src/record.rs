@@ -136,7 +136,8 @@ pub enum Leak {
         file_type: String,
         /// A file's size; for a directory, the size of the files in it.
         bytes: u64,
-        /// A directory: how many entries it holds, at any depth.
+        /// A directory: how many entries it holds, at any depth (the first
+        /// 10,000 are read); absent when it could not be read.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         entries: Option<u64>,
         /// Where it was created, when known (not recorded yet).
@@ -285,6 +286,7 @@ impl Leak {
                     Some(0) => "empty".to_owned(),
                     Some(count) => format!("{count} {}, {size}", if *count == 1 { "entry" } else { "entries" }),
                     None if file_type == "file" => size,
+                    None if file_type == "dir" => "its entries could not be read".to_owned(),
                     None => String::new(),
                 };
                 let held = if held.is_empty() { String::new() } else { format!(", {held}") };

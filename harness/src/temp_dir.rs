@@ -132,6 +132,9 @@ pub fn is_path(text: &str) -> bool {
 struct Entry {
     kind: &'static str,
     bytes: u64,
+    /// A directory whose entries could not be read (the test took away its
+    /// permissions): what it holds is unknown, never "empty".
+    unreadable: bool,
 }
 
 /// Every entry under a directory, at any depth (symlinks not followed), by
@@ -145,7 +148,7 @@ impl Listing {
     /// What `dir` holds now; empty when it cannot be read.
     pub fn of(dir: &Path) -> Listing {
         let mut listing = Listing::default();
-        listing.read(dir, Path::new(""), 0);
+        let _ = listing.read(dir, Path::new(""), 0);
         listing
     }
 
@@ -154,21 +157,23 @@ impl Listing {
         self.entries.is_empty()
     }
 
-    fn read(&mut self, root: &Path, relative: &Path, depth: usize) {
-        let Ok(entries) = std::fs::read_dir(root.join(relative)) else { return };
+    /// Reads `root/relative`; false when it cannot be read.
+    fn read(&mut self, root: &Path, relative: &Path, depth: usize) -> bool {
+        let Ok(entries) = std::fs::read_dir(root.join(relative)) else { return false };
         for entry in entries.flatten() {
             if self.entries.len() >= MOST_ENTRIES {
-                return;
+                break;
             }
             let Ok(metadata) = entry.metadata() else { continue };
             let path = relative.join(entry.file_name());
             let kind = kind_name(metadata.file_type());
             let bytes = if metadata.is_file() { metadata.len() } else { 0 };
-            self.entries.insert(path.clone(), Entry { kind, bytes });
-            if metadata.is_dir() && depth < DEEPEST {
-                self.read(root, &path, depth + 1);
+            self.entries.insert(path.clone(), Entry { kind, bytes, unreadable: false });
+            if metadata.is_dir() && depth < DEEPEST && !self.read(root, &path, depth + 1) {
+                self.entries.insert(path, Entry { kind, bytes, unreadable: true });
             }
         }
+        true
     }
 
     /// The entries not in `before`, topmost first: an entry inside a new
@@ -182,7 +187,8 @@ impl Listing {
             if let Some((top, Leak::File { bytes, entries, .. })) = leaks.last_mut() {
                 if path.starts_with(&*top) {
                     *bytes += entry.bytes;
-                    *entries.get_or_insert(0) += 1;
+                    // An unreadable directory inside keeps the count unknown.
+                    *entries = entries.filter(|_| !entry.unreadable).map(|count| count + 1);
                     continue;
                 }
             }
@@ -190,7 +196,7 @@ impl Listing {
                 path: path.to_string_lossy().into_owned(),
                 file_type: entry.kind.to_owned(),
                 bytes: entry.bytes,
-                entries: (entry.kind == "dir").then_some(0),
+                entries: (entry.kind == "dir" && !entry.unreadable).then_some(0),
                 sites: Vec::new(),
             };
             leaks.push((path.clone(), leak));
@@ -270,6 +276,24 @@ mod tests {
                 fd("$TMPDIR", "directory"),
             ]
         );
+    }
+
+    #[test]
+    fn an_unreadable_directory_is_never_empty() {
+        let temp = PrivateTemp::new_in(&std::env::temp_dir()).unwrap();
+        std::fs::create_dir(temp.path().join("hidden")).unwrap();
+        std::fs::write(temp.path().join("hidden/data"), b"x").unwrap();
+        std::fs::set_permissions(temp.path().join("hidden"), std::fs::Permissions::from_mode(0o000)).unwrap();
+        let leaks = temp.left_since(&Listing::default());
+        // Root reads every directory anyway; elsewhere the count is unknown.
+        let readable = std::fs::read_dir(temp.path().join("hidden")).is_ok();
+        let expected = if readable { Some(1) } else { None };
+        assert!(
+            matches!(&leaks[..], [Leak::File { path, entries, .. }] if path == "hidden" && *entries == expected),
+            "{leaks:?}"
+        );
+        let (failing, empty) = split_empty_dirs(leaks);
+        assert_eq!((failing.len(), empty.len()), (1, 0));
     }
 
     #[test]
