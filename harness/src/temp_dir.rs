@@ -73,11 +73,17 @@ impl PrivateTemp {
 
 impl Drop for PrivateTemp {
     fn drop(&mut self) {
-        // A test may have left a directory it made read-only: removal needs
-        // write and search permission on every directory inside.
-        make_removable(self.dir.path(), 0);
-        let _ = std::fs::remove_dir_all(self.dir.path());
+        remove_all(self.dir.path());
     }
+}
+
+/// Removes `dir` with everything in it, as far as it can. A test may have
+/// left a directory it made read-only: removal needs write and search
+/// permission on every directory inside, which this gives first (never
+/// following a symlink).
+pub fn remove_all(dir: &Path) {
+    make_removable(dir, 0);
+    let _ = std::fs::remove_dir_all(dir);
 }
 
 fn make_removable(dir: &Path, depth: usize) {
