@@ -28,9 +28,19 @@ fn each_file_left_is_named_and_nothing_is_left_on_disk() {
     let mut command = leakcheck(&["-p", "files", "--no-fail-fast", "--message-format", "json"]);
     command.env("TMPDIR", temp.path());
     let run = run_to_end(command);
+    // Made outside the temp dir, reported, never removed by the tool.
+    assert_eq!(remove_files_left_outside(), 2, "{}", run.stderr);
     assert_eq!(run.code, Some(100), "stderr:\n{}", run.stderr);
     let report = run.report();
     let left = "files::left_behind";
+
+    let outside = record(&report, left, "fixed_path_outside_the_temp_dir_never_removed");
+    let [(path, "file", 5, None)] = files(outside)[..] else { panic!("{outside:#?}") };
+    assert!(path.starts_with("/tmp/leakcheck-files-fixture-") && path.ends_with(".db"), "{path}");
+    let package = record(&report, left, "file_left_in_the_package_dir");
+    let [(path, "file", 1, None)] = files(package)[..] else { panic!("{package:#?}") };
+    let expected_dir = fixtures().join("files").canonicalize().unwrap();
+    assert!(std::path::Path::new(path).starts_with(&expected_dir), "{path}");
 
     let persisted = record(&report, left, "persisted_named_temp_file");
     assert_outcome(persisted, Outcome::Leaked);
@@ -77,7 +87,7 @@ fn each_file_left_is_named_and_nothing_is_left_on_disk() {
     for tidy in report.tests.iter().filter(|test| test.name.contains("tidy") || test.binary == "files::tidy") {
         assert_outcome(tidy, Outcome::Passed);
     }
-    assert_eq!(report.tests.len(), 19);
+    assert_eq!(report.tests.len(), 22);
     let on_disk: Vec<_> = std::fs::read_dir(temp.path()).unwrap().collect();
     assert!(on_disk.is_empty(), "left in the tool's temp dir: {on_disk:?}");
 }
@@ -102,6 +112,7 @@ fn file_rules_and_severities_come_from_the_configuration() {
         "--message-format",
         "json",
     ]));
+    remove_files_left_outside();
     assert_eq!(run.code, Some(0), "stderr:\n{}", run.stderr);
     let report = run.report();
     // Severities come first: a warning is not matched against allow rules.
@@ -122,6 +133,7 @@ fn file_rules_and_severities_come_from_the_configuration() {
         "--message-format",
         "json",
     ]));
+    remove_files_left_outside();
     assert_eq!(run.code, Some(100), "stderr:\n{}", run.stderr);
     let report = run.report();
     let fixed = record(&report, "files::left_behind", "fixed_name_in_temp_dir_never_removed");
@@ -131,6 +143,7 @@ fn file_rules_and_severities_come_from_the_configuration() {
 
     std::fs::write(config.path(), "[[allow]]\nkind = \"file\"\ntarget = \"*.db\"\nreason = \"wrong key\"\n").unwrap();
     let run = run_to_end(leakcheck(&["-p", "files", "--config-file", config_path]));
+    remove_files_left_outside();
     assert_eq!(run.code, Some(2), "stderr:\n{}", run.stderr);
     assert!(run.stderr.contains("an allow rule of kind `file` matches with `path`, not `target`"), "{}", run.stderr);
 }

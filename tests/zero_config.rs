@@ -426,6 +426,7 @@ fn verdict_line(record: &leakcheck::TestRecord) -> String {
 fn the_whole_fixture_workspace_gets_its_expected_verdicts() {
     let _serial = serial();
     let run = run_to_end(leakcheck(&["--workspace", "--no-fail-fast", "--message-format", "json", "-v"]));
+    remove_files_left_outside();
     assert_eq!(run.code, Some(100), "stderr:\n{}", run.stderr);
     let report = run.report();
     let actual: Vec<String> = report.tests.iter().map(verdict_line).collect();
@@ -724,6 +725,7 @@ fn isolate_gives_the_expected_verdicts_with_no_batch() {
         args.extend(["-p", package]);
     }
     let run = run_to_end(leakcheck(&args));
+    remove_files_left_outside();
     assert_eq!(run.code, Some(100), "stderr:\n{}", run.stderr);
     let report = run.report();
     let binaries: std::collections::BTreeSet<&str> = report.tests.iter().map(|test| test.binary.as_str()).collect();

@@ -128,6 +128,9 @@ pub(crate) fn identity(leak: &Leak) -> String {
         Leak::Child { cmdline, .. } => leakcheck::shape::program_of(cmdline),
         Leak::Heap { .. } => "heap".to_owned(),
         // tempfile's random names (`.tmpAbC123`) differ in every run.
+        Leak::File { path, file_type, .. } if path.starts_with('/') => {
+            format!("{} ({file_type})", fold_random_names(&normalise(path)))
+        }
         Leak::File { path, file_type, .. } => format!("$TMPDIR/{} ({file_type})", fold_random_names(path)),
     }
 }

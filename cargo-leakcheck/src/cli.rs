@@ -57,7 +57,10 @@ Files:
   What a test leaves in it (a kept NamedTempFile, a forgotten TempDir, a
   socket file left bound) fails the test as a `file` leak, named by its path
   under $TMPDIR; the directory is removed after the test whatever is in it.
-  kinds = { file = \"off\" } gives the tests the caller's TMPDIR instead.
+  A file the test is seen making elsewhere (/tmp/x.db, the package dir) and
+  leaves is one too, by its absolute path, and is not removed. An empty
+  directory is a warning. kinds = { file = \"off\" } turns both off (the tests
+  get the caller's TMPDIR).
 
 Heap:
   Plain tests have no allocator of ours inside: LeakSanitizer's runtime (GCC's

@@ -95,7 +95,9 @@ fn needles(leak: &Leak) -> Vec<String> {
         }
         Leak::File { path, .. } => {
             // Its own name, unless tempfile made it up: then what kept it.
-            let top = path.split('/').next().unwrap_or(path);
+            // In the temp dir, its topmost name; elsewhere, its own name.
+            let top = if path.starts_with('/') { path.rsplit('/').next() } else { path.split('/').next() };
+            let top = top.unwrap_or(path);
             let kept = ["keep(", "into_path(", "persist(", "forget("].map(str::to_owned);
             if top.starts_with(".tmp") || top.len() < 4 {
                 kept.into()

@@ -129,7 +129,8 @@ pub enum Leak {
     /// private temp dir (`TMPDIR`) and left there (see
     /// [`crate::temp_dir`]). The directory is removed after the test.
     File {
-        /// Path relative to the test's temp dir.
+        /// Path relative to the test's temp dir; absolute for a file the
+        /// test made elsewhere (seen being made; reported, never removed).
         path: String,
         /// "file", "dir", "socket", "fifo", "symlink" or "device".
         #[serde(rename = "type")]
@@ -290,7 +291,11 @@ impl Leak {
                     None => String::new(),
                 };
                 let held = if held.is_empty() { String::new() } else { format!(", {held}") };
-                format!("{file_type} $TMPDIR/{path} (left in the test's temp dir{held})")
+                if path.starts_with('/') {
+                    format!("{file_type} {path} (made by the test outside its temp dir, not removed{held})")
+                } else {
+                    format!("{file_type} $TMPDIR/{path} (left in the test's temp dir{held})")
+                }
             }
         }
     }

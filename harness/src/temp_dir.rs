@@ -163,6 +163,16 @@ impl Listing {
         self.entries.is_empty()
     }
 
+    /// How many entries it holds, at any depth (the first 10,000).
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// The size of the files in it.
+    pub fn total_bytes(&self) -> u64 {
+        self.entries.values().map(|entry| entry.bytes).sum()
+    }
+
     /// Reads `root/relative`; false when it cannot be read.
     fn read(&mut self, root: &Path, relative: &Path, depth: usize) -> bool {
         let Ok(entries) = std::fs::read_dir(root.join(relative)) else { return false };
@@ -211,7 +221,9 @@ impl Listing {
     }
 }
 
-fn kind_name(kind: std::fs::FileType) -> &'static str {
+/// A file type as a `file` leak names it: "file", "dir", "symlink",
+/// "socket", "fifo" or "device".
+pub fn kind_name(kind: std::fs::FileType) -> &'static str {
     if kind.is_file() {
         "file"
     } else if kind.is_dir() {

@@ -242,3 +242,20 @@ pub fn nextest_run_in_fixtures(config: &std::path::Path) -> Command {
         .stdin(Stdio::null());
     command
 }
+
+/// Removes what the `files` fixture leaves outside its temp dir on purpose
+/// (`cargo leakcheck` reports such files and never removes them): its
+/// `/tmp/leakcheck-files-fixture-*.db` and its package dir's
+/// `left-by-a-test-*.txt`. Returns how many there were.
+pub fn remove_files_left_outside() -> usize {
+    let mut removed = 0;
+    let places = [(PathBuf::from("/tmp"), "leakcheck-files-fixture-"), (fixtures().join("files"), "left-by-a-test-")];
+    for (dir, prefix) in places {
+        for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            if entry.file_name().to_string_lossy().starts_with(prefix) && std::fs::remove_file(entry.path()).is_ok() {
+                removed += 1;
+            }
+        }
+    }
+    removed
+}

@@ -109,7 +109,7 @@ pub(super) fn run_together(
         reaper::kill_group(process.pid, Signal::SIGKILL);
     }
     let survivors = launch == Launch::Group;
-    let ended = watch_batch(context, waker, names, &binary.cwd, &mut process, until, survivors);
+    let ended = watch_batch(context, waker, names, binary, &mut process, until, survivors);
     let _ = std::fs::remove_file(&process.record_file);
     match process.listener {
         Some(_) => Ok(ended),
@@ -134,7 +134,7 @@ fn watch_batch(
     context: &RunContext,
     waker: &Waker,
     names: &[&str],
-    package_dir: &std::path::Path,
+    binary: &TestBinary,
     process: &mut TestProcess,
     until: Option<&Until>,
     survivors: bool,
@@ -143,6 +143,8 @@ fn watch_batch(
     let heap_report = process.heap_log.as_ref().map(|prefix| format!("{}.", prefix.display()));
     let mut batch = Batch::new(context, names, pid, &marker, heap_report, &record_file, survivors);
     batch.temp_dir = process.temp.as_ref().map(|temp| temp.path().to_owned());
+    batch.kept = super::creations::kept_dirs(&binary.executable, &context.scratch);
+    batch.kept.extend(batch.temp_dir.clone());
     let mut idle_since = process.started;
     let (mut timed_out, mut killed, mut stopped) = (false, false, false);
     let mut probe_live = process.listener.is_some();
@@ -203,7 +205,7 @@ fn watch_batch(
     context.supervisor.unregister(pid);
     end_leftovers(context, process, killed);
     let heap = match (&process.heap_log, &context.heap) {
-        (Some(prefix), Some(heap)) => Some(heap.leaks_of(prefix, pid, package_dir)),
+        (Some(prefix), Some(heap)) => Some(heap.leaks_of(prefix, pid, &binary.cwd)),
         _ => None,
     };
     let cut = batch.running.take().map(|running| running.index);
@@ -234,6 +236,8 @@ struct Batch<'a> {
     record_file: &'a std::path::Path,
     /// The process's `TMPDIR`, listed at every boundary.
     temp_dir: Option<std::path::PathBuf>,
+    /// Where a test may leave files (see [`super::creations::kept_dirs`]).
+    kept: Vec<std::path::PathBuf>,
     running: Option<Running>,
     ended: Vec<(usize, TestEnd)>,
     left: Vec<(usize, BTreeMap<String, usize>)>,
@@ -264,6 +268,7 @@ impl<'a> Batch<'a> {
             heap_report,
             record_file,
             temp_dir: None,
+            kept: Vec::new(),
             running: None,
             ended: Vec::new(),
             left: Vec::new(),
@@ -310,6 +315,8 @@ impl<'a> Batch<'a> {
                 };
                 // A process we cannot read cannot be judged: the test is cut.
                 let Ok(snapshot) = snapshot::take(self.pid) else { return };
+                // What was made between tests is no test's.
+                let _ = listener.take_created();
                 let processes = reaper::processes_of(self.pid, self.marker);
                 if self.first_baseline.is_none() {
                     self.first_baseline = Some(Baseline::of(&snapshot));
@@ -408,6 +415,10 @@ impl<'a> Batch<'a> {
         // Anything it left in the temp dir (read once its threads are gone).
         // An empty directory too: its lone run reports it as a warning.
         if self.temp_dir.as_deref().is_some_and(|dir| !Listing::of(dir).new_since(&running.files).is_empty()) {
+            return TestEnd::NotClean;
+        }
+        let kept: Vec<&std::path::Path> = self.kept.iter().map(std::path::PathBuf::as_path).collect();
+        if !super::creations::left_outside(listener.take_created(), &kept).is_empty() {
             return TestEnd::NotClean;
         }
         // Processes it started that are not its children any more (a

@@ -14,6 +14,7 @@
 mod batch;
 mod boundary;
 mod context;
+mod creations;
 mod exec_env;
 mod harness_client;
 mod heap_filter;

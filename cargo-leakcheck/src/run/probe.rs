@@ -56,49 +56,59 @@ const SECCOMP_DATA_ARG0_LOW: u32 = 16;
 /// else -> allow. Always `exit_group`; with [`ExitFilter::with_exec`] also
 /// `execve` and `execveat`; with [`ExitFilter::with_boundaries`] also
 /// `write`/`writev` to fd 1 (libtest announcing a test and its result:
-/// see [`super::batch`]).
+/// see [`super::batch`]); with [`ExitFilter::with_creations`] every call
+/// that makes a name in the file system (see [`super::creations`]).
 #[derive(Clone, Copy)]
 pub(crate) struct ExitFilter {
     program: [libc::sock_filter; MAX_PROGRAM],
     len: usize,
     exec: bool,
     boundaries: bool,
+    creations: bool,
 }
 
-/// Two loads, an arch check, up to five syscalls, two returns, and the fd
-/// check: a load, a test, two returns.
-const MAX_PROGRAM: usize = 14;
+/// Two loads, an arch check, up to 17 syscalls, two returns, and three
+/// argument checks of four instructions (the write's fd, the opens' flags).
+const MAX_PROGRAM: usize = 40;
 
 impl std::fmt::Debug for ExitFilter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "ExitFilter(exit_group{}{})",
+            "ExitFilter(exit_group{}{}{})",
             if self.exec { ", execve" } else { "" },
-            if self.boundaries { ", write to stdout" } else { "" }
+            if self.boundaries { ", write to stdout" } else { "" },
+            if self.creations { ", file creation" } else { "" }
         )
     }
 }
 
 impl ExitFilter {
     pub(crate) fn new() -> ExitFilter {
-        ExitFilter::watching(false, false)
+        ExitFilter::watching(false, false, false)
     }
 
     /// The same filter, also stopping every `execve`/`execveat` of the test's
     /// processes: the heap check hides its preload from what the test runs
     /// (see [`crate::run::exec_env`]).
     pub(crate) fn with_exec(self) -> ExitFilter {
-        ExitFilter::watching(true, self.boundaries)
+        ExitFilter::watching(true, self.boundaries, self.creations)
     }
 
     /// The same filter, also stopping every `write`/`writev` to fd 1: a
     /// batch's boundaries (see [`super::batch`]).
     pub(crate) fn with_boundaries(self) -> ExitFilter {
-        ExitFilter::watching(self.exec, true)
+        ExitFilter::watching(self.exec, true, self.creations)
     }
 
-    fn watching(exec: bool, boundaries: bool) -> ExitFilter {
+    /// The same filter, also stopping every call that makes a name in the
+    /// file system: `mkdir*`, `mknod*`, `symlink*`, `link*`, `rename*`,
+    /// `creat`, and `open`/`openat` with `O_CREAT` (see [`super::creations`]).
+    pub(crate) fn with_creations(self) -> ExitFilter {
+        ExitFilter::watching(self.exec, self.boundaries, true)
+    }
+
+    fn watching(exec: bool, boundaries: bool, creations: bool) -> ExitFilter {
         let stmt = |code: u32, k: u32| libc::sock_filter { code: code as u16, jt: 0, jf: 0, k };
         let jeq = |k: u32, jt: u8, jf: u8| libc::sock_filter {
             code: (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16,
@@ -110,15 +120,38 @@ impl ExitFilter {
         if exec {
             notified.extend([libc::SYS_execve, libc::SYS_execveat]);
         }
-        let writes: &[libc::c_long] = if boundaries { &[libc::SYS_write, libc::SYS_writev] } else { &[] };
-        let (n, w) = (notified.len(), writes.len());
+        if creations {
+            notified.extend_from_slice(super::creations::ALWAYS_CREATE);
+        }
+        // Calls notified only when an argument says so: (syscall, which
+        // argument, what): the fd of a write, the flags of an open.
+        let mut checked: Vec<(libc::c_long, u32, Check)> = Vec::new();
+        if boundaries {
+            checked.extend([(libc::SYS_write, 0, Check::Equals(1)), (libc::SYS_writev, 0, Check::Equals(1))]);
+        }
+        if creations {
+            checked.extend(
+                super::creations::CREATE_IF_FLAGGED
+                    .iter()
+                    .map(|&(nr, arg)| (nr, arg, Check::AnyBit(libc::O_CREAT as u32))),
+            );
+        }
+        // One block of four per distinct argument check: load the
+        // argument's low word, test it, notify, allow.
+        let mut blocks: Vec<(u32, Check)> = Vec::new();
+        for &(_, arg, check) in &checked {
+            if !blocks.contains(&(arg, check)) {
+                blocks.push((arg, check));
+            }
+        }
+        let (n, c) = (notified.len(), checked.len());
         // Layout: 0 load arch, 1 check it, 2 load nr, 3.. the notified
-        // syscalls, then the writes, `allow`, `notify`, and (with writes)
-        // the fd check: load args[0]'s low word, fd 1 -> notify.
-        let allow = 3 + n + w;
+        // syscalls, then the checked ones, `allow`, `notify`, the blocks.
+        let allow = 3 + n + c;
         let notify = allow + 1;
-        let fd_check = notify + 1;
-        let len = if boundaries { fd_check + 4 } else { fd_check };
+        let block_at = |index: usize| notify + 1 + 4 * index;
+        let len = block_at(blocks.len());
+        assert!(len <= MAX_PROGRAM, "the probe's filter outgrew MAX_PROGRAM");
         let mut program = [stmt(0, 0); MAX_PROGRAM];
         // Jumps are relative to the next instruction.
         let to = |from: usize, target: usize| (target - from - 1) as u8;
@@ -128,21 +161,38 @@ impl ExitFilter {
         for (j, &nr) in notified.iter().enumerate() {
             program[3 + j] = jeq(nr as u32, to(3 + j, notify), 0);
         }
-        for (j, &nr) in writes.iter().enumerate() {
+        for (j, &(nr, arg, check)) in checked.iter().enumerate() {
             let at = 3 + n + j;
-            program[at] = jeq(nr as u32, to(at, fd_check), 0);
+            let block = blocks.iter().position(|&block| block == (arg, check)).expect("every check has a block");
+            program[at] = jeq(nr as u32, to(at, block_at(block)), 0);
         }
         program[allow] = stmt(libc::BPF_RET | libc::BPF_K, libc::SECCOMP_RET_ALLOW);
         program[notify] = stmt(libc::BPF_RET | libc::BPF_K, libc::SECCOMP_RET_USER_NOTIF);
-        if boundaries {
-            // The kernel reads the fd as an unsigned int: the low word is it.
-            program[fd_check] = stmt(libc::BPF_LD | libc::BPF_W | libc::BPF_ABS, SECCOMP_DATA_ARG0_LOW);
-            program[fd_check + 1] = jeq(1, 0, 1);
-            program[fd_check + 2] = stmt(libc::BPF_RET | libc::BPF_K, libc::SECCOMP_RET_USER_NOTIF);
-            program[fd_check + 3] = stmt(libc::BPF_RET | libc::BPF_K, libc::SECCOMP_RET_ALLOW);
+        for (index, &(arg, check)) in blocks.iter().enumerate() {
+            let at = block_at(index);
+            // The kernel reads an fd or flags as an unsigned int: the low word.
+            program[at] = stmt(libc::BPF_LD | libc::BPF_W | libc::BPF_ABS, SECCOMP_DATA_ARG0_LOW + 8 * arg);
+            program[at + 1] = match check {
+                Check::Equals(value) => jeq(value, 0, 1),
+                Check::AnyBit(bits) => libc::sock_filter {
+                    code: (libc::BPF_JMP | libc::BPF_JSET | libc::BPF_K) as u16,
+                    jt: 0,
+                    jf: 1,
+                    k: bits,
+                },
+            };
+            program[at + 2] = stmt(libc::BPF_RET | libc::BPF_K, libc::SECCOMP_RET_USER_NOTIF);
+            program[at + 3] = stmt(libc::BPF_RET | libc::BPF_K, libc::SECCOMP_RET_ALLOW);
         }
-        ExitFilter { program, len, exec, boundaries }
+        ExitFilter { program, len, exec, boundaries, creations }
     }
+}
+
+/// What an argument check of the filter tests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Check {
+    Equals(u32),
+    AnyBit(u32),
 }
 
 /// Runs in the forked child before `exec`: installs the filter and sends the
@@ -210,6 +260,10 @@ pub(crate) struct Listener {
     pending: Cell<Option<Event>>,
     /// What to hide from the test's execs: the heap check's preload.
     hidden: Option<HiddenEnv>,
+    /// The names the test's creating calls asked for (with
+    /// [`ExitFilter::with_creations`]), made or already there, since the
+    /// last [`Listener::take_created`].
+    created: std::cell::RefCell<Vec<std::path::PathBuf>>,
 }
 
 /// One `exit_group` call waiting for our answer.
@@ -245,7 +299,7 @@ pub(crate) fn receive_listener(socket: BorrowedFd<'_>) -> Result<Listener, io::E
             None
         };
         match (payload, fd) {
-            (0, Some(fd)) => Ok(Listener { fd, pending: Cell::new(None), hidden: None }),
+            (0, Some(fd)) => Ok(Listener { fd, pending: Cell::new(None), hidden: None, created: Default::default() }),
             (libc::EBUSY, _) => Err(io::Error::other(
                 "another seccomp listener already watches this process tree (cargo leakcheck inside a test run by \
                  another cargo leakcheck, or another supervisor): the kernel allows one",
@@ -295,8 +349,25 @@ impl Listener {
                 self.answer_exec(&call, own);
                 None
             }
+            Some(Notified::Create { call, syscall, args }) => {
+                self.note_creation(call, syscall, &args);
+                None
+            }
             None => None,
         })
+    }
+
+    /// Notes the name a stopped creating call asks for (read while the
+    /// caller waits), then lets it proceed.
+    fn note_creation(&self, call: ExitCall, syscall: libc::c_long, args: &[u64; 6]) {
+        let name = super::creations::name_of_call(call.tid, syscall, args);
+        self.created.borrow_mut().extend(name);
+        self.proceed(call);
+    }
+
+    /// The names the test's creating calls asked for since the last call.
+    pub(crate) fn take_created(&self) -> Vec<std::path::PathBuf> {
+        std::mem::take(&mut *self.created.borrow_mut())
     }
 
     /// Lets an exec proceed, with the heap check's preload hidden unless the
@@ -326,6 +397,8 @@ impl Listener {
             Notified::Exit(exit)
         } else if nr == libc::SYS_write || nr == libc::SYS_writev {
             Notified::Write(WriteCall { call: exit, vectored: nr == libc::SYS_writev, args: notif.data.args })
+        } else if super::creations::creates(nr) {
+            Notified::Create { call: exit, syscall: nr, args: notif.data.args }
         } else {
             let own = runs_our_executable(exit.tid);
             Notified::Exec { call: ExecCall { exit, syscall: notif.data.nr, args: notif.data.args }, own }
@@ -372,6 +445,12 @@ enum Notified {
     Exec {
         call: ExecCall,
         own: bool,
+    },
+    /// A call that makes a name in the file system.
+    Create {
+        call: ExitCall,
+        syscall: libc::c_long,
+        args: [u64; 6],
     },
 }
 
@@ -451,6 +530,7 @@ fn serve_while_spawning(
                 return Ok(listener);
             }
             Some(Notified::Exec { call, own }) => listener.answer_exec(&call, own),
+            Some(Notified::Create { call, syscall, args }) => listener.note_creation(call, syscall, &args),
             // The forked copy of us writes nothing: this is the test's first
             // write (with boundaries, perhaps libtest announcing its first
             // test), kept for the watcher like an exit.

@@ -48,6 +48,16 @@ pub(super) struct TestProcess {
 }
 
 impl TestProcess {
+    /// What its processes made outside its temp dir that is still there,
+    /// since the last call (see [`super::creations`]).
+    pub(super) fn files_made_outside(&self, context: &RunContext, case: &TestCase) -> Vec<leakcheck::Leak> {
+        let Some(listener) = &self.listener else { return Vec::new() };
+        let mut kept = super::creations::kept_dirs(&case.binary.executable, &context.scratch);
+        kept.extend(self.temp.as_ref().map(|temp| temp.path().to_owned()));
+        let kept: Vec<&std::path::Path> = kept.iter().map(std::path::PathBuf::as_path).collect();
+        super::creations::left_outside(listener.take_created(), &kept)
+    }
+
     /// Paths of `leaks` in the process's temp dir as `$TMPDIR/...`.
     pub(super) fn name_by_tmpdir(&self, leaks: &mut [leakcheck::Leak]) {
         if let Some(temp) = &self.temp {
@@ -118,12 +128,7 @@ pub(super) fn start(
         _ => None,
     };
     let child_end = probe_socket.as_ref().map(|(_, child)| child.as_raw_fd());
-    // Preloaded, the test's execs are stopped too, to run without the runtime.
-    let filter = context.filter.map(|filter| if heap.is_some() { filter.with_exec() } else { filter });
-    let filter =
-        filter.map(
-            |filter| if matches!(launch, Launch::Batch | Launch::Group) { filter.with_boundaries() } else { filter },
-        );
+    let filter = filter_for(context, launch, heap.is_some());
     // SAFETY: between fork and exec the closure only resets the signal
     // state and, with the probe, runs `child_setup` on plain captured data
     // (the filter program and an fd number); both are async-signal-safe.
@@ -181,6 +186,25 @@ pub(super) fn start(
         heap_log,
         temp,
     })
+}
+
+/// The probe's filter for a `launch` (`None`: no probe).
+fn filter_for(context: &RunContext, launch: Launch, preloaded: bool) -> Option<probe::ExitFilter> {
+    let mut filter = context.filter?;
+    // Preloaded, the test's execs are stopped too, to run without the runtime.
+    if preloaded {
+        filter = filter.with_exec();
+    }
+    if matches!(launch, Launch::Batch | Launch::Group) {
+        filter = filter.with_boundaries();
+    }
+    // The runs that give or confirm a verdict see the files a test makes,
+    // and so does the heap's run-together, which runs before them.
+    let verdict = matches!(launch, Launch::Check | Launch::CheckWithoutHeap | Launch::Batch | Launch::HeapFilter);
+    if context.checks_files() && verdict {
+        filter = filter.with_creations();
+    }
+    Some(filter)
 }
 
 /// `LEAKCHECK_EXPLAIN` for an explain re-run of a test with leakcheck's code.

@@ -119,7 +119,8 @@ pub(super) fn watch(context: &RunContext, waker: &Waker, case: &TestCase, proces
     let duration = process.started.elapsed().saturating_sub(settled_for);
     context.supervisor.unregister(pid);
     let leaks = end_leftovers(context, process, exit_view.as_ref(), killed, timed_out);
-    let files = process.temp.as_ref().map(|temp| temp.left_since(&Default::default())).unwrap_or_default();
+    let mut files = process.temp.as_ref().map(|temp| temp.left_since(&Default::default())).unwrap_or_default();
+    files.extend(process.files_made_outside(context, case));
     Ended { status, duration, timed_out, exit_view, leaks, files }
 }
 
