@@ -29,7 +29,7 @@ fn each_file_left_is_named_and_nothing_is_left_on_disk() {
     command.env("TMPDIR", temp.path());
     let run = run_to_end(command);
     // Made outside the temp dir, reported, never removed by the tool.
-    assert_eq!(remove_files_left_outside(), 2, "{}", run.stderr);
+    assert_eq!(remove_files_left_outside(), 3, "{}", run.stderr);
     assert_eq!(run.code, Some(100), "stderr:\n{}", run.stderr);
     let report = run.report();
     let left = "files::left_behind";
@@ -75,6 +75,9 @@ fn each_file_left_is_named_and_nothing_is_left_on_disk() {
     assert_eq!(files(attribute), [("attribute-cache", "dir", 1, Some(1))]);
     assert_eq!(attribute.leaks.len(), 1, "{attribute:#?}");
     assert_outcome(record(&report, "files::attribute", "attribute_skips_files"), Outcome::Passed);
+    let outside = record(&report, "files::attribute", "attribute_makes_a_file_outside");
+    let [(path, "file", 1, None)] = files(outside)[..] else { panic!("{outside:#?}") };
+    assert!(path.starts_with("/tmp/leakcheck-files-fixture-attribute-"), "{path}");
 
     // An empty directory is a warning, not a leak.
     let root = record(&report, left, "shared_root_left_empty");
@@ -87,7 +90,7 @@ fn each_file_left_is_named_and_nothing_is_left_on_disk() {
     for tidy in report.tests.iter().filter(|test| test.name.contains("tidy") || test.binary == "files::tidy") {
         assert_outcome(tidy, Outcome::Passed);
     }
-    assert_eq!(report.tests.len(), 22);
+    assert_eq!(report.tests.len(), 23);
     let on_disk: Vec<_> = std::fs::read_dir(temp.path()).unwrap().collect();
     assert!(on_disk.is_empty(), "left in the tool's temp dir: {on_disk:?}");
 }

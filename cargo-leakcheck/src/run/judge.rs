@@ -54,12 +54,9 @@ pub(super) fn record(context: &RunContext, case: &TestCase, process: TestProcess
             leaks = report.leaks.clone();
             leaks.extend(orphans);
             leaks.extend(heap_leaks);
-            if report.files_checked {
-                warnings = report.warnings.clone();
-            } else {
-                leaks.extend(files);
-                warnings.extend(report.warnings.iter().cloned());
-            }
+            let (own_files, own_warnings) = files_beside(report, files, &mut warnings);
+            leaks.extend(own_files);
+            warnings = own_warnings;
             allowed = report.allowed.clone();
             unchecked = report.unchecked.clone();
             if process.heap_log.is_some() {
@@ -126,6 +123,21 @@ fn unless_replaced(
             Some(format!("the test process replaced itself with `{program}` (exec) before the test finished")),
         ),
         _ => (outcome, message),
+    }
+}
+
+/// What the tool adds to a `#[leakcheck::test]`'s own verdict of the
+/// files the test left, and the record's warnings. A check that listed its
+/// temp dir itself (`files_checked`) knows those; what the probe saw it
+/// make elsewhere (absolute paths) it could not see.
+fn files_beside(report: &InProcessReport, files: Vec<Leak>, warnings: &mut Vec<Leak>) -> (Vec<Leak>, Vec<Leak>) {
+    if report.files_checked {
+        let outside = files.into_iter().filter(|leak| matches!(leak, Leak::File { path, .. } if path.starts_with('/')));
+        (outside.collect(), report.warnings.clone())
+    } else {
+        let mut all = std::mem::take(warnings);
+        all.extend(report.warnings.iter().cloned());
+        (files, all)
     }
 }
 
