@@ -29,7 +29,7 @@ fn each_file_left_is_named_and_nothing_is_left_on_disk() {
     command.env("TMPDIR", temp.path());
     let run = run_to_end(command);
     // Made outside the temp dir, reported, never removed by the tool.
-    assert_eq!(remove_files_left_outside(), 3, "{}", run.stderr);
+    assert_eq!(remove_files_left_outside(), 4, "{}", run.stderr);
     assert_eq!(run.code, Some(100), "stderr:\n{}", run.stderr);
     let report = run.report();
     let left = "files::left_behind";
@@ -41,6 +41,9 @@ fn each_file_left_is_named_and_nothing_is_left_on_disk() {
     let [(path, "file", 1, None)] = files(package)[..] else { panic!("{package:#?}") };
     let expected_dir = fixtures().join("files").canonicalize().unwrap();
     assert!(std::path::Path::new(path).starts_with(&expected_dir), "{path}");
+    let bound = record(&report, left, "unix_socket_bound_outside_the_temp_dir");
+    let [(path, "socket", 0, None)] = files(bound)[..] else { panic!("{bound:#?}") };
+    assert!(std::path::Path::new(path).starts_with(&expected_dir) && path.ends_with(".sock"), "{path}");
 
     let persisted = record(&report, left, "persisted_named_temp_file");
     assert_outcome(persisted, Outcome::Leaked);
@@ -90,7 +93,7 @@ fn each_file_left_is_named_and_nothing_is_left_on_disk() {
     for tidy in report.tests.iter().filter(|test| test.name.contains("tidy") || test.binary == "files::tidy") {
         assert_outcome(tidy, Outcome::Passed);
     }
-    assert_eq!(report.tests.len(), 23);
+    assert_eq!(report.tests.len(), 24);
     let on_disk: Vec<_> = std::fs::read_dir(temp.path()).unwrap().collect();
     assert!(on_disk.is_empty(), "left in the tool's temp dir: {on_disk:?}");
 }

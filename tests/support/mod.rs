@@ -246,7 +246,7 @@ pub fn nextest_run_in_fixtures(config: &std::path::Path) -> Command {
 /// Removes what the `files` fixture leaves outside its temp dir on purpose
 /// (`cargo leakcheck` reports such files and never removes them): its
 /// `/tmp/leakcheck-files-fixture-*.db` and its package dir's
-/// `left-by-a-test-*.txt`. Returns how many there were.
+/// `left-by-a-test-*` (a file, a socket). Returns how many there were.
 pub fn remove_files_left_outside() -> usize {
     let mut removed = 0;
     let places = [(PathBuf::from("/tmp"), "leakcheck-files-fixture-"), (fixtures().join("files"), "left-by-a-test-")];

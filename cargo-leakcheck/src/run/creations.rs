@@ -4,7 +4,7 @@
 //! With [`ExitFilter::with_creations`](super::probe::ExitFilter) the probe
 //! stops every call that makes a name in the file system (`mkdir*`,
 //! `mknod*`, `symlink*`, `link*`, `rename*`, `creat`, `open`/`openat` with
-//! `O_CREAT`). While the caller waits, the name it asks for is read from its
+//! `O_CREAT`, `bind`). While the caller waits, the name it asks for is read from its
 //! memory and resolved against its working directory or directory fd; a
 //! name that does not exist yet is one this call makes. At the test's end,
 //! each such name that still exists, outside the test's own temp dir (which
@@ -12,10 +12,10 @@
 //! is a `file` leak with its absolute path. Those are reported, never
 //! removed: they may not be ours to remove.
 //!
-//! Not seen: `openat2` and io_uring (their arguments are not in registers),
-//! and a name a test's thread makes while another thread of it races for
-//! the same name. A unix socket `bind` makes a name too; it is not watched
-//! yet (a socket file in the temp dir is listed there).
+//! A unix socket's `bind` makes a name too: its `sockaddr_un` is read the
+//! same way (abstract names make none). Not seen: `openat2` and io_uring
+//! (their arguments are not in registers), and a name a test's thread makes
+//! while another thread of it races for the same name.
 
 use std::collections::BTreeSet;
 use std::os::unix::ffi::OsStrExt;
@@ -42,6 +42,7 @@ pub(super) const ALWAYS_CREATE: &[libc::c_long] = &[
     libc::SYS_rename,
     libc::SYS_renameat,
     libc::SYS_renameat2,
+    libc::SYS_bind,
 ];
 #[cfg(not(target_arch = "x86_64"))]
 pub(super) const ALWAYS_CREATE: &[libc::c_long] = &[
@@ -51,6 +52,7 @@ pub(super) const ALWAYS_CREATE: &[libc::c_long] = &[
     libc::SYS_linkat,
     libc::SYS_renameat,
     libc::SYS_renameat2,
+    libc::SYS_bind,
 ];
 
 /// Calls that make a name only with `O_CREAT`: (syscall, the flags' argument).
@@ -92,8 +94,12 @@ static MADE_IN_THIS_RUN: Mutex<BTreeSet<PathBuf>> = Mutex::new(BTreeSet::new());
 /// The name a stopped creating call of thread `tid` asks for, resolved to
 /// an absolute path; noted as made by this run when it does not exist yet.
 pub(super) fn name_of_call(tid: i32, syscall: libc::c_long, args: &[u64; 6]) -> Option<PathBuf> {
-    let (dir_fd, path_arg) = name_arguments(syscall)?;
-    let name = read_c_string(tid, args[path_arg])?;
+    let (dir_fd, name) = if syscall == libc::SYS_bind {
+        (None, unix_socket_path(tid, args[1], args[2])?)
+    } else {
+        let (dir_fd, path_arg) = name_arguments(syscall)?;
+        (dir_fd, read_c_string(tid, args[path_arg])?)
+    };
     let name = Path::new(std::ffi::OsStr::from_bytes(&name));
     let base = if name.is_absolute() {
         PathBuf::new()
@@ -111,6 +117,21 @@ pub(super) fn name_of_call(tid: i32, syscall: libc::c_long, args: &[u64; 6]) -> 
         MADE_IN_THIS_RUN.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).insert(path.clone());
     }
     Some(path)
+}
+
+/// The path a `bind` of a unix socket gives it (`sockaddr_un` at `address`,
+/// `length` bytes); `None` for another family or an abstract name.
+fn unix_socket_path(tid: i32, address: u64, length: u64) -> Option<Vec<u8>> {
+    let mut bytes = [0u8; std::mem::size_of::<libc::sockaddr_un>()];
+    let wanted = (length as usize).min(bytes.len());
+    let read = read_remote(tid, address, &mut bytes[..wanted]);
+    let family = u16::from_ne_bytes([*bytes.first()?, *bytes.get(1)?]);
+    let path = bytes.get(2..read)?;
+    if family != libc::AF_UNIX as u16 || path.first().is_none_or(|&byte| byte == 0) {
+        return None;
+    }
+    let end = path.iter().position(|&byte| byte == 0).unwrap_or(path.len());
+    Some(path[..end].to_vec())
 }
 
 /// `path` with `.` dropped and `..` applied to what precedes it (symlinks
@@ -271,5 +292,20 @@ mod tests {
         let args = [libc::AT_FDCWD as u32 as u64, relative.as_ptr() as u64, 0, 0, 0, 0];
         let cwd = std::env::current_dir().unwrap();
         assert_eq!(name_of_call(tid, libc::SYS_mkdirat, &args), Some(cwd.join("made")));
+        // A unix socket's name, and none for an abstract one.
+        // SAFETY: a zeroed sockaddr_un is a valid one (family 0, empty path).
+        let mut address: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+        address.sun_family = libc::AF_UNIX as u16;
+        for (slot, byte) in address.sun_path.iter_mut().zip(root.path().join("s.sock").as_os_str().as_bytes()) {
+            *slot = *byte as libc::c_char;
+        }
+        let size = std::mem::size_of::<libc::sockaddr_un>() as u64;
+        let bind_args = |address: &libc::sockaddr_un| [3, (address as *const libc::sockaddr_un) as u64, size, 0, 0, 0];
+        let named = bind_args(&address);
+        assert_eq!(name_of_call(tid, libc::SYS_bind, &named), Some(root.path().join("s.sock")));
+        let mut abstract_name = address;
+        abstract_name.sun_path[0] = 0;
+        let unnamed = bind_args(std::hint::black_box(&abstract_name));
+        assert_eq!(name_of_call(tid, libc::SYS_bind, &unnamed), None);
     }
 }
