@@ -39,7 +39,7 @@ pub fn isolation() -> Isolation {
     if IN_FORKED_CHILD.load(Ordering::Relaxed) {
         return Isolation::ForkedChild;
     }
-    if std::env::var_os("LEAKCHECK_TEST_ID").is_some() {
+    if std::env::var_os(crate::env_names::TEST_ID).is_some() {
         return Isolation::CargoLeakcheck;
     }
     // nextest runs each test in its own process and says so.

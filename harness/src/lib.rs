@@ -58,6 +58,7 @@
 #[cfg(target_os = "linux")]
 mod alloc;
 pub mod diff;
+pub mod env_names;
 #[cfg(target_os = "linux")]
 mod fork_server;
 #[cfg(target_os = "linux")]

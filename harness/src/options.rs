@@ -59,7 +59,9 @@ impl Options {
     /// Measured runs in repeat mode (0: no repeat mode): the test's own
     /// `repeat`, else `LEAKCHECK_REPEAT` (set by `cargo leakcheck --repeat`).
     pub fn repeat_runs(&self) -> u32 {
-        self.repeat.or_else(|| std::env::var("LEAKCHECK_REPEAT").ok().and_then(|runs| runs.parse().ok())).unwrap_or(0)
+        self.repeat
+            .or_else(|| std::env::var(crate::env_names::REPEAT).ok().and_then(|runs| runs.parse().ok()))
+            .unwrap_or(0)
     }
 
     /// Whether `kind` is checked.

@@ -14,7 +14,7 @@ use crate::registry::{ShouldPanic, TestDef};
 /// has a registration: it knows its libtest name and its #[should_panic]),
 /// when asked to.
 pub(crate) fn write_if_asked(report: &InProcessReport, def: Option<&TestDef>, started: Instant) {
-    if std::env::var_os("LEAKCHECK_RECORD_FILE").is_some() {
+    if std::env::var_os(crate::env_names::RECORD_FILE).is_some() {
         return;
     }
     let (Some(dir), Some(def)) = (crate::records_dir::records_dir(), def) else { return };

@@ -217,7 +217,7 @@ fn report_verdict(
     tell_cargo_leakcheck(&report);
     crate::own_record::write_if_asked(&report, registration(body), started);
     // Under cargo leakcheck (or a self-isolating parent), the record says it.
-    if std::env::var_os("LEAKCHECK_RECORD_FILE").is_none() {
+    if std::env::var_os(crate::env_names::RECORD_FILE).is_none() {
         print_notes(singletons, &finding.unchecked);
     }
     let leaks = &finding.judgement.leaks;
@@ -364,7 +364,7 @@ fn finish_outcome(outcome: std::thread::Result<Result<(), String>>) {
 /// Under `cargo leakcheck`, hands over the in-process verdict (it knows the
 /// heap and the allow rules, which the outside view does not).
 fn tell_cargo_leakcheck(report: &InProcessReport) {
-    if let Some(path) = std::env::var_os("LEAKCHECK_RECORD_FILE") {
+    if let Some(path) = std::env::var_os(crate::env_names::RECORD_FILE) {
         if let Ok(json) = serde_json::to_vec(report) {
             let _ = std::fs::write(path, json);
         }

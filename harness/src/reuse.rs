@@ -35,7 +35,7 @@ pub const FORK_PER_TEST_ENV: &str = "LEAKCHECK_FORK_PER_TEST";
 
 /// The per-test marker variable, set by the child itself before each test
 /// (so not a change the test made).
-const MARKER_VAR: &str = "LEAKCHECK_TEST_ID";
+const MARKER_VAR: &str = crate::env_names::TEST_ID;
 
 /// Whether children may be reused (the default).
 pub(crate) fn enabled() -> bool {

@@ -50,7 +50,7 @@ pub(crate) fn run_alone(name: &str) -> Option<Isolated> {
     command
         .args([name, "--exact", "--test-threads=1", "--include-ignored", "--nocapture"])
         .env(ISOLATED_ENV, "1")
-        .env("LEAKCHECK_RECORD_FILE", &record)
+        .env(crate::env_names::RECORD_FILE, &record)
         .envs(temp.environment())
         .stdin(Stdio::null())
         .stdout(stdout)

@@ -95,7 +95,7 @@ pub(crate) struct Supervisor {
 /// Environment variable naming the test that a process belongs to. Every
 /// process a test starts inherits it (unless the test clears the environment),
 /// which attributes orphans that left the test's process group.
-pub(crate) const MARKER_VAR: &str = "LEAKCHECK_TEST_ID";
+pub(crate) const MARKER_VAR: &str = leakcheck::env_names::TEST_ID;
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     // A poisoned lock only means another worker panicked; the data is plain.

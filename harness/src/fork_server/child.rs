@@ -26,7 +26,7 @@ pub(super) fn serve_tests(
     (explain, heap): (bool, bool),
     temp_dir: Option<PathBuf>,
 ) -> ! {
-    let marker = std::env::var("LEAKCHECK_TEST_ID").ok();
+    let marker = std::env::var(crate::env_names::TEST_ID).ok();
     if let Some(dir) = &temp_dir {
         // SAFETY: no other thread exists in this child yet.
         unsafe { std::env::set_var(crate::temp_dir::TMPDIR_VAR, dir) };
@@ -43,7 +43,7 @@ pub(super) fn serve_tests(
         if let Some(marker) = &marker {
             let suffix = if explain { "/explain" } else { "" };
             // SAFETY: no other thread exists in this child between tests.
-            unsafe { std::env::set_var("LEAKCHECK_TEST_ID", format!("{marker}/{}{suffix}", def.full_name())) };
+            unsafe { std::env::set_var(crate::env_names::TEST_ID, format!("{marker}/{}{suffix}", def.full_name())) };
         }
         let files = temp_dir.as_deref().map(Listing::of);
         let before = commands.is_some().then(crate::reuse::ProcessState::read);

@@ -46,9 +46,9 @@ impl ForkServer {
     pub(super) fn new(args: &Arguments) -> ForkServer {
         let jobs = args.test_threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
         let timeout =
-            std::env::var("LEAKCHECK_TIMEOUT_MS").ok().and_then(|ms| ms.parse().ok()).map(Duration::from_millis);
+            std::env::var(crate::env_names::TIMEOUT_MS).ok().and_then(|ms| ms.parse().ok()).map(Duration::from_millis);
         let records =
-            std::env::var("LEAKCHECK_RECORDS_FD").ok().and_then(|fd| fd.parse::<RawFd>().ok()).and_then(|fd| {
+            std::env::var(crate::env_names::RECORDS_FD).ok().and_then(|fd| fd.parse::<RawFd>().ok()).and_then(|fd| {
                 // SAFETY: fcntl(F_GETFD) only checks that the fd is open; cargo
                 // leakcheck passed it to us to own.
                 (unsafe { libc::fcntl(fd, libc::F_GETFD) } >= 0).then(|| unsafe { File::from_raw_fd(fd) })
