@@ -168,10 +168,8 @@ fn add_files_left(
     finding: &mut crate::guard::Finding,
 ) -> Vec<crate::Leak> {
     let dir = std::env::temp_dir();
-    crate::temp_dir::name_by_tmpdir(&mut finding.judgement.leaks, &dir);
-    let judged = options.judge(crate::temp_dir::Listing::of(&dir).new_since(before));
-    let (leaks, empty) = crate::temp_dir::split_empty_dirs(judged.leaks);
-    finding.judgement.leaks.extend(leaks);
+    let (judged, empty) = crate::temp_dir::judge_left(&dir, before, options, &mut finding.judgement.leaks);
+    finding.judgement.leaks.extend(judged.leaks);
     finding.judgement.allowed.extend(judged.allowed);
     empty
 }
@@ -207,7 +205,7 @@ fn report_verdict(
         singletons: singletons.to_vec(),
         warnings: warnings.to_vec(),
         // run_test looked at the temp dir exactly when it is private.
-        files_checked: crate::temp_dir::private_listing().is_some(),
+        files_checked: crate::temp_dir::is_private(),
         failure: match &outcome {
             Ok(Err(message)) => Some(message.clone()),
             Err(payload) => Some(crate::panic_text::payload_text(payload.as_ref())),

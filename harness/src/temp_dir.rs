@@ -12,6 +12,7 @@ use std::io;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
+use crate::options::{Judgement, Options};
 use crate::record::Leak;
 
 /// The variable that names the temp dir.
@@ -21,12 +22,26 @@ pub const TMPDIR_VAR: &str = "TMPDIR";
 /// in it is the process's own, and `#[leakcheck::test]` checks it.
 pub const PRIVATE_VAR: &str = "LEAKCHECK_PRIVATE_TMPDIR";
 
-/// What this process's temp dir holds now, when the dir is private to it
-/// ([`PRIVATE_VAR`]); `None` when it may be shared (`/tmp`).
+/// Whether this process's temp dir is private to it ([`PRIVATE_VAR`]),
+/// not one it may share (`/tmp`).
+pub fn is_private() -> bool {
+    std::env::var_os(PRIVATE_VAR).is_some_and(|private| std::env::var_os(TMPDIR_VAR) == Some(private))
+}
+
+/// What this process's temp dir holds now, when it is private to it.
 pub fn private_listing() -> Option<Listing> {
-    let private = std::env::var_os(PRIVATE_VAR)?;
-    let dir = std::env::var_os(TMPDIR_VAR)?;
-    (dir == private).then(|| Listing::of(Path::new(&dir)))
+    is_private().then(|| Listing::of(&std::env::temp_dir()))
+}
+
+/// What a test left in `dir` since `before`, judged by its `options`, and
+/// the empty directories apart (warnings: see [`split_empty_dirs`]). The
+/// paths of its `own` leaks (its fds) in `dir` are named by `$TMPDIR`.
+pub(crate) fn judge_left(dir: &Path, before: &Listing, options: &Options, own: &mut [Leak]) -> (Judgement, Vec<Leak>) {
+    name_by_tmpdir(own, dir);
+    let mut judgement = options.judge(Listing::of(dir).new_since(before));
+    let (leaks, empty) = split_empty_dirs(std::mem::take(&mut judgement.leaks));
+    judgement.leaks = leaks;
+    (judgement, empty)
 }
 
 /// Entries a listing reads at most: a test that writes a million files is

@@ -143,8 +143,7 @@ fn watch_batch(
     let heap_report = process.heap_log.as_ref().map(|prefix| format!("{}.", prefix.display()));
     let mut batch = Batch::new(context, names, pid, &marker, heap_report, &record_file, survivors);
     batch.temp_dir = process.temp.as_ref().map(|temp| temp.path().to_owned());
-    batch.kept = super::creations::kept_dirs(&binary.executable, &context.scratch);
-    batch.kept.extend(batch.temp_dir.clone());
+    batch.kept = process.kept_dirs(context, &binary.executable);
     let mut idle_since = process.started;
     let (mut timed_out, mut killed, mut stopped) = (false, false, false);
     let mut probe_live = process.listener.is_some();
@@ -417,8 +416,7 @@ impl<'a> Batch<'a> {
         if self.temp_dir.as_deref().is_some_and(|dir| !Listing::of(dir).new_since(&running.files).is_empty()) {
             return TestEnd::NotClean;
         }
-        let kept: Vec<&std::path::Path> = self.kept.iter().map(std::path::PathBuf::as_path).collect();
-        if !super::creations::left_outside(listener.take_created(), &kept).is_empty() {
+        if !super::creations::left_outside(listener.take_created(), &self.kept).is_empty() {
             return TestEnd::NotClean;
         }
         // Processes it started that are not its children any more (a

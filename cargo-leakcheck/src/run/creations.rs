@@ -173,7 +173,7 @@ fn read_c_string(tid: i32, address: u64) -> Option<Vec<u8>> {
 /// directory, the run's scratch) nor in the kernel's file systems: one leak
 /// per topmost name, with its absolute path. A name that was there before
 /// the run started is not the test's: it was not seen made.
-pub(super) fn left_outside(asked: Vec<PathBuf>, kept: &[&Path]) -> Vec<Leak> {
+pub(super) fn left_outside(asked: Vec<PathBuf>, kept: &[PathBuf]) -> Vec<Leak> {
     let seen = MADE_IN_THIS_RUN.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     let mut made: Vec<PathBuf> = asked
         .into_iter()
@@ -252,7 +252,7 @@ mod tests {
         // Asked for, but there before the run: not seen made.
         std::fs::write(outside.join("old"), b"").unwrap();
         let asked: Vec<PathBuf> = made.into_iter().chain([outside.join("old")]).collect();
-        let leaks = left_outside(asked, &[&kept]);
+        let leaks = left_outside(asked, std::slice::from_ref(&kept));
         let brief: Vec<(String, String, u64, Option<u64>)> = leaks
             .into_iter()
             .map(|leak| match leak {

@@ -52,10 +52,15 @@ impl TestProcess {
     /// since the last call (see [`super::creations`]).
     pub(super) fn files_made_outside(&self, context: &RunContext, case: &TestCase) -> Vec<leakcheck::Leak> {
         let Some(listener) = &self.listener else { return Vec::new() };
-        let mut kept = super::creations::kept_dirs(&case.binary.executable, &context.scratch);
+        super::creations::left_outside(listener.take_created(), &self.kept_dirs(context, &case.binary.executable))
+    }
+
+    /// Where its tests may leave files: its temp dir (listed instead), and
+    /// see [`super::creations::kept_dirs`].
+    pub(super) fn kept_dirs(&self, context: &RunContext, executable: &std::path::Path) -> Vec<std::path::PathBuf> {
+        let mut kept = super::creations::kept_dirs(executable, &context.scratch);
         kept.extend(self.temp.as_ref().map(|temp| temp.path().to_owned()));
-        let kept: Vec<&std::path::Path> = kept.iter().map(std::path::PathBuf::as_path).collect();
-        super::creations::left_outside(listener.take_created(), &kept)
+        kept
     }
 
     /// Paths of `leaks` in the process's temp dir as `$TMPDIR/...`.

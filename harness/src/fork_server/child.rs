@@ -82,16 +82,14 @@ pub(super) fn serve_tests(
 /// options, into `record` (empty directories as warnings); its fds' paths
 /// in that dir named by `$TMPDIR`.
 fn add_files_left(record: &mut TestRecord, options: &Options, dir: &Path, before: &Listing) {
-    crate::temp_dir::name_by_tmpdir(&mut record.leaks, dir);
-    let judgement = options.judge(Listing::of(dir).new_since(before));
-    let allowed = judgement.allowed.into_iter().map(|(leak, reason)| AllowedLeak { leak, reason: reason.to_owned() });
+    let (judged, empty_dirs) = crate::temp_dir::judge_left(dir, before, options, &mut record.leaks);
+    let allowed = judged.allowed.into_iter().map(|(leak, reason)| AllowedLeak { leak, reason: reason.to_owned() });
     record.allowed.extend(allowed);
-    let (leaks, empty_dirs) = crate::temp_dir::split_empty_dirs(judgement.leaks);
     record.warnings.extend(empty_dirs);
-    if !leaks.is_empty() && record.outcome == Outcome::Passed {
+    if !judged.leaks.is_empty() && record.outcome == Outcome::Passed {
         record.outcome = Outcome::Leaked;
     }
-    record.leaks.extend(leaks);
+    record.leaks.extend(judged.leaks);
 }
 
 /// Runs one test in the forked child: on a fresh thread named after it,
